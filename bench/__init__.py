@@ -1,0 +1,1 @@
+"""Benchmark harness (importable as lipdeploy.bench)."""

@@ -1,0 +1,1 @@
+"""ONNX export of tickets (importable as lipdeploy.export)."""

@@ -1,0 +1,22 @@
+"""lipdeploy: deploy sparse deep image priors (lottery image priors).
+
+Importing the package does no CUDA or Triton work; kernels compile on first use.
+"""
+
+from .errors import InputError
+from .networks import DeepDecoderSpec, SkipSpec, make_input, paper_skip
+from .ticket import Ticket, load_ticket, ticket_from_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeepDecoderSpec",
+    "InputError",
+    "SkipSpec",
+    "Ticket",
+    "__version__",
+    "load_ticket",
+    "make_input",
+    "paper_skip",
+    "ticket_from_model",
+]

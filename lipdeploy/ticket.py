@@ -1,0 +1,519 @@
+"""Tickets: the toolkit's unit. Architecture + initial weights + one 0/1 mask per prunable weight + provenance.
+
+:func:`load_ticket` reads, never executing a pickle (``torch.load(weights_only=True)`` only):
+
+a) the toolkit's own ticket file, ``.pt`` or ``.safetensors`` (format below);
+b) the LIP paper code's pair: a dict of ``'<module path>.weight_mask'`` tensors plus the network's state dict given
+   as ``weights``;
+c) a state dict of a model pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``);
+d) a plain state dict whose exact zeros define the mask.
+
+The architecture is inferred from tensor names and shapes; what shapes cannot tell (upsampling mode, activation,
+sigmoid) defaults to the paper configuration and can be overridden.
+
+Own file format (version 1). Conv weights are stored only at kept positions, so a 90%-sparse ticket is ~7x smaller
+than the dense state dict:
+
+- ``format`` = ``"lipdeploy.ticket"``, ``version`` = 1, ``arch`` (``ArchSpec.to_dict()``), ``provenance`` (plain data);
+- ``shapes``: prunable weight name -> shape (list of ints), in forward order;
+- ``tensors``: flat name -> tensor, with names
+  ``mask/<name>`` (uint8, ``numpy.packbits`` of the flattened 0/1 mask, big-endian bit order),
+  ``init/<name>`` (prunable weights: 1-D float values at kept positions, row-major; other tensors: as in the state
+  dict) and, for a fitted network, ``fitted/<name>`` likewise.
+
+The ``.safetensors`` variant holds the same ``tensors``; ``format``, ``version``, ``arch``, ``provenance`` and
+``shapes`` are JSON strings in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+from .fileio import atomic_output
+from .masks import Masks, apply_masks_, validate_masks
+from .masks import density as masks_density
+from .networks import ArchSpec, DeepDecoderSpec, SkipSpec, arch_from_dict, prunable_names
+
+FORMAT = "lipdeploy.ticket"
+VERSION = 1
+StateDict = dict[str, torch.Tensor]
+BatchNormMode = Literal["image", "running"]
+
+
+@dataclass
+class Ticket:
+    """A lottery image prior: ``build()`` gives the masked network.
+
+    ``init`` is the full state dict of the reference network at the rewind point (parameters and BatchNorm buffers);
+    ``fitted``, when present, the weights after fitting. ``masks`` holds every prunable weight's 0/1 mask.
+    """
+
+    arch: ArchSpec
+    init: StateDict
+    masks: Masks
+    fitted: StateDict | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def density(self) -> float:
+        """Kept fraction of the prunable (convolution) weights."""
+        return masks_density(self.masks)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def prunable_count(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    @property
+    def kept_count(self) -> int:
+        return sum(int(m.count_nonzero()) for m in self.masks.values())
+
+    def state_dict(self, weights: Literal["init", "fitted"] = "init") -> StateDict:
+        """The masked state dict (pruned weights exactly zero)."""
+        if weights == "fitted" and self.fitted is None:
+            raise InputError(self.source, "the ticket holds no fitted weights")
+        src = self.init if weights == "init" else self.fitted
+        out = {k: v.clone() for k, v in src.items()}
+        for name, mask in self.masks.items():
+            out[name] = out[name] * mask
+        return out
+
+    def build(self, weights: Literal["init", "fitted"] = "init", bn: BatchNormMode = "image") -> nn.Sequential:
+        """The masked reference network.
+
+        ``bn="image"`` (default, DIP semantics): the module is in training mode, so BatchNorm normalises with the
+        current image's statistics. ``bn="running"``: eval mode, BatchNorm uses its running statistics.
+        """
+        model = self.arch.build()
+        model.load_state_dict(self.state_dict(weights))
+        apply_masks_(model, self.masks)
+        return model.train(bn == "image")
+
+    def replace(self, **changes: Any) -> Ticket:
+        """A copy with some fields changed."""
+        fields = {k: getattr(self, k) for k in ("arch", "init", "masks", "fitted", "provenance", "source")}
+        fields.update(changes)
+        return Ticket(**fields)
+
+    def save(self, path: str | Path) -> None:
+        """Write the ticket atomically: ``.safetensors`` for the safetensors variant, anything else as ``.pt``."""
+        path = Path(path)
+        tensors, meta = _encode(self)
+        with atomic_output(path) as tmp:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save_file
+
+                save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+            else:
+                torch.save({**meta, "tensors": tensors}, tmp)
+
+
+# --------------------------------------------------------------------------------------------------- own format
+
+
+def _encode(ticket: Ticket) -> tuple[StateDict, dict[str, Any]]:
+    tensors: StateDict = {}
+    for name, mask in ticket.masks.items():
+        bits = np.packbits(mask.reshape(-1).numpy().astype(bool))
+        tensors[f"mask/{name}"] = torch.from_numpy(bits)
+    for group, sd in (("init", ticket.init), ("fitted", ticket.fitted)):
+        if sd is None:
+            continue
+        for name, value in sd.items():
+            if name in ticket.masks:
+                value = value.reshape(-1)[ticket.masks[name].reshape(-1).bool()]
+            tensors[f"{group}/{name}"] = value.detach().contiguous().clone()
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": ticket.arch.to_dict(),
+        "provenance": _plain(ticket.provenance),
+        "shapes": {name: list(m.shape) for name, m in ticket.masks.items()},
+    }
+    return tensors, meta
+
+
+def _plain(value: Any) -> Any:
+    """Provenance as plain data only (what weights_only loading and JSON both accept)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _decode(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Ticket:
+    if meta.get("version") != VERSION:
+        raise InputError(path, f"unsupported ticket version {meta.get('version')!r} (this lipdeploy reads {VERSION})")
+    try:
+        arch = arch_from_dict(meta["arch"])
+        shapes = {name: torch.Size(s) for name, s in meta["shapes"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"malformed ticket header: {exc}") from None
+    masks: StateDict = {}
+    for name, shape in shapes.items():
+        bits = tensors.get(f"mask/{name}")
+        if bits is None:
+            raise InputError(path, f"ticket has no mask for {name!r}")
+        n = shape.numel()
+        flat = np.unpackbits(bits.numpy().astype(np.uint8), count=n) if bits.numel() * 8 >= n else None
+        if flat is None:
+            raise InputError(path, f"mask for {name!r} is shorter than its shape {list(shape)}")
+        masks[name] = torch.from_numpy(flat.astype(np.float32)).reshape(shape)
+    groups: dict[str, StateDict] = {"init": {}, "fitted": {}}
+    for key, value in tensors.items():
+        group, _, name = key.partition("/")
+        if group in groups:
+            if name in masks:
+                mask = masks[name].reshape(-1).bool()
+                if value.dim() != 1 or value.numel() != int(mask.sum()):
+                    raise InputError(path, f"{key!r} holds {value.numel()} values but its mask keeps {int(mask.sum())}")
+                full = torch.zeros(mask.numel(), dtype=value.dtype)
+                full[mask] = value
+                value = full.reshape(masks[name].shape)
+            groups[group][name] = value
+        elif group != "mask":
+            raise InputError(path, f"unexpected tensor {key!r} in ticket")
+    if not groups["init"]:
+        raise InputError(path, "ticket holds no initial weights")
+    ticket = Ticket(
+        arch=arch,
+        init=groups["init"],
+        masks=masks,
+        fitted=groups["fitted"] or None,
+        provenance=dict(meta.get("provenance") or {}),
+        source=str(path),
+    )
+    _check_state(path, arch, ticket.init)
+    if ticket.fitted is not None:
+        _check_state(path, arch, ticket.fitted)
+    ticket.masks = validate_masks(masks, _prunable_shapes(arch), str(path))
+    return ticket
+
+
+# --------------------------------------------------------------------------------------------------- reading files
+
+
+def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a ``.pt``/``.pth`` (weights_only) or ``.safetensors`` file: (content, safetensors metadata)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except Exception as exc:  # safetensors raises several types for bad headers and short files
+            raise InputError(path, f"unreadable or truncated safetensors file ({_first_line(exc)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # the weights-only unpickler met a class or function reference
+            raise InputError(
+                path, "refused: the pickle holds objects other than tensors and plain data (it was not executed)"
+            ) from None
+        raise InputError(path, f"unreadable or truncated file ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise InputError(path, f"unreadable or truncated file ({_first_line(exc)})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, f"expected a dict of tensors, found {type(obj).__name__}")
+    return obj, {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+def _as_state_dict(path: Path, obj: Mapping[str, Any]) -> StateDict:
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    out: StateDict = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(path, f"entry {key!r} is a {type(value).__name__}, not a tensor: not a state dict")
+        out[key] = value
+    if out and all(k.startswith("module.") for k in out):  # saved from DataParallel
+        out = {k[len("module.") :]: v for k, v in out.items()}
+    if not out:
+        raise InputError(path, "holds no tensors")
+    return out
+
+
+def _check_finite(path: Path, sd: Mapping[str, torch.Tensor]) -> None:
+    for key, value in sd.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(path, f"weights contain NaN or Inf (in {key!r})")
+
+
+# --------------------------------------------------------------------------------------------------- architecture
+
+
+def _prunable_shapes(arch: ArchSpec) -> dict[str, torch.Size]:
+    model = arch.build()
+    params = dict(model.named_parameters())
+    return {name: params[name].shape for name in prunable_names(model)}
+
+
+def _reference_shapes(arch: ArchSpec) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in arch.build().state_dict().items()}
+
+
+def _check_state(path: Path | str | None, arch: ArchSpec, sd: StateDict) -> None:
+    """Fill missing BatchNorm counters (older PyTorch); refuse missing/unexpected tensors and wrong shapes."""
+    ref = _reference_shapes(arch)
+    for key in ref:
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = torch.tensor(0, dtype=torch.long)
+    missing = [k for k in ref if k not in sd]
+    unexpected = [k for k in sd if k not in ref]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        raise InputError(path, f"weights do not match {arch.describe()}: " + "; ".join(parts))
+    for key, shape in ref.items():
+        if tuple(sd[key].shape) != tuple(shape):
+            raise InputError(
+                path, f"weight {key!r} has shape {list(sd[key].shape)}, the architecture needs {list(shape)}"
+            )
+    _check_finite(Path(str(path)), sd)
+
+
+def infer_arch(shapes: Mapping[str, torch.Size | tuple[int, ...]], **overrides: Any) -> ArchSpec:
+    """Infer the architecture from parameter names and shapes (a state dict's, or a mask dict's weight names).
+
+    Raises ``ValueError`` when the names fit neither a DIP skip network nor a deep decoder.
+    """
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    candidates: list[ArchSpec] = []
+    for build in (_infer_deep_decoder, _infer_skip_reflection, _infer_skip_zero):
+        try:
+            spec = build(shapes, overrides)
+        except (KeyError, IndexError, TypeError, ValueError):
+            spec = None
+        if spec is not None:
+            candidates.append(spec)
+    for spec in candidates:
+        ref = _reference_shapes(spec)
+        weights = {k: v for k, v in ref.items() if k.endswith((".weight", ".bias"))}
+        if all(shapes.get(k) == tuple(v) for k, v in weights.items()) and all(
+            k in ref for k in shapes if k.endswith((".weight", ".bias"))
+        ):
+            return spec
+    raise ValueError(
+        "cannot infer the architecture: the tensor names and shapes fit neither a DIP skip net nor a deep decoder"
+    )
+
+
+def _infer_deep_decoder(shapes: Mapping[str, tuple[int, ...]], overrides: Mapping[str, Any]) -> ArchSpec | None:
+    convs = sorted(
+        (int(m.group(1)), shape) for k, shape in shapes.items() if (m := re.fullmatch(r"(\d+)\.1\.weight", k))
+    )
+    if len(convs) < 2 or any(len(s) != 4 or s[2:] != (1, 1) for _, s in convs):
+        return None
+    k = convs[0][1][1]
+    return DeepDecoderSpec(k=k, depth=len(convs) - 2, out_channels=convs[-1][1][0], **_only(DeepDecoderSpec, overrides))
+
+
+def _infer_skip_reflection(shapes, overrides):
+    return _infer_skip(shapes, overrides, "reflection")
+
+
+def _infer_skip_zero(shapes, overrides):
+    return _infer_skip(shapes, overrides, "zero")
+
+
+def _infer_skip(shapes: Mapping[str, tuple[int, ...]], overrides: Mapping[str, Any], pad: str) -> ArchSpec | None:
+    c = "1" if pad == "reflection" else "0"  # index of the Conv2d inside Sequential(ReflectionPad2d, Conv2d)
+    down, up, skip = [], [], []
+    f_skip = 1
+    prefix = ""
+    in_ch = None
+    while True:
+        if f"{prefix}1.0.1.{c}.weight" in shapes:  # Concat(skip, deeper): the skip branch's conv
+            w = shapes[f"{prefix}1.0.1.{c}.weight"]
+            skip.append(w[0])
+            f_skip = w[-1]
+            deeper = f"{prefix}1.1."
+        else:
+            skip.append(0)
+            deeper = f"{prefix}1."
+        wd = shapes[f"{deeper}1.{c}.weight"]
+        if in_ch is None:
+            in_ch = wd[1]
+        down.append(wd[0])
+        f_down = wd[-1]
+        wu = shapes[f"{prefix}3.{c}.weight"]
+        up.append(wu[0])
+        f_up = wu[-1]
+        need1x1 = f"{prefix}6.{c}.weight" in shapes
+        if any(k.startswith(f"{deeper}7.") for k in shapes):
+            prefix = f"{deeper}7."
+        else:
+            break
+    final = "9" if need1x1 else "6"
+    out = shapes[f"{final}.{c}.weight"][0]
+    spec_args = dict(
+        in_channels=in_ch,
+        out_channels=out,
+        channels_down=tuple(down),
+        channels_up=tuple(up),
+        channels_skip=tuple(skip),
+        filter_size_down=f_down,
+        filter_size_up=f_up,
+        filter_skip_size=f_skip,
+        pad=pad,
+        bias=f"{final}.{c}.bias" in shapes,
+        need1x1_up=need1x1,
+    )
+    spec_args.update(_only(SkipSpec, overrides))
+    return SkipSpec(**spec_args)
+
+
+def _only(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in overrides.items() if k in names and v is not None}
+
+
+# --------------------------------------------------------------------------------------------------- load_ticket
+
+
+def load_ticket(path: str | Path, weights: str | Path | None = None, **arch_overrides: Any) -> Ticket:
+    """Load a ticket in any supported format (see the module docstring).
+
+    ``weights``: a state dict file with the network's (initial) weights; required for a mask-only file (the paper's
+    pair), and for the state-dict formats it becomes the initial weights while the file's own weights become the
+    fitted ones. ``arch_overrides`` (e.g. ``upsample_mode="nearest"``, ``act="ReLU"``) set what shapes cannot tell.
+    Raises :class:`InputError` (naming the file and the problem) for any bad input.
+    """
+    path = Path(path)
+    obj, meta = read_tensor_file(path)
+    if meta.get("format") == json.dumps(FORMAT) or obj.get("format") == FORMAT:
+        if meta:
+            try:
+                header = {k: json.loads(v) for k, v in meta.items()}
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"malformed safetensors metadata ({exc})") from None
+            ticket = _decode(path, header, obj)
+        else:
+            tensors = obj.get("tensors")
+            if not isinstance(tensors, dict):
+                raise InputError(path, "malformed ticket: no 'tensors' dict")
+            ticket = _decode(path, obj, tensors)
+        if arch_overrides:
+            ticket.arch = _override(ticket.arch, arch_overrides)
+        if weights is not None:
+            init = _load_weights(Path(weights), ticket.arch)
+            ticket = ticket.replace(init=init)
+        return ticket
+
+    sd = _as_state_dict(path, obj)
+    mask_keys = [k for k in sd if k.endswith(".weight_mask")]
+    orig_keys = [k for k in sd if k.endswith(".weight_orig")]
+    if mask_keys and not orig_keys and len(mask_keys) == len(sd):
+        source_format = "paper-masks"
+        if weights is None:
+            raise InputError(path, "mask-only file (the paper's masks): pass the network's weights with --weights")
+        raw_masks = {k[: -len("_mask")]: v for k, v in sd.items()}
+        wpath = Path(weights)
+        wsd = _plain_state(wpath, _as_state_dict(wpath, read_tensor_file(wpath)[0]))
+        arch = _infer_or_fail(wpath, wsd, arch_overrides)
+        _check_state(wpath, arch, wsd)
+        init, fitted = wsd, None
+    elif mask_keys or orig_keys:
+        source_format = "torch-prune"
+        raw_masks = {k[: -len("_mask")]: v for k, v in sd.items() if k.endswith(".weight_mask")}
+        _check_finite(path, sd)
+        file_sd = _plain_state(path, sd)
+        arch = _infer_or_fail(path, file_sd, arch_overrides)
+        _check_state(path, arch, file_sd)
+        init, fitted = file_sd, None
+    else:
+        source_format = "state-dict-zeros"
+        _check_finite(path, sd)
+        arch = _infer_or_fail(path, sd, arch_overrides)
+        _check_state(path, arch, sd)
+        raw_masks = {name: (sd[name] != 0).float() for name in _prunable_shapes(arch)}
+        init, fitted = sd, None
+    masks = validate_masks(raw_masks, _prunable_shapes(arch), str(path))
+    if weights is not None and source_format != "paper-masks":
+        init, fitted = _load_weights(Path(weights), arch), init
+    provenance = {"source_format": source_format, "source_file": path.name}
+    if weights is not None:
+        provenance["weights_file"] = Path(weights).name
+    return Ticket(arch=arch, init=init, masks=masks, fitted=fitted, provenance=provenance, source=str(path))
+
+
+def _plain_state(path: Path, sd: StateDict) -> StateDict:
+    """Fold torch.nn.utils.prune's reparametrisation: ``weight = weight_orig * weight_mask``."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        if key.endswith(".weight_orig"):
+            base = key[: -len("_orig")]
+            mask = sd.get(base + "_mask")
+            if mask is None:
+                raise InputError(path, f"{key!r} has no matching {base + '_mask'!r}")
+            if mask.shape != value.shape:
+                raise InputError(
+                    path, f"mask {base + '_mask'!r} has shape {list(mask.shape)} but the weight has {list(value.shape)}"
+                )
+            out[base] = value * mask
+        elif key.endswith(".weight_mask"):
+            continue
+        else:
+            out[key] = value
+    return out
+
+
+def _load_weights(path: Path, arch: ArchSpec) -> StateDict:
+    sd = _plain_state(path, _as_state_dict(path, read_tensor_file(path)[0]))
+    _check_state(path, arch, sd)
+    return sd
+
+
+def _infer_or_fail(path: Path, sd: Mapping[str, torch.Tensor], overrides: Mapping[str, Any]) -> ArchSpec:
+    try:
+        return infer_arch({k: v.shape for k, v in sd.items()}, **overrides)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+
+
+def _override(arch: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
+    import dataclasses
+
+    return dataclasses.replace(arch, **_only(type(arch), overrides))
+
+
+def ticket_from_model(
+    model: nn.Module, arch: ArchSpec, masks: Mapping[str, torch.Tensor] | None = None, **provenance: Any
+) -> Ticket:
+    """A ticket from a reference-layout model's current weights (masks default to its exact nonzeros)."""
+    sd = _plain_state(Path("<model>"), {k: v.detach().clone() for k, v in model.state_dict().items()})
+    shapes = _prunable_shapes(arch)
+    if masks is None:  # a model pruned with torch.nn.utils.prune carries its masks; otherwise exact zeros define them
+        state = model.state_dict()
+        masks = {n: state[n + "_mask"] if n + "_mask" in state else (sd[n] != 0).float() for n in shapes}
+    raw = dict(masks)
+    return Ticket(arch=arch, init=sd, masks=validate_masks(raw, shapes), provenance=dict(provenance))
