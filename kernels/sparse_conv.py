@@ -1,0 +1,572 @@
+"""Triton kernels for sparse-weight x dense-activation 2-D convolution (forward, input grad, weight grad).
+
+This module imports triton at import time; ``lipdeploy.kernels`` only imports it when the Triton backend is used. On a
+machine without CUDA set ``TRITON_INTERPRET=1`` *before* triton is first imported to run the same kernels on CPU tensors
+through Triton's interpreter (slow; for tests).
+
+Layout: activations are dense NCHW, contiguous. Weights are packed by ``format.pack_conv_weight`` ("csr" or "kernel").
+
+Design (why it looks like this)
+-------------------------------
+* Forward, grid = (C_out, pixel tiles, N). One program owns one output channel and a contiguous tile of BLOCK_P output
+  pixels (flattened over H_out x W_out, so one row of the tile is contiguous in memory -> coalesced loads/stores).
+  ``C_out`` is the fastest grid axis on purpose: programs that run at the same time share the same pixel tile and so
+  the same input pixels, which then come from L2 instead of HBM (a 128-channel 256x256 fp32 activation is 32 MB).
+* The loop is tap-major: for each of the KH*KW taps (``tl.static_range``, unrolled) the reflected / zero-masked input
+  offsets of the tile are computed ONCE, then the program streams the row's nonzeros of that tap (the "csr" rows are
+  stored sorted by (tap, cin) and segmented by ``tap_ptr``). The inner loop is therefore just: load one weight scalar,
+  load one coalesced tile of the input channel, FMA -- the reflection index math is not repeated per nonzero. Reflection
+  padding is pure index arithmetic (no padded copy of the input is ever made).
+* Input grad (transposed sparse conv), grid = (C_in, padded-input tiles, N): gathers ``grad_out`` through the transposed
+  (CSC-like) index, the values read through ``col_perm`` (so they are always the current parameter values). It computes
+  the gradient of the *padded* input in-kernel; the host then folds the reflected borders back with a few slice-adds
+  (``_fold_reflect``) or crops (zero padding). With stride 2, 3/4 of (pixel, tap) pairs are masked out; a per-phase
+  grid would avoid that waste (left for later).
+* Weight grad at the nonzeros only, grid = (C_out, pixel tiles, N): the program loads its ``grad_out`` tile once and,
+  for every nonzero of its row, loads the matching input tile and reduces the product to one scalar. Partial sums go to
+  a ``[N * tiles, nnz]`` buffer that torch sums (deterministic), or with ``wgrad_atomic=True`` are atomically added
+  (less memory, nondeterministic order). The output has exactly nnz entries.
+* All accumulation is fp32; inputs may be fp16/bf16/fp32; outputs take the input dtype.
+* Tunables: ``KernelConfig`` (BLOCK_P per kernel, num_warps). Larger tiles amortise the per-nonzero scalar loads and
+  loop overhead; smaller tiles give more programs for small images. ``default_config`` picks by output size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .format import SparseConvWeight
+from .reference import check_conv_args
+
+__all__ = [
+    "KernelConfig",
+    "default_config",
+    "sparse_conv2d",
+    "sparse_conv2d_forward",
+    "sparse_conv2d_input_grad",
+    "sparse_conv2d_weight_grad",
+    "SparseConv2dFunction",
+]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tunables. BLOCK sizes must be powers of two."""
+
+    block_p_fwd: int = 256
+    block_p_dgrad: int = 256
+    block_p_wgrad: int = 512
+    num_warps: int = 4
+    wgrad_atomic: bool = False
+    block_j: int = 8  # nonzeros gathered per inner step (one [BLOCK_J, BLOCK_P] tile of loads in flight)
+
+
+def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
+    if device.type != "cuda":  # interpreter: small tiles keep the numpy arrays (and tests) small
+        return KernelConfig(block_p_fwd=64, block_p_dgrad=64, block_p_wgrad=64, num_warps=1, block_j=16)
+    # register budget: the [BLOCK_J, BLOCK_P] fp32 accumulator is BLOCK_J * BLOCK_P / (32 * num_warps) regs/thread
+    if num_out_pixels <= 1024:
+        return KernelConfig(block_p_fwd=64, block_p_dgrad=64, block_p_wgrad=128, num_warps=2, block_j=8)
+    if num_out_pixels <= 16384:
+        return KernelConfig(block_p_fwd=128, block_p_dgrad=128, block_p_wgrad=256, num_warps=4, block_j=8)
+    return KernelConfig(block_p_fwd=256, block_p_dgrad=256, block_p_wgrad=512, num_warps=4, block_j=8)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _reflect_or_mask(i, size, valid, REFLECT: tl.constexpr):
+    """Map a padded coordinate to the input: reflect (single bounce; pad < size) or mark out-of-range as invalid."""
+    if REFLECT:
+        i = tl.where(i < 0, -i, i)
+        i = tl.where(i >= size, 2 * size - 2 - i, i)
+    else:
+        valid = valid & (i >= 0) & (i < size)
+    return i, valid
+
+
+@triton.jit
+def _sparse_conv2d_fwd_kernel(
+    x_ptr,
+    out_ptr,
+    vals_ptr,
+    bias_ptr,
+    seg_ptr,  # csr: tap_ptr [C_out, KK+1]; kernel: row_ptr [C_out+1]
+    ch_ptr,  # csr: idx (cin*KK + tap); kernel: idx (cin)
+    C_in,
+    H,
+    W,
+    C_out,
+    H_out,
+    W_out,
+    negative_slope,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    REFLECT: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    KERNEL_FMT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    co = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    KK: tl.constexpr = KH * KW
+    HW = H * W
+    P_out = H_out * W_out
+
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P_out
+    oy = p // W_out
+    ox = p % W_out
+    iy0 = oy * STRIDE - PAD
+    ix0 = ox * STRIDE - PAD
+    x_base = x_ptr + n * C_in * HW
+    # 2-D accumulator: BLOCK_J nonzeros are gathered per step (independent loads in flight, no scalar dependency
+    # chain); the J axis is reduced once after the loops.
+    acc = tl.zeros([BLOCK_J, BLOCK_P], dtype=tl.float32)
+
+    if KERNEL_FMT:
+        start = tl.load(seg_ptr + co)
+        end = tl.load(seg_ptr + co + 1)
+    for t in tl.static_range(KK):
+        iy, vy = _reflect_or_mask(iy0 + t // KW, H, pmask, REFLECT)
+        ix, m = _reflect_or_mask(ix0 + t % KW, W, vy, REFLECT)
+        off = iy * W + ix
+        if not KERNEL_FMT:
+            start = tl.load(seg_ptr + co * (KK + 1) + t)
+            end = tl.load(seg_ptr + co * (KK + 1) + t + 1)
+        for j0 in range(start, end, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            jm = j < end
+            if KERNEL_FMT:
+                ci = tl.load(ch_ptr + j, mask=jm, other=0)
+                w = tl.load(vals_ptr + j * KK + t, mask=jm, other=0.0)
+            else:
+                ci = tl.load(ch_ptr + j, mask=jm, other=0) // KK
+                w = tl.load(vals_ptr + j, mask=jm, other=0.0)
+            xv = tl.load(x_base + ci[:, None] * HW + off[None, :], mask=jm[:, None] & m[None, :], other=0.0)
+            acc += w.to(tl.float32)[:, None] * xv.to(tl.float32)
+
+    acc = tl.sum(acc, axis=0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co).to(tl.float32)
+    if ACT:
+        acc = tl.where(acc > 0, acc, acc * negative_slope)
+    out_base = out_ptr + (n * C_out + co) * P_out
+    tl.store(out_base + p, acc.to(out_ptr.dtype.element_ty), mask=pmask)
+
+
+@triton.jit
+def _sparse_conv2d_dgrad_kernel(
+    gy_ptr,  # [N, C_out, H_out, W_out] gradient w.r.t. the pre-activation output
+    gxp_ptr,  # [N, C_in, Hp, Wp] gradient w.r.t. the (virtually) padded input
+    vals_ptr,
+    seg_ptr,  # csr: col_tap_ptr [C_in, KK+1]; kernel: col_ptr [C_in+1]
+    row_ptr_,  # col_row: output channel of each transposed entry
+    perm_ptr,  # col_perm: index into values (csr) / kernel index (kernel)
+    C_in,
+    Hp,
+    Wp,
+    C_out,
+    H_out,
+    W_out,
+    STRIDE: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    KERNEL_FMT: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    ci = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    KK: tl.constexpr = KH * KW
+    P_in = Hp * Wp
+    P_out = H_out * W_out
+
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P_in
+    py = p // Wp
+    px = p % Wp
+    gy_base = gy_ptr + n * C_out * P_out
+    acc = tl.zeros([BLOCK_J, BLOCK_P], dtype=tl.float32)
+
+    if KERNEL_FMT:
+        start = tl.load(seg_ptr + ci)
+        end = tl.load(seg_ptr + ci + 1)
+    for t in tl.static_range(KK):
+        ny = py - t // KW
+        nx = px - t % KW
+        # output pixel o contributes to padded pixel o*STRIDE + tap; keep only exact, in-range preimages
+        oy = ny // STRIDE
+        ox = nx // STRIDE
+        m = pmask & (ny >= 0) & (nx >= 0) & (oy < H_out) & (ox < W_out)
+        if STRIDE > 1:
+            m = m & (ny % STRIDE == 0) & (nx % STRIDE == 0)
+        off = oy * W_out + ox
+        if not KERNEL_FMT:
+            start = tl.load(seg_ptr + ci * (KK + 1) + t)
+            end = tl.load(seg_ptr + ci * (KK + 1) + t + 1)
+        for j0 in range(start, end, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            jm = j < end
+            co = tl.load(row_ptr_ + j, mask=jm, other=0)
+            pv = tl.load(perm_ptr + j, mask=jm, other=0)
+            if KERNEL_FMT:
+                w = tl.load(vals_ptr + pv * KK + t, mask=jm, other=0.0)
+            else:
+                w = tl.load(vals_ptr + pv, mask=jm, other=0.0)
+            g = tl.load(gy_base + co[:, None] * P_out + off[None, :], mask=jm[:, None] & m[None, :], other=0.0)
+            acc += w.to(tl.float32)[:, None] * g.to(tl.float32)
+
+    acc = tl.sum(acc, axis=0)
+    tl.store(gxp_ptr + (n * C_in + ci) * P_in + p, acc.to(gxp_ptr.dtype.element_ty), mask=pmask)
+
+
+@triton.jit
+def _sparse_conv2d_wgrad_kernel(
+    gy_ptr,
+    x_ptr,
+    part_ptr,  # [N * n_tiles, n_vals] partial sums (or [n_vals] with ATOMIC)
+    seg_ptr,
+    ch_ptr,
+    C_in,
+    H,
+    W,
+    C_out,
+    H_out,
+    W_out,
+    n_vals,
+    n_tiles,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    REFLECT: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    KERNEL_FMT: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    co = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    KK: tl.constexpr = KH * KW
+    HW = H * W
+    P_out = H_out * W_out
+
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P_out
+    oy = p // W_out
+    ox = p % W_out
+    iy0 = oy * STRIDE - PAD
+    ix0 = ox * STRIDE - PAD
+    x_base = x_ptr + n * C_in * HW
+    # the grad_out tile is loaded once and reused for every nonzero of the row
+    g = tl.load(gy_ptr + (n * C_out + co) * P_out + p, mask=pmask, other=0.0).to(tl.float32)
+    if ATOMIC:
+        part_base = part_ptr
+    else:
+        part_base = part_ptr + (n * n_tiles + pid_p) * n_vals
+
+    if KERNEL_FMT:
+        start = tl.load(seg_ptr + co)
+        end = tl.load(seg_ptr + co + 1)
+    for t in tl.static_range(KK):
+        iy, vy = _reflect_or_mask(iy0 + t // KW, H, pmask, REFLECT)
+        ix, m = _reflect_or_mask(ix0 + t % KW, W, vy, REFLECT)
+        off = iy * W + ix
+        if not KERNEL_FMT:
+            start = tl.load(seg_ptr + co * (KK + 1) + t)
+            end = tl.load(seg_ptr + co * (KK + 1) + t + 1)
+        for j0 in range(start, end, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            jm = j < end
+            if KERNEL_FMT:
+                ci = tl.load(ch_ptr + j, mask=jm, other=0)
+                dst = j * KK + t
+            else:
+                ci = tl.load(ch_ptr + j, mask=jm, other=0) // KK
+                dst = j
+            xv = tl.load(x_base + ci[:, None] * HW + off[None, :], mask=jm[:, None] & m[None, :], other=0.0)
+            s = tl.sum(xv.to(tl.float32) * g[None, :], axis=1)
+            if ATOMIC:
+                tl.atomic_add(part_base + dst, s, mask=jm)
+            else:
+                tl.store(part_base + dst, s, mask=jm)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Host wrappers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_device(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.device.type != "cuda" and not INTERPRET:
+            raise RuntimeError(
+                "Triton sparse kernels need CUDA tensors; to run them on CPU set TRITON_INTERPRET=1 before "
+                "triton is first imported (slow, for testing)"
+            )
+
+
+def _out_size(h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> tuple[int, int]:
+    return (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+
+
+def _seg_and_ch(packed: SparseConvWeight) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    if packed.format == "csr":
+        return packed.tap_ptr, packed.idx, False
+    return packed.row_ptr, packed.idx, True
+
+
+def sparse_conv2d_forward(
+    x: torch.Tensor,
+    packed: SparseConvWeight,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    padding_mode: str = "zeros",
+    negative_slope: float | None = None,
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """Forward only (no autograd): ``leaky_relu(conv(pad(x), W) + bias)``."""
+    check_conv_args(x, packed, stride, padding, padding_mode)
+    _check_device(x)
+    x = x.contiguous()
+    n, cin, h, w = x.shape
+    cout, _, kh, kw = packed.shape
+    ho, wo = _out_size(h, w, kh, kw, stride, padding)
+    cfg = config or default_config(ho * wo, x.device)
+    out = torch.empty((n, cout, ho, wo), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    seg, ch, kfmt = _seg_and_ch(packed)
+    vals = packed.values.detach().contiguous()
+    b = bias.detach().contiguous() if bias is not None else vals  # dummy pointer when unused
+    grid = (cout, triton.cdiv(ho * wo, cfg.block_p_fwd), n)
+    _sparse_conv2d_fwd_kernel[grid](
+        x,
+        out,
+        vals,
+        b,
+        seg,
+        ch,
+        cin,
+        h,
+        w,
+        cout,
+        ho,
+        wo,
+        float(negative_slope) if negative_slope is not None else 0.0,
+        STRIDE=stride,
+        PAD=padding,
+        REFLECT=(padding_mode == "reflect" and padding > 0),
+        KH=kh,
+        KW=kw,
+        KERNEL_FMT=kfmt,
+        HAS_BIAS=bias is not None,
+        ACT=negative_slope is not None,
+        BLOCK_P=cfg.block_p_fwd,
+        BLOCK_J=cfg.block_j,
+        num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def _fold_reflect(gxp: torch.Tensor, pad: int) -> torch.Tensor:
+    """Fold the gradient of a reflect-padded tensor back onto the unpadded input (adjoint of F.pad(mode='reflect'))."""
+    # rows: padded row p-k (k=1..pad) is a copy of input row k; padded row p+H-1+k is a copy of input row H-1-k
+    h = gxp.shape[2] - 2 * pad
+    w = gxp.shape[3] - 2 * pad
+    g = gxp[:, :, pad : pad + h, :].clone()
+    for k in range(1, pad + 1):
+        g[:, :, k, :] += gxp[:, :, pad - k, :]
+        g[:, :, h - 1 - k, :] += gxp[:, :, pad + h - 1 + k, :]
+    out = g[:, :, :, pad : pad + w].clone()
+    for k in range(1, pad + 1):
+        out[:, :, :, k] += g[:, :, :, pad - k]
+        out[:, :, :, w - 1 - k] += g[:, :, :, pad + w - 1 + k]
+    return out
+
+
+def sparse_conv2d_input_grad(
+    grad_out: torch.Tensor,
+    packed: SparseConvWeight,
+    input_shape: tuple[int, int, int, int],
+    stride: int = 1,
+    padding: int = 0,
+    padding_mode: str = "zeros",
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """Gradient w.r.t. the input of the (pre-activation) sparse conv: a transposed sparse convolution."""
+    _check_device(grad_out)
+    grad_out = grad_out.contiguous()
+    n, cin, h, w = input_shape
+    cout, _, kh, kw = packed.shape
+    ho, wo = grad_out.shape[2:]
+    hp, wp = h + 2 * padding, w + 2 * padding
+    cfg = config or default_config(ho * wo, grad_out.device)
+    gxp = torch.empty((n, cin, hp, wp), device=grad_out.device, dtype=torch.float32)
+    if gxp.numel():
+        kfmt = packed.format == "kernel"
+        seg = packed.col_ptr if kfmt else packed.col_tap_ptr
+        grid = (cin, triton.cdiv(hp * wp, cfg.block_p_dgrad), n)
+        _sparse_conv2d_dgrad_kernel[grid](
+            grad_out,
+            gxp,
+            packed.values.detach().contiguous(),
+            seg,
+            packed.col_row,
+            packed.col_perm,
+            cin,
+            hp,
+            wp,
+            cout,
+            ho,
+            wo,
+            STRIDE=stride,
+            KH=kh,
+            KW=kw,
+            KERNEL_FMT=kfmt,
+            BLOCK_P=cfg.block_p_dgrad,
+            BLOCK_J=cfg.block_j,
+            num_warps=cfg.num_warps,
+        )
+    if padding == 0:
+        gx = gxp
+    elif padding_mode == "reflect":
+        gx = _fold_reflect(gxp, padding)
+    else:
+        gx = gxp[:, :, padding : padding + h, padding : padding + w]
+    return gx.to(grad_out.dtype).contiguous()
+
+
+def sparse_conv2d_weight_grad(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    packed: SparseConvWeight,
+    stride: int = 1,
+    padding: int = 0,
+    padding_mode: str = "zeros",
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """Gradient w.r.t. ``packed.values`` only (shape ``[nnz]``, fp32 then cast to the values' dtype)."""
+    _check_device(grad_out, x)
+    grad_out = grad_out.contiguous()
+    x = x.contiguous()
+    n, cin, h, w = x.shape
+    cout, _, kh, kw = packed.shape
+    ho, wo = grad_out.shape[2:]
+    cfg = config or default_config(ho * wo, x.device)
+    n_vals = packed.values.numel()
+    n_tiles = triton.cdiv(ho * wo, cfg.block_p_wgrad)
+    if n_vals == 0 or n == 0 or ho * wo == 0:
+        return torch.zeros_like(packed.values)
+    if cfg.wgrad_atomic:
+        part = torch.zeros((n_vals,), device=x.device, dtype=torch.float32)
+    else:
+        # every slot is written exactly once (each (n, tile) program writes every value of its row)
+        part = torch.empty((n * n_tiles, n_vals), device=x.device, dtype=torch.float32)
+    seg, ch, kfmt = _seg_and_ch(packed)
+    grid = (cout, n_tiles, n)
+    _sparse_conv2d_wgrad_kernel[grid](
+        grad_out,
+        x,
+        part,
+        seg,
+        ch,
+        cin,
+        h,
+        w,
+        cout,
+        ho,
+        wo,
+        n_vals,
+        n_tiles,
+        STRIDE=stride,
+        PAD=padding,
+        REFLECT=(padding_mode == "reflect" and padding > 0),
+        KH=kh,
+        KW=kw,
+        KERNEL_FMT=kfmt,
+        ATOMIC=cfg.wgrad_atomic,
+        BLOCK_P=cfg.block_p_wgrad,
+        BLOCK_J=cfg.block_j,
+        num_warps=cfg.num_warps,
+    )
+    gv = part if cfg.wgrad_atomic else part.sum(0)
+    if packed.tap_mask is not None:
+        gv = gv * packed.tap_mask
+    return gv.to(packed.values.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class SparseConv2dFunction(torch.autograd.Function):
+    """Autograd over (x, values, bias); the index structure comes from ``packed``."""
+
+    @staticmethod
+    def forward(ctx, x, values, bias, packed, stride, padding, padding_mode, negative_slope, config):
+        if negative_slope is not None and negative_slope < 0:
+            raise ValueError("negative_slope must be >= 0 (the backward recovers the activation mask from the output)")
+        p = packed.with_values(values.detach())
+        y = sparse_conv2d_forward(x, p, bias, stride, padding, padding_mode, negative_slope, config)
+        ctx.packed = p
+        ctx.conf = (stride, padding, padding_mode, negative_slope, config, bias is not None)
+        ctx.save_for_backward(x, values, y if negative_slope is not None else None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, values, y = ctx.saved_tensors
+        stride, padding, padding_mode, slope, config, has_bias = ctx.conf
+        p = ctx.packed.with_values(values.detach())
+        if slope is not None:
+            gy = torch.where(y > 0, gy, gy * slope)
+        gx = gv = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = sparse_conv2d_input_grad(gy, p, tuple(x.shape), stride, padding, padding_mode, config)
+        if ctx.needs_input_grad[1]:
+            gv = sparse_conv2d_weight_grad(gy, x, p, stride, padding, padding_mode, config)
+        if has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum(dim=(0, 2, 3))
+        return gx, gv, gb, None, None, None, None, None, None
+
+
+def sparse_conv2d(
+    x: torch.Tensor,
+    packed: SparseConvWeight,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    padding_mode: str = "zeros",
+    negative_slope: float | None = None,
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """Sparse conv (Triton), differentiable w.r.t. ``x``, ``packed.values`` and ``bias``.
+
+    Same signature and semantics as ``reference.sparse_conv2d_reference`` (plus the optional ``config``).
+    """
+    check_conv_args(x, packed, stride, padding, padding_mode)
+    return SparseConv2dFunction.apply(
+        x, packed.values, bias, packed, stride, padding, padding_mode, negative_slope, config
+    )
