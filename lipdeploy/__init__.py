@@ -3,8 +3,10 @@
 Importing the package does no CUDA or Triton work; kernels compile on first use.
 """
 
+from .compact import CompactionReport, analyze_compaction, compact
 from .errors import InputError
 from .networks import DeepDecoderSpec, SkipSpec, make_input, paper_skip
+from .sparse import sparsify
 from .ticket import Ticket, load_ticket, ticket_from_model
 
 __version__ = "0.1.0"
@@ -19,4 +21,8 @@ __all__ = [
     "make_input",
     "paper_skip",
     "ticket_from_model",
+    "CompactionReport",
+    "analyze_compaction",
+    "compact",
+    "sparsify",
 ]

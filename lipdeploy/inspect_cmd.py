@@ -37,17 +37,13 @@ def inspect_report(ticket, height: int, width: int) -> dict:
         "layers": [r.to_dict() for r in rows],
         "totals": totals,
     }
-    compaction = _compaction(ticket, height, width)
-    if compaction is not None:
-        report["compaction"] = compaction
+    report["compaction"] = _compaction(ticket, height, width)
     return report
 
 
-def _compaction(ticket, height: int, width: int) -> dict | None:
-    try:
-        from .compact import analyze_compaction
-    except ImportError:  # compaction not available in this build
-        return None
+def _compaction(ticket, height: int, width: int) -> dict:
+    from .compact import analyze_compaction
+
     return analyze_compaction(ticket, height=height, width=width).to_dict()
 
 
@@ -78,10 +74,15 @@ def print_report(report: dict) -> None:
     table = Table(title=f"per layer, FLOPs at {h}x{w}", show_lines=False)
     for col in ("layer", "shape", "stride", "out HxW", "density", "unused in", "zero out", "zero kernels"):
         table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
+    table.add_column("compacted in>out", justify="right")
     table.add_column("GFLOP dense", justify="right")
     table.add_column("GFLOP nonzero", justify="right")
+    comp = report.get("compaction")
+    after = {row["name"]: row for row in comp["layers"]} if comp else {}
     for r in report["layers"]:
         cout, cin, kh, kw = r["shape"]
+        c = after.get(r["name"])
+        compacted = f"{c['in_after']}>{c['out_after']}" if c else "-"
         table.add_row(
             r["name"],
             f"{cout}x{cin}x{kh}x{kw}",
@@ -91,6 +92,7 @@ def print_report(report: dict) -> None:
             f"{r['unused_inputs']}/{cin}",
             f"{r['zero_outputs']}/{cout}",
             f"{r['zero_kernels']}/{r['kernels']}",
+            compacted,
             _gflop(r["flops_dense"]),
             _gflop(r["flops_nonzero"]),
         )
@@ -103,14 +105,14 @@ def print_report(report: dict) -> None:
         str(t["unused_inputs"]),
         str(t["zero_outputs"]),
         f"{t['zero_kernels']}/{t['kernels']} ({_pct(t['zero_kernels'] / max(t['kernels'], 1))})",
+        "",
         _gflop(t["flops_dense"]),
         _gflop(t["flops_nonzero"]),
         style="bold",
     )
     console.print(table)
-    comp = report.get("compaction")
     if comp is not None:
-        console.print(f"[bold]compaction[/bold]: {comp.get('summary', '')}")
+        console.print(f"[bold]compaction[/bold]: {comp['summary']}")
 
 
 @click.command("inspect")

@@ -83,3 +83,16 @@ def test_cli_refuses_pickle_with_code(tmp_path):
     torch.save({"x": Payload()}, tmp_path / "evil.pt")
     res = run("inspect", tmp_path / "evil.pt")
     assert res.exit_code == 2 and "refused" in res.output and "PAYLOAD-RAN" not in res.output
+
+
+def test_inspect_reports_what_compaction_removes(files, tmp_path):
+    ticket = load_ticket(files["own-pt"]["path"])
+    masks = dict(ticket.masks)
+    masks["9.1.weight"] = masks["9.1.weight"].clone()
+    masks["9.1.weight"][:, :3] = 0  # the final conv never reads 3 outputs of the last 1x1 conv
+    ticket.replace(masks=masks).save(tmp_path / "unread.pt")
+    report = json.loads(run("inspect", tmp_path / "unread.pt", "--json").output)
+    layers = {row["name"]: row for row in report["compaction"]["layers"]}
+    assert layers["6.1"]["out_before"] - layers["6.1"]["out_after"] >= 3
+    assert report["compaction"]["totals"]["unread_outputs"] >= 3
+    assert "compaction" in run("inspect", tmp_path / "unread.pt").output

@@ -1,0 +1,159 @@
+"""sparsify: compacted network with SparseConv2d layers; same output and same fitting as the masked network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lipdeploy.kernels import SparseConv2d
+from torch import nn
+
+from lipdeploy.compact import CompactNet, compact
+from lipdeploy.masks import freeze_pruned
+from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
+from lipdeploy.sparse import sparse_layers, sparsify
+from lipdeploy.ticket import ticket_from_model
+
+SMALL = SkipSpec(in_channels=8, channels_down=(8, 16, 16), channels_up=(8, 16, 16), channels_skip=(4, 4, 4))
+SMALL_ZERO = SkipSpec(
+    in_channels=8, channels_down=(8, 16, 16), channels_up=(8, 16, 16), channels_skip=(4, 4, 4), pad="zero"
+)
+TINY = SkipSpec(in_channels=4, channels_down=(4, 8), channels_up=(4, 8), channels_skip=(2, 2))
+SPECS = {"skip": SMALL, "skip-zero": SMALL_ZERO, "dd": DeepDecoderSpec(k=16, depth=3)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ticket(spec, sparsity: float, seed: int = 0, edit=None):
+    torch.manual_seed(seed)
+    model = spec.build()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.copy_(torch.randn(m.out_channels, generator=gen) * 0.3)
+    masks = {
+        n: (torch.rand(p.shape, generator=gen) >= sparsity).float()
+        for n, p in model.named_parameters()
+        if n.endswith(".weight") and p.dim() == 4
+    }
+    if edit is not None:
+        edit(masks)
+    return ticket_from_model(model, spec, masks)
+
+
+@pytest.mark.parametrize("arch", list(SPECS))
+@pytest.mark.parametrize("bn", ["image", "running"])
+def test_torch_backend_matches_masked_network(arch, bn):
+    spec = SPECS[arch]
+
+    def edit(masks):  # a few dead output channels too, so folding and (zero padding) materialising are exercised
+        first = next(iter(masks))
+        masks[first][:2] = 0
+
+    ticket = _ticket(spec, 0.8, edit=edit)
+    net = sparsify(ticket, backend="torch", bn=bn)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert not convs and sparse_layers(net)
+    if arch == "skip":  # reflection padding folded into the sparse convs
+        assert not any(isinstance(m, nn.ReflectionPad2d) for m in net.modules())
+    x = make_input(spec, 32, 32)
+    with torch.no_grad():
+        err = (net(x) - ticket.build(bn=bn)(x)).abs().max().item()
+    assert err <= 1e-5
+
+
+def test_sparsify_copies_a_compacted_network():
+    ticket = _ticket(SMALL, 0.9)
+    dense = compact(ticket)
+    net = sparsify(dense, backend="torch")
+    assert isinstance(net, CompactNet) and sparse_layers(net) and not sparse_layers(dense)
+    x = make_input(SMALL, 32, 32)
+    with torch.no_grad():
+        assert (net(x) - dense(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU branch of the dispatcher")
+def test_auto_on_cpu_is_the_compacted_dense_network():
+    ticket = _ticket(SMALL, 0.9)
+    net = sparsify(ticket, backend="auto")
+    assert not sparse_layers(net)
+    x = make_input(SMALL, 32, 32)
+    with torch.no_grad():
+        assert (net(x) - ticket.build()(x)).abs().max().item() <= 1e-5
+
+
+def _effective(net: CompactNet) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, m in net.ops.items():
+        if isinstance(m, SparseConv2d):
+            out[key] = m.dense_weight().detach()
+    return out
+
+
+def test_one_adam_step_matches_masked_dense():
+    """Fitting the sparse module moves the same weights by the same amounts as fitting the masked network."""
+    ticket = _ticket(SMALL, 0.85, seed=2)
+    x = make_input(SMALL, 32, 32).double()
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9)).double()
+
+    ref = ticket.build().double()
+    hooks = freeze_pruned(ref, ticket.masks)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    nn.functional.mse_loss(ref(x), target).backward()
+    opt.step()
+    for h in hooks:
+        h.remove()
+    ref_w = {n: p.detach() for n, p in ref.named_parameters()}
+
+    net = sparsify(compact(ticket.build().double()), backend="torch")
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    nn.functional.mse_loss(net(x), target).backward()
+    opt.step()
+    compacted = compact(ticket)  # same conv_index as net (same ticket), for the reference mapping
+    checked = 0
+    for key, w in _effective(net).items():
+        name, rows, cols, mask = compacted.conv_index[key]
+        want = ref_w[f"{name}.weight"][rows][:, cols] * mask
+        assert torch.allclose(w, want, atol=1e-7), key
+        moved = (w != ticket.build().double().get_submodule(name).weight[rows][:, cols]) & mask
+        checked += int(moved.sum())
+    assert checked > 1000  # the step did move the kept weights
+
+
+def test_triton_backend_interpreted_forward_and_grad():
+    pytest.importorskip("triton")
+    ticket = _ticket(TINY, 0.7, seed=1)
+    x = make_input(TINY, 16, 16)
+    net = sparsify(ticket, backend="triton")
+    ref = sparsify(ticket, backend="torch")
+    out = net(x)
+    with torch.no_grad():
+        assert (out - ticket.build()(x)).abs().max().item() <= 1e-4
+    out.square().mean().backward()
+    ref(x).square().mean().backward()
+    grads = {n: p.grad for n, p in ref.named_parameters()}
+    for n, p in net.named_parameters():
+        assert p.grad is not None and torch.allclose(p.grad, grads[n], atol=1e-4, rtol=1e-3), n
+
+
+@pytest.mark.gpu
+def test_auto_on_cuda_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
+    ticket = _ticket(SMALL, 0.9)
+    x = make_input(SMALL, 64, 64).cuda()
+    net = sparsify(ticket, backend="auto", example_input=x)
+    with torch.no_grad():
+        want = ticket.build().cuda()(x)
+        assert (net(x) - want).abs().max().item() <= 1e-3  # cuDNN layers may use TF32
+    assert (tmp_path / "backend_choice.json").exists()
