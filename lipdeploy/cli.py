@@ -12,7 +12,12 @@ from .errors import InputError
 
 # name -> "module:attribute" of the click command. Loaded lazily so `lipdeploy --help` stays fast.
 COMMANDS: dict[str, str] = {
+    "bench": "lipdeploy.bench_cmd:bench_command",
+    "export": "lipdeploy.export_cmd:export_command",
+    "find": "lipdeploy.find_cmd:find_command",
     "inspect": "lipdeploy.inspect_cmd:inspect_command",
+    "restore": "lipdeploy.restore_cmd:restore_command",
+    "run": "lipdeploy.run_cmd:run_command",
 }
 
 

@@ -1,0 +1,590 @@
+"""Export a ticket to an ONNX model that ONNX Runtime alone runs, exactly, as small as its structure allows.
+
+Pipeline (:func:`export_onnx`):
+
+1. ``lipdeploy.compact`` turns the masked network into its exact compacted form (dead channels removed, constants
+   folded into biases, per-image BatchNorm as instance normalisation): the graph the device runs.
+2. ``torch.onnx.export`` (TorchScript exporter: robust for these static-topology nets) with dynamic height and width;
+   reflection padding becomes ``Pad(mode=reflect)``, bilinear upsampling ``Resize(half_pixel)``, per-image BatchNorm
+   ``InstanceNormalization`` (same eps), eval-mode BatchNorm ``BatchNormalization``.
+3. Post-processing with the onnx API: optional embedded noise code (no graph input), int8 quantisation
+   (``onnxruntime.quantization.quantize_static`` with calibration on noise codes, Conv weights per channel), sparse
+   packing of the convolution weights (:mod:`lipdeploy.export.sparse_pack`), fp16 weight storage.
+4. Checks before anything is written: ``onnx.checker``; ONNX Runtime's output against the masked PyTorch reference
+   (the oracle, ``ticket.build``) at a test size; an fp32 export whose error exceeds ``tolerance`` is refused.
+5. Model and manifest (``model.manifest.json``) are written atomically: no half-written file is ever left.
+
+fp16 choice: weights are *stored* as fp16 and cast to fp32 once at session load (ONNX Runtime constant-folds the Cast),
+so compute stays fp32. Edge CPUs mostly lack fast fp16 arithmetic (ONNX Runtime's CPU provider has few fp16 kernels
+and would insert casts around the rest), so an fp16 graph would be slower and less accurate for the same file size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from lipdeploy import __version__
+from lipdeploy.errors import InputError
+from lipdeploy.fileio import atomic_output, check_output_path
+from lipdeploy.networks import make_input
+from lipdeploy.ticket import Ticket
+
+from .graph_tidy import fold_small_constants, shorten_names
+from .sparse_pack import PackedTensor, pack_initializers
+
+INPUT_NAME = "code"
+OUTPUT_NAME = "image"
+NOISE_SCALE = 0.1
+DEFAULT_TOLERANCE = 1e-4
+
+WeightsChoice = Literal["init", "fitted"]
+BatchNormChoice = Literal["image", "running"]
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check (e.g. fp32 parity); nothing was written."""
+
+
+@dataclass
+class ExportSummary:
+    """What an export produced and measured. Errors are max abs differences on the [0, 1] image scale."""
+
+    path: str
+    manifest_path: str
+    architecture: str
+    weights: str
+    bn: str
+    weights_format: str
+    dtype: str
+    quantize: str | None
+    embed_input: tuple[int, int] | None
+    seed: int
+    opset: int
+    density: float
+    file_bytes: int
+    dense_fp32_bytes: int  # the same graph with dense fp32 weights (what --weights-format dense --dtype fp32 gives)
+    parity_size: tuple[int, int]
+    parity_max_abs: float  # final model (ONNX Runtime) vs the masked PyTorch network
+    fp32_parity_max_abs: float  # fp32 graph before fp16 / int8 vs the masked PyTorch network
+    sparse_vs_dense_max_abs: float | None  # packed vs dense-weight graph, both in ONNX Runtime (0.0 = bit-exact)
+    precision_psnr_db: float | None  # fp16 / int8 output vs the fp32 reference output, PSNR in dB (range 1)
+    psnr_change_db: float | None  # with a target image: PSNR(reduced, target) - PSNR(fp32 network, target)
+    removed: dict[str, Any] = field(default_factory=dict)
+    packed: list[dict[str, Any]] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.file_bytes / self.dense_fp32_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size_ratio"] = self.size_ratio
+        return d
+
+
+# --------------------------------------------------------------------------------------------------- module
+
+
+def export_module(ticket: Ticket, weights: WeightsChoice, bn: BatchNormChoice) -> tuple[nn.Module, dict[str, Any]]:
+    """The compacted network to export (exact: see :mod:`lipdeploy.compact`) and what compaction removed.
+
+    The report is assembled from the compacted net's own per-layer records (``analyze_compaction`` would build the
+    net a second time, which dominates export time); MAC counts are left out here (``lipdeploy inspect`` has them).
+    """
+    from lipdeploy.compact import CompactionReport, compact
+
+    module = compact(ticket, weights=weights, bn=bn)
+    params_before = sum(v.numel() for k, v in ticket.init.items() if v.is_floating_point() and "running" not in k)
+    report = CompactionReport(
+        layers=list(module.layers),
+        height=0,
+        width=0,
+        bn=bn,
+        params_before=params_before,
+        params_after=sum(p.numel() for p in module.parameters()),
+    ).to_dict()
+    for key in ("height", "width"):
+        report.pop(key, None)
+    for d in [report.get("totals", {})] + report.get("layers", []):
+        for key in ("macs_before", "macs_after", "out_hw"):
+            d.pop(key, None)
+    return module.eval(), _jsonable(report)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "to_dict"):
+        return _jsonable(obj.to_dict())
+    if hasattr(obj, "__dataclass_fields__"):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def _torch_to_onnx(module: nn.Module, example: torch.Tensor, opset: int, code_is_image_size: bool) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    dims = {0: "batch", 2: "height", 3: "width"}
+    code_dims = {2: "height", 3: "width"} if code_is_image_size else {2: "code_height", 3: "code_width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: code_dims, OUTPUT_NAME: {2: dims[2], 3: dims[3]}},
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.PRESERVE,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    fold_small_constants(model)
+    shorten_names(model)
+    return model
+
+
+def _embed_input(model: onnx.ModelProto, code: np.ndarray, image_size: tuple[int, int]) -> None:
+    """Turn the graph input into an initializer holding ``code``: the model then takes no input."""
+    graph = model.graph
+    (inp,) = [i for i in graph.input if i.name == INPUT_NAME]
+    graph.input.remove(inp)
+    graph.initializer.append(numpy_helper.from_array(code.astype(np.float32), INPUT_NAME))
+    dims = graph.output[0].type.tensor_type.shape.dim
+    for d, v in zip(list(dims)[2:], image_size, strict=True):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+
+
+def _conv_weight_names(model: onnx.ModelProto) -> list[str]:
+    inits = {i.name for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
+            if node.input[1] not in names:
+                names.append(node.input[1])
+    return names
+
+
+def _dq_weight_names(model: onnx.ModelProto) -> list[str]:
+    """Quantized weights: integer initializers feeding DequantizeLinear (QDQ format)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            if inits[node.input[0]].data_type in (TensorProto.INT8, TensorProto.UINT8) and node.input[0] not in out:
+                out.append(node.input[0])
+    return out
+
+
+def _store_fp16(model: onnx.ModelProto, names: list[str]) -> None:
+    """Store the named fp32 initializers as fp16, with a Cast back to fp32 (folded by ONNX Runtime at load)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    casts = []
+    for name in names:
+        init = inits[name]
+        arr = numpy_helper.to_array(init).astype(np.float16)
+        graph.initializer.remove(init)
+        graph.initializer.append(numpy_helper.from_array(arr, f"{name}__fp16"))
+        casts.append(
+            helper.make_node("Cast", [f"{name}__fp16"], [name], name=f"cast_fp16/{name}", to=TensorProto.FLOAT)
+        )
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + old)
+
+
+def _quantize_int8(model: onnx.ModelProto, codes: list[np.ndarray]) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(codes)
+
+        def get_next(self):
+            code = next(self.it, None)
+            return None if code is None else {INPUT_NAME: code}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint at WARNING on the root logger
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(
+                    str(src),
+                    str(dst),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv"],
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                )
+        finally:
+            root.setLevel(level)
+        qmodel = onnx.load(dst)
+    del qmodel.graph.value_info[:]
+    shorten_names(qmodel)
+    return qmodel
+
+
+# --------------------------------------------------------------------------------------------------- running
+
+
+def ort_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 0, optimized_path: str | None = None):
+    """An ONNX Runtime CPU session (default optimisation level: constant folding unpacks sparse weights at load)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if isinstance(src, Path):
+        src = str(src)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def _run(model: onnx.ModelProto, code: np.ndarray | None) -> np.ndarray:
+    sess = ort_session(model)
+    feeds = {} if code is None else {INPUT_NAME: code}
+    return sess.run(None, feeds)[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of ``a`` against ``b`` on the [0, 1] scale (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' (or a single number for a square) -> (H, W)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise InputError(None, f"size {text!r} is not HxW (e.g. 256x256)")
+
+
+def _check_size(size: tuple[int, int], stride: int, what: str) -> tuple[int, int]:
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        raise InputError(None, f"{what} {h}x{w}: height and width must be positive multiples of {stride}")
+    return h, w
+
+
+def manifest_path_for(path: str | Path) -> Path:
+    """model.onnx -> model.manifest.json (beside the model)."""
+    path = Path(path)
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return path.with_name(f"{stem}.manifest.json")
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+
+def export_onnx(
+    ticket: Ticket,
+    path: str | Path,
+    *,
+    weights: WeightsChoice | None = None,
+    bn: BatchNormChoice = "image",
+    weights_format: Literal["dense", "sparse"] = "sparse",
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    quantize: Literal["int8"] | None = None,
+    embed_input: tuple[int, int] | None = None,
+    seed: int = 0,
+    opset: int = 17,
+    force: bool = False,
+    test_size: tuple[int, int] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    calibration_codes: int = 4,
+    target: np.ndarray | torch.Tensor | None = None,
+    _before_write: Any = None,
+) -> ExportSummary:
+    """Export ``ticket`` to ``path`` (ONNX) plus ``<stem>.manifest.json``; returns what was measured.
+
+    ``weights``: which weights to export; default the fitted ones when the ticket has them (a fitted ticket is an
+    image decoder), else the initial ones. ``bn``: ``"image"`` = DIP semantics (per-image statistics), ``"running"``
+    = eval-mode BatchNorm. ``embed_input=(h, w)`` bakes ``make_input(arch, h, w, seed)`` into the model (no graph
+    input). ``test_size``: where parity is measured (default 64x96, or the embedded size). ``target``: the image the
+    network was fitted to ([1, 3, H, W] at the test size); with it fp16 / int8 exports report the PSNR change against
+    it, without it only the PSNR of the reduced-precision output against the fp32 output.
+    Raises :class:`InputError` for bad options or paths, :class:`ExportError` when the fp32 graph misses the oracle
+    by more than ``tolerance``; in both cases nothing is written.
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    path = Path(path)
+    if weights is None:
+        weights = "fitted" if ticket.fitted is not None else "init"
+    if weights not in ("init", "fitted"):
+        raise InputError(None, f"weights must be 'init' or 'fitted', not {weights!r}")
+    if weights == "fitted" and ticket.fitted is None:
+        raise InputError(ticket.source, "the ticket holds no fitted weights (use init)")
+    if bn not in ("image", "running"):
+        raise InputError(None, f"bn must be 'image' or 'running', not {bn!r}")
+    if weights_format not in ("dense", "sparse"):
+        raise InputError(None, f"weights format must be dense or sparse, not {weights_format!r}")
+    if dtype not in ("fp32", "fp16"):
+        raise InputError(None, f"dtype must be fp32 or fp16, not {dtype!r}")
+    if quantize not in (None, "int8"):
+        raise InputError(None, f"quantize must be int8, not {quantize!r}")
+    if quantize and dtype != "fp32":
+        raise InputError(None, "--quantize int8 and --dtype fp16 exclude each other")
+    if opset < 17:
+        raise InputError(None, f"opset {opset} is too old: 17 or newer")
+    stride = ticket.arch.stride
+    if embed_input is not None:
+        embed_input = _check_size(embed_input, stride, "--embed-input")
+    check_output_path(path, force)
+    manifest_path = manifest_path_for(path)
+    check_output_path(manifest_path, force)
+    if test_size is None:
+        test_size = embed_input or (max(64, stride * 2), max(96, stride * 3))
+    test_size = _check_size(test_size, stride, "test size")
+
+    # 1-2: compacted module -> ONNX
+    module, removed = export_module(ticket, weights, bn)
+    code_t = make_input(ticket.arch, *test_size, seed=seed, scale=NOISE_SCALE)
+    with torch.no_grad():
+        reference = ticket.build(weights, bn=bn)(code_t.clone()).numpy()
+    code = code_t.numpy()
+    model = _torch_to_onnx(module, code_t, opset, ticket.arch.kind != "dd")
+    timings["torch_export"] = time.perf_counter() - t0
+
+    # 3: post-processing
+    feed: np.ndarray | None = code
+    if embed_input is not None:
+        _embed_input(model, code, embed_input)
+        feed = None
+    fp32_model = copy.deepcopy(model)
+    dense_fp32_bytes = fp32_model.ByteSize()
+    t1 = time.perf_counter()
+    if quantize == "int8":
+        calib = [code] + [
+            make_input(ticket.arch, *test_size, seed=seed + 1000 + i, scale=NOISE_SCALE).numpy()
+            for i in range(max(0, calibration_codes - 1))
+        ]
+        if embed_input is not None:  # calibrate the graph with its input, then embed
+            plain = _torch_to_onnx(module, code_t, opset, ticket.arch.kind != "dd")
+            model = _quantize_int8(plain, calib)
+            _embed_input(model, code, embed_input)
+        else:
+            model = _quantize_int8(model, calib)
+        weight_names = _dq_weight_names(model)
+    else:
+        weight_names = _conv_weight_names(model)
+    packed: list[PackedTensor] = []
+    if dtype == "fp16":
+        inits = {i.name: i for i in model.graph.initializer}
+        _store_fp16(model, weight_names)
+        weight_names = [f"{n}__fp16" for n in weight_names if n in inits]
+    if weights_format == "sparse":
+        packed = pack_initializers(model, weight_names)
+    timings["post_process"] = time.perf_counter() - t1
+
+    _set_metadata(model, ticket, weights, bn, weights_format, dtype, quantize, embed_input, seed, removed)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"onnx.checker rejected the exported graph: {exc}") from exc
+
+    # 4: parity
+    t2 = time.perf_counter()
+    fp32_out = _run(fp32_model, feed)
+    fp32_err = float(np.abs(fp32_out - reference).max())
+    if fp32_err > tolerance:
+        raise ExportError(
+            f"ONNX Runtime output differs from the masked network by {fp32_err:.2e} (> {tolerance:.0e}): "
+            "nothing written"
+        )
+    if model is fp32_model or (weights_format == "dense" and dtype == "fp32" and not quantize):
+        out = fp32_out
+    else:
+        out = _run(model, feed)
+    err = float(np.abs(out - reference).max())
+    sparse_vs_dense = None
+    if weights_format == "sparse" and dtype == "fp32" and not quantize:
+        sparse_vs_dense = float(np.abs(out - fp32_out).max())
+        if err > tolerance:
+            raise ExportError(f"sparse-packed graph differs from the masked network by {err:.2e}; nothing written")
+    precision_psnr = psnr_change = None
+    if dtype != "fp32" or quantize:
+        precision_psnr = psnr(out, reference)
+        if target is not None:
+            tgt = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target, dtype=np.float32)
+            if tgt.shape != reference.shape:
+                raise InputError(None, f"target image shape {list(tgt.shape)} != output shape {list(reference.shape)}")
+            psnr_change = psnr(out, tgt) - psnr(reference, tgt)
+    timings["parity"] = time.perf_counter() - t2
+
+    # 5: write atomically (model, then manifest beside it)
+    data = model.SerializeToString()
+    summary = ExportSummary(
+        path=str(path),
+        manifest_path=str(manifest_path),
+        architecture=ticket.arch.describe(),
+        weights=weights,
+        bn=bn,
+        weights_format=weights_format,
+        dtype=dtype,
+        quantize=quantize,
+        embed_input=embed_input,
+        seed=seed,
+        opset=opset,
+        density=ticket.density,
+        file_bytes=len(data),
+        dense_fp32_bytes=dense_fp32_bytes,
+        parity_size=tuple(test_size),
+        parity_max_abs=err,
+        fp32_parity_max_abs=fp32_err,
+        sparse_vs_dense_max_abs=sparse_vs_dense,
+        precision_psnr_db=precision_psnr,
+        psnr_change_db=psnr_change,
+        removed=removed,
+        packed=[p.to_dict() for p in packed],
+        timings_s=timings,
+    )
+    manifest = _manifest(summary, ticket)
+    with atomic_output(path) as tmp_model, atomic_output(manifest_path) as tmp_manifest:
+        tmp_model.write_bytes(data)
+        tmp_manifest.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        if _before_write is not None:  # test hook: inject a failure after the temporary files exist
+            _before_write()
+    timings["total"] = time.perf_counter() - t0
+    return summary
+
+
+def input_contract(ticket: Ticket, embed_input: tuple[int, int] | None, seed: int) -> dict[str, Any]:
+    """How to feed the model (also read back by ``lipdeploy run``)."""
+    arch = ticket.arch
+    c = arch.input_channels
+    if embed_input is not None:
+        return {
+            "embedded": True,
+            "image_size": list(embed_input),
+            "seed": seed,
+            "noise": f"lipdeploy.make_input(arch, H, W, seed, scale={NOISE_SCALE})",
+        }
+    factor = arch.stride if arch.kind == "dd" else 1
+    shape = [1, c, "H", "W"] if factor == 1 else [1, c, f"H/{factor}", f"W/{factor}"]
+    return {
+        "embedded": False,
+        "name": INPUT_NAME,
+        "dtype": "float32",
+        "layout": "NCHW",
+        "shape": shape,
+        "image_multiple_of": arch.stride,
+        "code_downsample": factor,
+        "noise": f"uniform U(0, {NOISE_SCALE}): lipdeploy.make_input(arch, H, W, seed, scale={NOISE_SCALE})",
+        "output": {"name": OUTPUT_NAME, "shape": [1, 3, "H", "W"], "range": [0, 1]},
+    }
+
+
+def _set_metadata(model, ticket, weights, bn, weights_format, dtype, quantize, embed_input, seed, removed) -> None:
+    props = {
+        "lipdeploy_version": __version__,
+        "architecture": json.dumps(ticket.arch.to_dict()),
+        "architecture_description": ticket.arch.describe(),
+        "sparsity": f"{ticket.sparsity:.6f}",
+        "density": f"{ticket.density:.6f}",
+        "provenance": json.dumps(_jsonable(ticket.provenance)),
+        "weights": weights,
+        "batchnorm": (
+            "image: per-image statistics (DIP semantics, InstanceNormalization)"
+            if bn == "image"
+            else "running: eval-mode running statistics"
+        ),
+        "batchnorm_mode": bn,
+        "input_contract": json.dumps(input_contract(ticket, embed_input, seed)),
+        "weights_format": weights_format,
+        "dtype": dtype,
+        "quantize": quantize or "none",
+        "removed": json.dumps(removed.get("totals", removed) if isinstance(removed, dict) else removed),
+    }
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    model.producer_name = "lipdeploy"
+    model.producer_version = __version__
+    model.doc_string = f"lipdeploy export of {ticket.arch.describe()} ({ticket.sparsity:.1%} sparse, BN {bn})"
+
+
+def _manifest(summary: ExportSummary, ticket: Ticket) -> dict[str, Any]:
+    packed = summary.packed
+    return {
+        "format": "lipdeploy.export-manifest",
+        "version": 1,
+        "lipdeploy_version": __version__,
+        "model": Path(summary.path).name,
+        "file_bytes": summary.file_bytes,
+        "dense_fp32_bytes": summary.dense_fp32_bytes,
+        "size_ratio": summary.size_ratio,
+        "architecture": ticket.arch.to_dict(),
+        "density": ticket.density,
+        "provenance": _jsonable(ticket.provenance),
+        "options": {
+            "weights": summary.weights,
+            "bn": summary.bn,
+            "weights_format": summary.weights_format,
+            "dtype": summary.dtype,
+            "quantize": summary.quantize,
+            "embed_input": summary.embed_input,
+            "seed": summary.seed,
+            "opset": summary.opset,
+        },
+        "input_contract": input_contract(ticket, summary.embed_input, summary.seed),
+        "removed": summary.removed,
+        "stored_sparse": [p for p in packed if p["encoding"] != "dense"],
+        "stored_dense": [p["name"] for p in packed if p["encoding"] == "dense"],
+        "parity": {
+            "reference": "ticket.build(weights, bn) in PyTorch (masked network)",
+            "size": list(summary.parity_size),
+            "max_abs": summary.parity_max_abs,
+            "fp32_max_abs": summary.fp32_parity_max_abs,
+            "sparse_vs_dense_max_abs": summary.sparse_vs_dense_max_abs,
+            "precision_psnr_db": summary.precision_psnr_db,
+            "psnr_change_db": summary.psnr_change_db,
+        },
+        "timings_s": summary.timings_s,
+    }

@@ -1,0 +1,135 @@
+"""Images: loading, saving, the bundled test photographs and cropping to the network's stride.
+
+Convention: images are float32 tensors shaped ``[1, 3, H, W]`` with values in [0, 1]. Grayscale inputs are replicated
+into three channels, so every network (and every ticket, the paper's included) keeps its 3-channel output; the PSNR of
+a replicated grayscale image equals its grayscale PSNR. Alpha channels are dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .fileio import atomic_output
+
+SKIMAGE_PREFIX = "skimage:"
+# skimage.data photographs that ship with the package (no download); others are tried too but may need the network.
+STANDARD_IMAGES = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "moon", "rocket", "horse")
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        arr = arr.astype(np.float32) / 65535.0
+    else:
+        arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    elif arr.ndim == 3 and arr.shape[2] == 2:  # gray + alpha
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"unsupported image shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].contiguous()
+
+
+def standard_image(name: str) -> torch.Tensor:
+    """One of scikit-image's bundled photographs (``skimage.data.NAME``), as ``[1, 3, H, W]`` in [0, 1]."""
+    import skimage.data
+
+    fn = getattr(skimage.data, name, None)
+    if fn is None or name.startswith("_") or not callable(fn):
+        raise InputError(
+            f"{SKIMAGE_PREFIX}{name}", f"no such scikit-image photograph (try {', '.join(STANDARD_IMAGES)})"
+        )
+    try:
+        arr = np.asarray(fn())
+        return _to_tensor(arr)
+    except Exception as exc:  # a data set that needs a download, or not an image
+        raise InputError(f"{SKIMAGE_PREFIX}{name}", f"cannot load it ({str(exc).splitlines()[0][:120]})") from None
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file (anything Pillow reads) or ``skimage:NAME`` as ``[1, 3, H, W]`` float32 in [0, 1]."""
+    text = str(path)
+    if text.startswith(SKIMAGE_PREFIX):
+        return standard_image(text[len(SKIMAGE_PREFIX) :])
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else 255.0)
+            elif im.mode in ("L", "RGB", "RGBA", "LA", "1", "F"):
+                arr = np.asarray(im)
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable image ({str(exc).splitlines()[0][:120]})") from None
+    try:
+        return _to_tensor(arr)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+
+
+def load_mask(path: str | Path, like: torch.Tensor | None = None) -> torch.Tensor:
+    """An inpainting mask image as ``[1, 1, H, W]`` 0/1 float: white (> 0.5) = known pixel, black = missing."""
+    img = load_image(path)
+    mask = (img.mean(dim=1, keepdim=True) > 0.5).float()
+    if like is not None and tuple(mask.shape[2:]) != tuple(like.shape[2:]):
+        raise InputError(
+            path, f"mask is {mask.shape[3]}x{mask.shape[2]} but the image is {like.shape[3]}x{like.shape[2]}"
+        )
+    return mask
+
+
+def image_name(path: str | Path) -> str:
+    """A short name for records: the file name, or ``skimage:NAME``."""
+    text = str(path)
+    return text if text.startswith(SKIMAGE_PREFIX) else Path(text).name
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[1, C, H, W]`` in [0, 1] -> ``H x W x C`` uint8 (rounded), as written to PNG."""
+    arr = img.detach().float().cpu().clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    return (arr * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image(img: torch.Tensor, path: str | Path) -> None:
+    """Write ``[1, 3, H, W]`` (or ``[1, 1, H, W]``) in [0, 1] as an 8-bit PNG, atomically."""
+    arr = to_uint8(img)
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    with atomic_output(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def crop_offsets(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
+    """(top, left, new_height, new_width) of the centre crop to multiples of ``multiple``."""
+    nh, nw = height - height % multiple, width - width % multiple
+    return (height - nh) // 2, (width - nw) // 2, nh, nw
+
+
+def crop_to_multiple(img: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, str | None]:
+    """Centre-crop to sides that are multiples of ``multiple`` (the network's total stride), as the DIP code does.
+
+    Returns the cropped image and a message saying what was cropped (None when nothing was).
+    """
+    h, w = img.shape[2], img.shape[3]
+    top, left, nh, nw = crop_offsets(h, w, multiple)
+    if (nh, nw) == (h, w):
+        return img, None
+    msg = f"cropped {w}x{h} to {nw}x{nh} (sides must be multiples of {multiple}, the network's total stride)"
+    return img[:, :, top : top + nh, left : left + nw].contiguous(), msg
