@@ -19,7 +19,6 @@ under ``channel`` it is pruned by kernel.
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as _dt
 import json
 import re
