@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .networks import ArchSpec, SkipSpec, conv_layers
-from .ticket import Ticket, load_ticket
+from .ticket import Ticket, load_ticket, ticket_from_model
 
 
 def tiny_skip(**overrides) -> SkipSpec:
@@ -31,11 +31,29 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.5)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.3)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(m.running_var.shape, generator=gen))
             elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
     return model
+
+
+def random_mask_ticket(spec: ArchSpec, sparsity: float, seed: int = 0, edit=None) -> Ticket:
+    """A ticket with random masks (each weight pruned with probability ``sparsity``) on randomised BN and biases.
+
+    ``edit(masks)`` may change the masks in place first (kill channels, layers, branches).
+    """
+    torch.manual_seed(seed)
+    model = randomize_(spec.build(), seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    masks = {
+        name: (torch.rand(p.shape, generator=gen) >= sparsity).float()
+        for name, p in model.named_parameters()
+        if name.endswith(".weight") and p.dim() == 4
+    }
+    if edit is not None:
+        edit(masks)
+    return ticket_from_model(model, spec, masks)
 
 
 def pruned_model(spec: ArchSpec, amount: float, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:

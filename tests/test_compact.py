@@ -8,6 +8,8 @@ from torch import nn
 
 from lipdeploy.compact import CompactNet, analyze_compaction, compact
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
+from lipdeploy.testing import random_mask_ticket as _ticket
+from lipdeploy.testing import randomize_
 from lipdeploy.ticket import ticket_from_model
 
 SMALL = SkipSpec(in_channels=8, channels_down=(8, 16, 16), channels_up=(8, 16, 16), channels_skip=(4, 4, 4))
@@ -25,35 +27,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _randomise(model: nn.Module, seed: int) -> None:
-    """Non-trivial BN affine, running stats and biases, so constants and their folding are non-trivial."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.out_channels, generator=gen) * 0.3)
-
-
-def _ticket(spec, sparsity: float = 0.0, seed: int = 0, edit=None):
-    torch.manual_seed(seed)
-    model = spec.build()
-    _randomise(model, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    masks = {
-        name: (torch.rand(p.shape, generator=gen) >= sparsity).float()
-        for name, p in model.named_parameters()
-        if name.endswith(".weight") and p.dim() == 4
-    }
-    if edit is not None:
-        edit(masks)
-    return ticket_from_model(model, spec, masks)
 
 
 def _snap_constants(module, args):
@@ -251,7 +224,7 @@ def test_paper_network_imp_like_ticket():
     spec = SkipSpec()
     torch.manual_seed(0)
     model = spec.build()
-    _randomise(model, 0)
+    randomize_(model, 0)
     ws = {n: p.detach() for n, p in model.named_parameters() if n.endswith(".weight") and p.dim() == 4}
     mags = torch.cat([w.abs().flatten() for w in ws.values()])
     thr = mags.kthvalue(int(0.89 * mags.numel())).values

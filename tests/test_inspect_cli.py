@@ -96,3 +96,22 @@ def test_inspect_reports_what_compaction_removes(files, tmp_path):
     assert layers["6.1"]["out_before"] - layers["6.1"]["out_after"] >= 3
     assert report["compaction"]["totals"]["unread_outputs"] >= 3
     assert "compaction" in run("inspect", tmp_path / "unread.pt").output
+
+
+def test_atomic_output_leaves_nothing_on_failure_and_normal_permissions(tmp_path):
+    import os
+
+    from lipdeploy.fileio import atomic_output
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask

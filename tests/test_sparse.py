@@ -11,7 +11,7 @@ from lipdeploy.compact import CompactNet, compact
 from lipdeploy.masks import freeze_pruned
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
 from lipdeploy.sparse import sparse_layers, sparsify
-from lipdeploy.ticket import ticket_from_model
+from lipdeploy.testing import random_mask_ticket as _ticket
 
 SMALL = SkipSpec(in_channels=8, channels_down=(8, 16, 16), channels_up=(8, 16, 16), channels_skip=(4, 4, 4))
 SMALL_ZERO = SkipSpec(
@@ -27,29 +27,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _ticket(spec, sparsity: float, seed: int = 0, edit=None):
-    torch.manual_seed(seed)
-    model = spec.build()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.out_channels, generator=gen) * 0.3)
-    masks = {
-        n: (torch.rand(p.shape, generator=gen) >= sparsity).float()
-        for n, p in model.named_parameters()
-        if n.endswith(".weight") and p.dim() == 4
-    }
-    if edit is not None:
-        edit(masks)
-    return ticket_from_model(model, spec, masks)
 
 
 @pytest.mark.parametrize("arch", list(SPECS))
