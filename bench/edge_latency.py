@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lipdeploy.export import export_onnx, ort_session
 
 from lipdeploy.analysis import layer_stats
+from lipdeploy.export import export_onnx, ort_session
 from lipdeploy.networks import SkipSpec, conv_layers, make_input
 from lipdeploy.ticket import Ticket, ticket_from_model
 

@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from lipdeploy.export import export_onnx, manifest_path_for, ort_session
 from torch.nn.utils import prune
 
 from lipdeploy import InputError, load_ticket, make_input
+from lipdeploy.export import export_onnx, manifest_path_for, ort_session
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, conv_layers
 from lipdeploy.testing import randomize_, tiny_skip, write_ticket_files
 from lipdeploy.ticket import ticket_from_model

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+
 from lipdeploy.kernels import (
     SparseConv2d,
     check_format,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from lipdeploy.export.bundled import bundled_ticket_path
 from PIL import Image
 
 from lipdeploy.cli import cli
+from lipdeploy.export.bundled import bundled_ticket_path
 from lipdeploy.testing import write_ticket_files
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lipdeploy.kernels import SparseConv2d
 from torch import nn
 
 from lipdeploy.compact import CompactNet, compact
+from lipdeploy.kernels import SparseConv2d
 from lipdeploy.masks import freeze_pruned
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
 from lipdeploy.sparse import sparse_layers, sparsify

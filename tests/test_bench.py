@@ -1,0 +1,242 @@
+"""End-to-end tests of ``lipdeploy bench`` on a tiny preset: rows, report files, resume, shard merge, CLI.
+
+One module-scoped run (two images, every method family, every CPU backend, the memory probe) is shared by most tests;
+the shard test uses a cheaper plan (no memory probe, one backend) because it runs everything twice more.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lipdeploy.bench import engine
+from lipdeploy.bench.harness import Bench, RowStore, parse_shard, plan
+from lipdeploy.bench.presets import PRESETS, Preset, rounds_for
+from lipdeploy.bench.report import build_report
+from lipdeploy.cli import cli
+from lipdeploy.errors import InputError
+from lipdeploy.networks import SkipSpec
+
+TINY_NET = SkipSpec(in_channels=8, channels_down=(8,) * 5, channels_up=(8,) * 5, channels_skip=(2,) * 5)
+
+
+def tiny_preset(**changes) -> Preset:
+    base = PRESETS["ci"].replace(
+        name="test",
+        net=TINY_NET,
+        crop=64,
+        images=("astronaut", "coffee"),
+        iters=6,
+        imp_iters=3,
+        rounds=(2,),
+        structured_rounds=(1,),
+        dd_ks=(16,),
+        latency_warmup=0,
+        latency_repeats=1,
+        log_every=2,
+        latency_methods=("dense", "lip-unstructured-36", "dd-matched-36", "lip-channel-20"),
+    )
+    return base.replace(name="test", **changes) if changes else base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: with other processes on a 2-core machine, two OpenMP threads spin against each other and
+    tiny-network fits run ten to a hundred times slower (measured: 18 s vs 0.08 s for the same fit)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("bench")
+    bench = Bench(tiny_preset(), out)
+    stats = bench.run(progress=False)
+    return out, bench, stats
+
+
+def test_first_run_finishes_every_planned_job(run_dir):
+    out, bench, stats = run_dir
+    assert stats.failed == []
+    _, jobs = RowStore.read_all(out)
+    assert set(jobs) == {j.key for j in bench.jobs()}
+    assert stats.ran == stats.planned and stats.fits > 0
+
+
+def test_rows_cover_every_method_and_metric_group(run_dir):
+    out, bench, _ = run_dir
+    rows, _ = RowStore.read_all(out)
+    by_method: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("method"):
+            by_method.setdefault(r["method"], set()).add(r["metric"])
+    families = {r["family"] for r in rows if r.get("family")}
+    assert families >= {"dense", "dd", "dd-matched", "lip", "random", "lip-kernel", "lip-channel", "transfer"}
+    quality = {"psnr_best", "psnr_final", "ssim_best", "ssim_final", "fit_seconds"}
+    memory = {
+        "params",
+        "nonzeros",
+        "bytes_ticket",
+        "bytes_onnx_dense",
+        "bytes_onnx_sparse",
+        "peak_rss_step_bytes",
+        "optimizer_state_bytes_dense",
+        "optimizer_state_bytes_sparse",
+    }
+    for m in bench.jobs():
+        if m.kind == "quality":
+            assert quality <= by_method[m.method.name], m.key
+        if m.kind == "memory":
+            assert memory <= by_method[m.method.name], m.key
+    lat = {(r["method"], r["backend"]) for r in rows if r["metric"] == "forward_ms"}
+    assert ("dense", "torch-cpu") in lat and ("lip-unstructured-36", "torch-cpu") in lat
+    assert any(r["metric"] == "step_ms" for r in rows)
+    # sparse tickets store fewer bytes than the dense ONNX of the same network
+    mem = {(r["method"], r["metric"]): r["value"] for r in rows if r["image"] == "-"}
+    assert mem[("lip-unstructured-36", "bytes_onnx_sparse")] < mem[("lip-unstructured-36", "bytes_onnx_dense")]
+    assert mem[("lip-unstructured-36", "optimizer_state_bytes_sparse")] < mem[("dense", "optimizer_state_bytes_dense")]
+    assert mem[("dense", "peak_rss_step_bytes")] > 0
+    # the matched deep decoder has about the LIP's parameter count
+    lip_p, dd_p = mem[("lip-unstructured-36", "params")], mem[("dd-matched-36", "params")]
+    assert abs(dd_p - lip_p) / lip_p < 0.2
+
+
+def test_report_files_and_claims(run_dir):
+    out, _, _ = run_dir
+    for name in (
+        "rows.csv",
+        "rows.json",
+        "report.md",
+        "environment.json",
+        "preset.json",
+        "psnr_vs_params.png",
+        "latency_vs_sparsity.png",
+        "psnr_over_time.png",
+        "headline.md",
+    ):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    assert "## Claims from the paper" in md and "Claim 2" in md and "Claim 3" in md
+    assert "## Preset" in md and '"name": "test"' in md
+    assert "time to quality" in md
+    data = json.loads((out / "rows.json").read_text())
+    assert data["environments"][0]["torch"] and data["preset"]["name"] == "test"
+    assert any(r["metric"] == "time_to_quality_s" for r in data["rows"])
+    assert any(r["image"] == "mean" and r["metric"] == "psnr_best" for r in data["rows"])
+    header = (out / "rows.csv").read_text().splitlines()[0].split(",")
+    assert {"method", "image", "metric", "value", "unit", "cpu", "torch", "preset"} <= set(header)
+
+
+def test_rerun_skips_finished_jobs(run_dir):
+    out, _, first = run_dir
+    rows_before = (out / "rows-0-1.jsonl").read_text()
+    fits_before = engine.COUNTERS["fits"]
+    stats = Bench(tiny_preset(), out).run(progress=False)
+    assert stats.ran == 0 and stats.skipped == first.planned and stats.fits == 0
+    assert engine.COUNTERS["fits"] == fits_before
+    assert (out / "rows-0-1.jsonl").read_text() == rows_before
+
+
+def test_torn_last_line_is_ignored(run_dir, tmp_path):
+    out, _, _ = run_dir
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(out / "rows-0-1.jsonl", copy / "rows-0-1.jsonl")
+    rows, jobs = RowStore.read_all(copy)
+    with open(copy / "rows-0-1.jsonl", "a") as f:
+        f.write('{"type": "row", "job": "quality/x/y", "metric": "psnr_b')  # a crash mid-write
+    rows2, jobs2 = RowStore.read_all(copy)
+    assert len(rows2) == len(rows) and set(jobs2) == set(jobs)
+
+
+def test_two_shards_merge_to_the_unsharded_job_set(tmp_path):
+    preset = tiny_preset(granularities=("unstructured",), memory_probe=False, onnx_sizes=False, images=("astronaut",))
+    backends = ["torch-cpu"]
+    keys = {j.key for j in plan(preset, backends=backends)}
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    # shards on "different machines": separate folders; each computes the tickets it needs itself
+    Bench(preset, a, (0, 2), backends=backends).run(progress=False)
+    Bench(preset, b, (1, 2), backends=backends).run(progress=False)
+    _, ja = RowStore.read_all(a)
+    _, jb = RowStore.read_all(b)
+    assert set(ja) != keys and set(jb) != keys
+    merged.mkdir()
+    for src in (a, b):
+        for p in src.glob("rows-*.jsonl"):
+            shutil.copy(p, merged / p.name)
+        for p in src.glob("environment-*.json"):
+            shutil.copy(p, merged / p.name)
+        shutil.copytree(src / "curves", merged / "curves", dirs_exist_ok=True)
+    shutil.copy(a / "preset.json", merged / "preset.json")
+    info = build_report(merged)
+    _, jm = RowStore.read_all(merged)
+    assert set(jm) == keys
+    assert info["jobs"] == len(keys)
+    md = (merged / "report.md").read_text()
+    assert "shard 0/2" in md and "shard 1/2" in md
+
+
+def test_shard_parsing_and_rounds():
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "x", "1/0", "-1/2"):
+        with pytest.raises(InputError):
+            parse_shard(bad)
+    assert rounds_for(0.89) == 10 and rounds_for(0.59) == 4 and rounds_for(0.83) == 8
+
+
+def test_matched_deep_decoder_k():
+    assert engine.dd_params(64) == 25_536 and engine.dd_params(128) == 100_224
+    assert engine.matched_dd_k(25_536) == 64 and engine.matched_dd_k(100_000) == 128
+
+
+def test_presets_are_printed_and_frozen():
+    for p in PRESETS.values():
+        assert p.name in p.describe()
+        with pytest.raises(AttributeError):
+            p.iters = 1  # type: ignore[misc]
+
+
+def test_cli_report_only_and_errors(run_dir, tmp_path):
+    out, _, _ = run_dir
+    runner = CliRunner()
+    res = runner.invoke(cli, ["bench", "--report-only", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "report rebuilt" in res.output
+    res = runner.invoke(cli, ["bench", "--report-only", "-o", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no such results folder" in res.output
+    res = runner.invoke(cli, ["bench", "--shard", "2/2", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--shard" in res.output
+    res = runner.invoke(cli, ["bench", "--help"])
+    assert res.exit_code == 0 and "--preset" in res.output and "--shard" in res.output
+
+
+def test_paths_are_stable(run_dir):
+    out, _, _ = run_dir
+    assert (out / "tickets" / "astronaut" / "unstructured" / "round_02.pt").is_file()
+    assert any(Path(out / "curves").glob("dense__astronaut.json"))
+
+
+def test_user_ticket_is_benchmarked(tmp_path):
+    from lipdeploy.testing import tiny_skip, write_ticket_files
+
+    (tmp_path / "t").mkdir()
+    files = write_ticket_files(tmp_path / "t", tiny_skip(), amount=0.7)
+    path = str(files["own-pt"]["path"])
+    preset = tiny_preset(
+        images=("astronaut",), memory_probe=False, onnx_sizes=False, latency_methods=("ticket-ticket",)
+    )
+    bench = Bench(preset, tmp_path / "out", tickets=(path,), backends=["torch-cpu"])
+    stats = bench.run(progress=False, only=lambda j: "ticket-" in j.key)
+    assert stats.failed == [] and stats.ran == 3  # quality, memory, latency
+    rows, _ = RowStore.read_all(tmp_path / "out")
+    got = {(r["method"], r["metric"]) for r in rows}
+    assert ("ticket-ticket", "psnr_best") in got and ("ticket-ticket", "forward_ms") in got
+    sp = next(r["sparsity"] for r in rows if r["metric"] == "psnr_best")
+    assert 0.65 < sp < 0.75
