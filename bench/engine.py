@@ -95,16 +95,20 @@ def run_fit(
 ) -> FitOutcome:
     """Fit ``ticket`` (from its initial weights, under its masks) and summarise.
 
-    The curve's time axis is ``iteration x (fit seconds / iterations)``: steps take near-constant time, and the fit
-    logs PSNR every ``log_every`` iterations without timestamps. Deep decoders get no input perturbation (their
-    reference fits none); DIP networks the task's.
+    The curve's time axis is the fit's own elapsed seconds at each log step (``history[i]["seconds"]``; results
+    written before fits logged it fall back to ``iteration x seconds per iteration``). Deep decoders get no input
+    perturbation (their reference fits none); DIP networks the task's.
     """
     COUNTERS["fits"] += 1
     noise = 0.0 if isinstance(ticket.arch, DeepDecoderSpec) else None
     cfg = FitConfig(iters=iters, lr=lr, seed=seed, log_every=log_every, input_noise_std=noise)
     res: FitResult = fit(ticket, obs, cfg, gt=gt, task=task, progress=False)
     per = res.seconds / max(1, res.iterations)
-    curve = [(int(h["iter"]), h["iter"] * per, float(h["psnr"])) for h in res.history if h.get("psnr") is not None]
+    curve = [
+        (int(h["iter"]), h.get("seconds", h["iter"] * per), float(h["psnr"]))
+        for h in res.history
+        if h.get("psnr") is not None
+    ]
     return FitOutcome(
         psnr_best=_f(res.psnr_best),
         psnr_final=_f(res.psnr_final),

@@ -310,7 +310,7 @@ def fit(
             step_times.append(time.perf_counter() - t0)
             last = i == config.iters - 1
             if (i + 1) % config.log_every == 0 or last:
-                entry = {"iter": i + 1, "loss": float(loss.detach())}
+                entry = {"iter": i + 1, "seconds": time.perf_counter() - t_start, "loss": float(loss.detach())}
                 entry["psnr_obs"] = float(fid_t if fid_t is not None else obs.fidelity_psnr_t(od))
                 if curve is not None:
                     entry["psnr"] = float(curve[: i + 1].max())  # best so far; cheap at log steps only

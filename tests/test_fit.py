@@ -154,3 +154,11 @@ def test_sparse_backend_fits_like_the_masked_network():
         assert bool((fitted[~mask.bool()] == 0).all())
         moved += int((fitted != layout.ops[key].weight.detach()).sum())
     assert moved > 0
+
+
+def test_history_logs_elapsed_seconds():
+    spec = tiny_skip()
+    clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    res = fit(spec.build(), simulate(Denoise(), clean, seed=0), FitConfig(iters=6, log_every=2), gt=clean, arch=spec)
+    times = [h["seconds"] for h in res.history]
+    assert len(times) == 3 and times == sorted(times) and 0 < times[-1] <= res.seconds
