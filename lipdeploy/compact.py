@@ -89,6 +89,12 @@ class ImageNorm(nn.Module):
         self.eps = float(eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 and not torch.onnx.is_in_onnx_export():
+            # One image: batch statistics are the image's. F.batch_norm without running buffers is what the reference
+            # computes, and is faster on CPU than instance_norm's reshape + weight repeat (measured: paper network at
+            # 128x128, 59% sparse, 1 thread: compacted forward 204 ms with instance_norm vs 156 ms masked reference).
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+        # ONNX (InstanceNormalization) and batches of several images: per-image statistics.
         return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
 
     def extra_repr(self) -> str:
@@ -196,6 +202,12 @@ class CompactNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[int, torch.Tensor] = {0: x}
+        # Drop each value after its last reader, as a nested Sequential does: keeping every intermediate alive
+        # defeats the allocator's buffer reuse (measured on CPU, paper network at 128x128: 22% slower forward).
+        pending: dict[int, int] = {}
+        for step in self.steps:
+            for i in step.inputs:
+                pending[i] = pending.get(i, 0) + 1
         for step in self.steps:
             if step.kind == "cat":
                 values[step.out] = _crop_cat([values[i] for i in step.inputs])
@@ -205,6 +217,10 @@ class CompactNet(nn.Module):
                 values[step.out] = values[step.inputs[0]][:, getattr(self, step.module)]
             else:
                 values[step.out] = self.ops[step.module](values[step.inputs[0]])
+            for i in step.inputs:
+                pending[i] -= 1
+                if pending[i] == 0 and i != self.output:
+                    del values[i]
         return values[self.output]
 
     def extra_repr(self) -> str:
@@ -746,12 +762,30 @@ def _build(model: nn.Module, in_channels: int, bn: str, masks, arch) -> CompactN
             steps.append(Step(out_id, "gather", "output_perm", (cat_id,)))
         else:
             out_id = cid
+    _activations_in_place(steps, modules)
     used = [int(c) for c in torch.nonzero(need[0]).flatten()]
     net = CompactNet(steps, modules, out_id, in_channels, used, bn, layers, arch)
     net.conv_index = conv_index
     if "output_perm" in {st.module for st in steps}:
         net.register_buffer("output_perm", perm)
     return net.train(bn == "image")
+
+
+def _activations_in_place(steps: list[Step], modules: dict[str, nn.Module]) -> None:
+    """Let an activation overwrite its input when nothing else reads it, as the reference network's do.
+
+    Out-of-place activations allocate a fresh full-resolution tensor per layer; on CPU the page faults of those
+    allocations slowed the compacted paper network by about 30% (128x128, 1 thread: 203 ms vs 157 ms for the masked
+    reference). The activations' inputs (normalisation, upsampling or conv outputs) are not needed by their backward.
+    """
+    uses: dict[int, int] = {}
+    for st in steps:
+        for i in st.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    for st in steps:
+        m = modules.get(st.module) if st.kind == "module" else None
+        if isinstance(m, (nn.LeakyReLU, nn.ReLU)) and uses.get(st.inputs[0], 0) == 1 and st.inputs[0] != 0:
+            m.inplace = True
 
 
 def compact(
