@@ -27,6 +27,7 @@ The ``.safetensors`` variant holds the same ``tensors``; ``format``, ``version``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -266,14 +267,21 @@ def _check_finite(path: Path, sd: Mapping[str, torch.Tensor]) -> None:
 # --------------------------------------------------------------------------------------------------- architecture
 
 
+def _shape_model(arch: ArchSpec) -> nn.Module:
+    """The reference network on the meta device: names and shapes only, no weight initialisation (loading a ticket
+    asks for them several times, and initialising the paper network's 2.2M weights each time is wasted work)."""
+    with torch.device("meta"):
+        return arch.build()
+
+
 def _prunable_shapes(arch: ArchSpec) -> dict[str, torch.Size]:
-    model = arch.build()
+    model = _shape_model(arch)
     params = dict(model.named_parameters())
     return {name: params[name].shape for name in prunable_names(model)}
 
 
 def _reference_shapes(arch: ArchSpec) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in arch.build().state_dict().items()}
+    return {k: v.shape for k, v in _shape_model(arch).state_dict().items()}
 
 
 def _check_state(path: Path | str | None, arch: ArchSpec, sd: StateDict) -> None:
@@ -391,8 +399,6 @@ def _infer_skip(shapes: Mapping[str, tuple[int, ...]], overrides: Mapping[str, A
 
 
 def _only(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in overrides.items() if k in names and v is not None}
 
@@ -501,8 +507,6 @@ def _infer_or_fail(path: Path, sd: Mapping[str, torch.Tensor], overrides: Mappin
 
 
 def _override(arch: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
-    import dataclasses
-
     return dataclasses.replace(arch, **_only(type(arch), overrides))
 
 
