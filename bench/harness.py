@@ -14,6 +14,7 @@ must cost one job, not the run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,10 @@ def plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str] | No
             m = Method(f"transfer-{pct(round_sparsity(r))}-from-{first}", "transfer", "unstructured", r, source=first)
             jobs.append(Job(f"transfer/{m.name}/{img}", "transfer", m, img))
     if structured:
-        for img in preset.images:
+        # structured tickets on the preset's structured images that this run has (else its first image)
+        wanted = preset.structured_images
+        simgs = [i for i in preset.images if wanted is None or i in wanted] or [first]
+        for img in simgs:
             finds(img, [g for g in preset.granularities if g != "unstructured"])
             quality(structured, img)
         lat_mem(structured)
@@ -501,37 +505,40 @@ class Bench:
         clean, _ = self.image(image)
         rounds = self.max_rounds(kind)
         p = self.preset
-        found = engine.find_tickets(
-            self.dense(),
-            clean,
-            self.task,
-            self._find_dir(image, kind),
-            rounds,
-            "unstructured" if kind == "random" else kind,
-            kind == "random",
-            p.imp_iters,
-            p.lr,
-            p.seed,
-            p.log_every,
-            image,
-            self.image_seed(image),
-        )
-        rows = []
-        for r, path in sorted(found.paths.items()):
-            t = load_ticket(path)
-            prov = t.provenance
-            extra = {"granularity": kind, "rounds": r, "sparsity": round(t.sparsity, 6)}
-            rows.append(self._row(None, image, "ticket_sparsity", round(t.sparsity, 6), "fraction", **extra))
-            if prov.get("psnr_best") is not None:
-                rows.append(self._row(None, image, "imp_round_psnr_best", prov["psnr_best"], "dB", **extra))
-                rows.append(self._row(None, image, "imp_round_seconds", prov.get("fit_seconds"), "s", **extra))
-        rows.append(self._row(None, image, "find_seconds", round(found.seconds, 3), "s", granularity=kind))
-        rows.append(self._row(None, image, "finder", found.finder, "", granularity=kind))
-        key = f"find/{image}/{kind}"
-        if key not in self.store.done():
-            self.store.append(
-                Job(key, "find", image=image, find=kind), rows, time.perf_counter() - t0, self.env["env_id"]
+        # two processes sharing a results folder (shards, or --jobs filters) may need the same tickets: the second
+        # waits here, then finds every round file and the find's record done, and only reads them
+        with _exclusive(self._find_dir(image, kind)):
+            found = engine.find_tickets(
+                self.dense(),
+                clean,
+                self.task,
+                self._find_dir(image, kind),
+                rounds,
+                "unstructured" if kind == "random" else kind,
+                kind == "random",
+                p.imp_iters,
+                p.lr,
+                p.seed,
+                p.log_every,
+                image,
+                self.image_seed(image),
             )
+            rows = []
+            for r, path in sorted(found.paths.items()):
+                t = load_ticket(path)
+                prov = t.provenance
+                extra = {"granularity": kind, "rounds": r, "sparsity": round(t.sparsity, 6)}
+                rows.append(self._row(None, image, "ticket_sparsity", round(t.sparsity, 6), "fraction", **extra))
+                if prov.get("psnr_best") is not None:
+                    rows.append(self._row(None, image, "imp_round_psnr_best", prov["psnr_best"], "dB", **extra))
+                    rows.append(self._row(None, image, "imp_round_seconds", prov.get("fit_seconds"), "s", **extra))
+            rows.append(self._row(None, image, "find_seconds", round(found.seconds, 3), "s", granularity=kind))
+            rows.append(self._row(None, image, "finder", found.finder, "", granularity=kind))
+            key = f"find/{image}/{kind}"
+            if key not in self.store.done():
+                self.store.append(
+                    Job(key, "find", image=image, find=kind), rows, time.perf_counter() - t0, self.env["env_id"]
+                )
 
     def _quality(self, job: Job) -> list[dict[str, Any]]:
         m, image = job.method, job.image
@@ -645,6 +652,23 @@ class Bench:
                         )
                     )
         return rows
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block; a no-op where flock is missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per results folder
+        yield
+        return
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _load() -> float | None:

@@ -7,6 +7,10 @@ and every row carries its name, so numbers from different presets are never mixe
   to exercise every code path (finding tickets included) in well under 5 minutes on 2 CPU cores; its PSNRs say
   nothing about the paper's claims.
 - ``cpu``: the paper's network on 128x128 crops, 1000 fitting iterations (500 per IMP round): a workstation's run.
+  Its cost is dominated by IMP (10 rounds x 500 iterations per image, ~35 min on one core of a 2-core AMD EPYC) and
+  by the ~1000-iteration fits of the full-width network (~7 min each); about 6.5 core-hours in all, so an hour with
+  ``--shard i/8`` on an 8-core workstation. Kernel/channel tickets are found on the first image only (each is
+  another IMP run).
 - ``paper``: the paper's settings (full images cropped to multiples of 32, 3000 iterations per fit and per IMP round);
   meant for a GPU.
 """
@@ -50,6 +54,7 @@ class Preset:
     ``structured_rounds``: rounds for the kernel- and channel-granularity tickets (each costs a full IMP run, so the
     cheap presets ask for fewer). ``crop``: side of the centre crop (None = the whole image cropped to multiples of
     the network stride). ``imp_iters``: fitting iterations per IMP round; ``iters``: per quality fit.
+    ``structured_images``: images on which kernel/channel tickets are found and fitted (None = every image).
     """
 
     name: str
@@ -62,6 +67,7 @@ class Preset:
     rounds: tuple[int, ...]
     structured_rounds: tuple[int, ...]
     granularities: tuple[str, ...] = ("unstructured", "kernel", "channel")
+    structured_images: tuple[str, ...] | None = None
     dd_ks: tuple[int, ...] = (64, 128)
     dd_depth: int = 5
     transfer: bool = True
@@ -102,6 +108,8 @@ class Preset:
         crop = f"{self.crop}x{self.crop} centre crops" if self.crop else "full images cropped to multiples of 32"
         sp = ", ".join(f"{pct(s)}% ({k} rounds)" for k, s in zip(self.rounds, self.sparsities, strict=True))
         ssp = ", ".join(f"{pct(round_sparsity(k))}%" for k in self.structured_rounds) or "none"
+        if self.structured_rounds and self.structured_images is not None:
+            ssp += f" on {', '.join(self.structured_images)}"
         return "\n".join(
             [
                 f"- preset **{self.name}**: {self.description}",
@@ -143,6 +151,7 @@ PRESETS: dict[str, Preset] = {
         imp_iters=500,
         rounds=(4, 8, 10),
         structured_rounds=(8,),
+        structured_images=("astronaut",),
         latency_warmup=2,
         latency_repeats=7,
         log_every=10,

@@ -53,11 +53,32 @@ def _split(values: tuple[str, ...]) -> list[str]:
     "oversubscription, which can slow 2-thread fits ten-fold.",
 )
 @click.option("--shard", default="0/1", show_default=True, help="Run jobs with index % n == i (i/n).")
+@click.option(
+    "--jobs",
+    "job_patterns",
+    multiple=True,
+    help="Only jobs whose key matches one of these globs, comma-separated (e.g. 'quality/*/coffee,find/coffee/*'); "
+    "processes with different filters may share a results folder. See --list-jobs for the keys.",
+)
+@click.option("--list-jobs", is_flag=True, help="Print this shard's job keys (done or to do) and exit.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="Results folder.")
 @click.option("--report-only", is_flag=True, help="Only rebuild the report from the rows files in the folder.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def bench_command(
-    preset_name, task, images, sparsities, tickets, iters, imp_iters, threads, shard, out, report_only, no_progress
+    preset_name,
+    task,
+    images,
+    sparsities,
+    tickets,
+    iters,
+    imp_iters,
+    threads,
+    shard,
+    job_patterns,
+    list_jobs,
+    out,
+    report_only,
+    no_progress,
 ) -> None:
     """Benchmark the dense DIP, deep decoders and LIP tickets: PSNR/SSIM, latency, memory, time to quality.
 
@@ -66,7 +87,7 @@ def bench_command(
     """
     from pathlib import Path
 
-    from .bench.harness import Bench, parse_shard
+    from .bench.harness import Bench, parse_shard, shard_jobs
     from .bench.presets import get_preset, rounds_for
     from .bench.report import build_report
 
@@ -105,8 +126,27 @@ def bench_command(
 
         torch.set_num_threads(threads)
     shard_t = parse_shard(shard)
+    patterns = _split(job_patterns)
     bench = Bench(preset, outp, shard_t, tuple(tickets), log=lambda m: click.echo(m, err=True))
-    stats = bench.run(progress=not no_progress)
+    only = None
+    if patterns:
+        from fnmatch import fnmatchcase
+
+        keys = [j.key for j in bench.jobs()]
+        for pat in patterns:
+            if not any(fnmatchcase(k, pat) for k in keys):
+                raise InputError(None, f"--jobs {pat!r} matches no job of this run (see --list-jobs)")
+
+        def only(job) -> bool:
+            return any(fnmatchcase(job.key, pat) for pat in patterns)
+
+    if list_jobs:
+        done = bench.store.done() if outp.is_dir() else set()
+        for job in shard_jobs(bench.jobs(), shard_t):
+            if only is None or only(job):
+                click.echo(f"{'done' if job.key in done else 'todo'}  {job.key}")
+        return
+    stats = bench.run(progress=not no_progress, only=only)
     click.echo(
         f"shard {shard}: {stats.in_shard} of {stats.planned} jobs; ran {stats.ran}, skipped {stats.skipped} "
         f"(already done), {len(stats.failed)} failed; {stats.fits} fits; {stats.seconds:.1f} s"

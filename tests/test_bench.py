@@ -240,3 +240,70 @@ def test_user_ticket_is_benchmarked(tmp_path):
     assert ("ticket-ticket", "psnr_best") in got and ("ticket-ticket", "forward_ms") in got
     sp = next(r["sparsity"] for r in rows if r["metric"] == "psnr_best")
     assert 0.65 < sp < 0.75
+
+
+def test_structured_tickets_only_on_the_presets_structured_images():
+    keys = {j.key for j in plan(tiny_preset(structured_images=("coffee",)), backends=["torch-cpu"])}
+    assert "find/coffee/kernel" in keys and "quality/lip-channel-20/coffee" in keys
+    assert "find/astronaut/kernel" not in keys and "quality/lip-channel-20/astronaut" not in keys
+    # an image list without the structured images falls back to the run's first image
+    keys = {j.key for j in plan(tiny_preset(structured_images=("chelsea",)), backends=["torch-cpu"])}
+    assert "find/astronaut/kernel" in keys and "find/coffee/kernel" not in keys
+    assert PRESETS["cpu"].structured_images == ("astronaut",)
+
+
+def test_concurrent_runs_sharing_a_folder_find_a_ticket_once(tmp_path):
+    """Two runners with different job filters both need astronaut's IMP tickets: the find lock makes the second
+    wait and reuse the first's round files instead of fitting IMP again into the same folder."""
+    import threading
+
+    preset = tiny_preset(granularities=("unstructured",), memory_probe=False, onnx_sizes=False, images=("astronaut",))
+    wanted = ("quality/lip-unstructured-36/astronaut", "quality/dd-matched-36/astronaut")
+    fits0 = engine.COUNTERS["fits"]
+    errors: list[BaseException] = []
+
+    def run(key: str) -> None:
+        try:
+            stats = Bench(preset, tmp_path, backends=["torch-cpu"]).run(progress=False, only=lambda j: j.key == key)
+            assert stats.failed == []
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in wanted]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    _, jobs = RowStore.read_all(tmp_path)
+    assert set(jobs) == {*wanted, "find/astronaut/unstructured"}
+    # IMP: the dense fit of round 0 plus one per pruning round, once; plus the two quality fits
+    assert engine.COUNTERS["fits"] - fits0 == (max(preset.rounds) + 1) + 2
+
+
+def test_cli_job_filter_and_listing(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["bench", "--preset", "ci", "--threads", "1", "--list-jobs", "-o", str(tmp_path / "l")])
+    assert res.exit_code == 0 and "todo  find/astronaut/unstructured" in res.output
+    assert not (tmp_path / "l").exists()  # listing writes nothing
+    res = runner.invoke(cli, ["bench", "--preset", "ci", "--jobs", "quality/nope/*", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "matches no job" in res.output
+    args = ["bench", "--preset", "ci", "--threads", "1", "--no-progress", "--jobs", "quality/dd-k64/*"]
+    res = runner.invoke(cli, [*args, "-o", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    _, jobs = RowStore.read_all(tmp_path / "f")
+    assert set(jobs) == {"quality/dd-k64/astronaut", "quality/dd-k64/coffee"}
+    res = runner.invoke(cli, [*args, "--list-jobs", "-o", str(tmp_path / "f")])
+    assert res.output.split() == ["done", "quality/dd-k64/astronaut", "done", "quality/dd-k64/coffee"]
+
+
+def test_deltas_vs_dense_are_paired_by_image():
+    from lipdeploy.bench.report import delta_vs_dense
+
+    def row(method, image, value):
+        return {"method": method, "image": image, "metric": "psnr_best", "value": value}
+
+    rows = [row("dense", "a", 30.0), row("dense", "b", 25.0), row("lip", "a", 29.5), row("dd", "b", 24.0)]
+    d = delta_vs_dense(rows)
+    # unpaired means would say lip +2.0 (29.5 vs 27.5) and dd -3.5; paired, each is compared on its own image
+    assert d["lip"] == (-0.5, 1) and d["dd"] == (-1.0, 1) and d["dense"] == (0.0, 2)
