@@ -61,20 +61,20 @@ def make_mask(shape, sparsity: float, kind: str, gen: torch.Generator) -> torch.
     return m.view(shape)
 
 
-def _bench(fn, grad_to_none=None) -> float:
-    from triton.testing import do_bench
+def _bench(fn, dev: torch.device, grad_to_none=None) -> float:
+    from .timing import device_ms
 
-    return float(do_bench(fn, warmup=10, rep=50, grad_to_none=grad_to_none, return_mode="median"))
+    return device_ms(fn, dev, rep_ms=50, warmup_ms=10, grad_to_none=grad_to_none)
 
 
 def run(args) -> dict:
     import triton
 
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     meta = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (Triton interpreter; smoke test only)",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
@@ -87,13 +87,18 @@ def run(args) -> dict:
         "batch": args.batch,
     }
     rows: list[dict] = []
-    sizes_filter = set(args.sizes) if args.sizes else (set(QUICK_SIZES) if args.quick else None)
     for name, cin, cout, k, stride, sizes in LAYERS:
         if args.layers and name not in args.layers:
             continue
+        if args.channels:  # smoke tests: the same layer kinds, narrower (132 -> 128 keeps its 4 extra inputs)
+            cin, cout = args.channels + (cin - cout), args.channels
+        if args.sizes:  # exactly the sizes asked for, whatever the layer's usual ones
+            sizes = args.sizes
+        elif args.quick:
+            sizes = [hw for hw in sizes if hw in QUICK_SIZES]
         for hw in sizes:
-            if sizes_filter is None or hw in sizes_filter:
-                rows += bench_shape(args, name, cin, cout, k, stride, hw, gen, dev)
+            rows += bench_shape(args, name, cin, cout, k, stride, hw, gen, dev)
+            if dev.type == "cuda":
                 torch.cuda.empty_cache()
     for r in rows:
         r["pass"] = r.pop("pass_")
@@ -121,8 +126,8 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
     wg = w.clone().requires_grad_(True)
     bg = b.clone().requires_grad_(True)
     t_dense = {
-        "fwd": _bench(lambda: _dense_fwd(x, w, b, stride, pad)),
-        "fwd+bwd": _bench(lambda: _dense_fwd(xg, wg, bg, stride, pad).backward(gy), grad_to_none=[xg, wg, bg]),
+        "fwd": _bench(lambda: _dense_fwd(x, w, b, stride, pad), dev),
+        "fwd+bwd": _bench(lambda: _dense_fwd(xg, wg, bg, stride, pad).backward(gy), dev, grad_to_none=[xg, wg, bg]),
     }
     base = dict(layer=name, hw=hw, cin=cin, cout=cout, k=k, stride=stride)
 
@@ -152,9 +157,9 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
             n0 = len(rows)
             mask = make_mask(w.shape, sp, kind, gen).to(dev)
             t_masked = {
-                "fwd": _bench(lambda m=mask: _dense_fwd(x, w * m, b, stride, pad)),
+                "fwd": _bench(lambda m=mask: _dense_fwd(x, w * m, b, stride, pad), dev),
                 "fwd+bwd": _bench(
-                    lambda m=mask: _dense_fwd(xg, wg * m, bg, stride, pad).backward(gy), grad_to_none=[xg, wg, bg]
+                    lambda m=mask: _dense_fwd(xg, wg * m, bg, stride, pad).backward(gy), dev, grad_to_none=[xg, wg, bg]
                 ),
             }
             add(sp, kind, "masked_dense", t_masked, int(mask.sum()), 0.0)
@@ -170,9 +175,10 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
                 vg = packed.values.clone().requires_grad_(True)
                 pg = packed.with_values(vg)
                 t = {
-                    "fwd": _bench(lambda p=packed: sparse_conv2d(x, p, b, stride, pad, PAD_MODE, SLOPE)),
+                    "fwd": _bench(lambda p=packed: sparse_conv2d(x, p, b, stride, pad, PAD_MODE, SLOPE), dev),
                     "fwd+bwd": _bench(
                         lambda p=pg: sparse_conv2d(xg, p, bg, stride, pad, PAD_MODE, SLOPE).backward(gy),
+                        dev,
                         grad_to_none=[xg, vg, bg],
                     ),
                 }
@@ -210,14 +216,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", type=Path, help="write JSON results here")
     ap.add_argument("--quick", action="store_true", help=f"only input sizes {QUICK_SIZES}")
-    ap.add_argument("--sizes", type=int, nargs="*", help="only these input sizes")
+    ap.add_argument("--sizes", type=int, nargs="*", help="these input sizes (instead of each layer's)")
     ap.add_argument("--layers", nargs="*", help="only these layer names: " + ", ".join(n for n, *_ in LAYERS))
     ap.add_argument("--sparsities", type=float, nargs="*", default=list(SPARSITIES))
     ap.add_argument("--masks", nargs="*", default=["random", "imp"], choices=["random", "imp"])
     ap.add_argument("--formats", nargs="*", default=["csr", "kernel"], choices=["csr", "kernel"])
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--channels", type=int, help=argparse.SUPPRESS)  # narrower layers, for smoke tests
+    ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": smoke test (TRITON_INTERPRET=1)
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "gpu_layers: needs a CUDA GPU (torch.cuda.is_available() is False); nothing was benchmarked",
             file=sys.stderr,

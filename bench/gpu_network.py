@@ -78,10 +78,10 @@ def _step_fn(net, x, target, hooks_masks=None):
     return step
 
 
-def _bench(fn, rep: int) -> float:
-    from triton.testing import do_bench
+def _bench(fn, rep: int, dev) -> float:
+    from .timing import device_ms
 
-    return float(do_bench(fn, warmup=max(25, rep // 4), rep=rep, return_mode="median"))
+    return device_ms(fn, dev, rep_ms=rep, warmup_ms=max(25, rep // 4))
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         "tf32_conv": torch.backends.cudnn.allow_tf32,
         "python": platform.python_version(),
     }
-    spec = SkipSpec()
+    c = getattr(args, "channels", None)
+    # --channels: the same network, narrower (smoke tests on CPU, where the Triton interpreter is slow)
+    spec = SkipSpec(channels_down=(c,) * 5, channels_up=(c,) * 5) if c else SkipSpec()
     rows: list[dict] = []
     for size in args.sizes:
         torch.manual_seed(args.seed)
@@ -121,8 +123,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
         with torch.no_grad():
             dense = fresh()
-            t_dense_fwd = _bench(lambda dense=dense, x=x: dense(x), args.rep)
-        t_dense_step = _bench(_step_fn(fresh(), x, target), args.rep)
+            t_dense_fwd = _bench(lambda dense=dense, x=x: dense(x), args.rep, dev)
+        t_dense_step = _bench(_step_fn(fresh(), x, target), args.rep, dev)
         rows.append(_row(meta, size, "-", 0.0, "dense", t_dense_fwd, t_dense_step, t_dense_fwd, t_dense_step))
         _print(rows[-1])
         for kind in args.masks:
@@ -145,8 +147,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                         continue
                     build_s = time.perf_counter() - t0
                     with torch.no_grad():
-                        t_fwd = _bench(lambda n=fwd_net, x=x: n(x), args.rep)
-                    t_step = _bench(_step_fn(step_net, x, target, hook_masks), args.rep)
+                        t_fwd = _bench(lambda n=fwd_net, x=x: n(x), args.rep, dev)
+                    if any(p.requires_grad for p in step_net.parameters()):
+                        t_step = _bench(_step_fn(step_net, x, target, hook_masks), args.rep, dev)
+                    else:  # compaction proved the output constant: nothing left to fit
+                        t_step = None
                     row = _row(meta, size, kind, sp, variant, t_fwd, t_step, t_dense_fwd, t_dense_step)
                     row.update(extra, build_s=round(build_s, 3))
                     if variant in ("sparse", "auto"):
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     rows.append(row)
                     _print(row)
                     del fwd_net, step_net
-                    torch.cuda.empty_cache()
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
     return rows
 
 
@@ -182,9 +188,9 @@ def _row(meta, size, kind, sp, variant, t_fwd, t_step, d_fwd, d_step) -> dict:
         "sparsity": sp,
         "variant": variant,
         "forward_ms": round(t_fwd, 4),
-        "step_ms": round(t_step, 4),
+        "step_ms": None if t_step is None else round(t_step, 4),
         "forward_speedup": round(d_fwd / t_fwd, 3),
-        "step_speedup": round(d_step / t_step, 3),
+        "step_speedup": None if t_step is None else round(d_step / t_step, 3),
     }
 
 
@@ -195,9 +201,10 @@ def _print(row: dict) -> None:
             f"{'step ms':>9} {'x dense':>8}"
         )
         _print.head = True  # type: ignore[attr-defined]
+    step = "        -        -" if row["step_ms"] is None else f"{row['step_ms']:>9.3f} {row['step_speedup']:>8.2f}"
     print(
         f"{row['size']:>5} {row['mask']:>7} {row['sparsity']:>6.0%} {row['variant']:>8} {row['forward_ms']:>9.3f} "
-        f"{row['forward_speedup']:>8.2f} {row['step_ms']:>9.3f} {row['step_speedup']:>8.2f}",
+        f"{row['forward_speedup']:>8.2f} {step}",
         flush=True,
     )
 
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-steps", type=int, default=0, help="fit the dense network this many Adam steps before pruning")
     p.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement (ms)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, help=argparse.SUPPRESS)  # narrower network, for smoke tests
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": smoke test of the harness only
     args = p.parse_args(argv)
     import torch

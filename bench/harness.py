@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -711,19 +710,3 @@ def _progress_bar(enabled: bool):
         disable=not enabled,
         transient=False,
     )
-
-
-def median_ms(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] | None = None) -> float:
-    """Median wall time of ``fn`` in ms after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)

@@ -47,7 +47,7 @@ def measure(
     t: Ticket, backend: str, h: int, w: int, warmup: int, repeats: int, onnx_dir: Path, name: str
 ) -> dict[str, Any]:
     """{"forward_ms": ..., "step_ms": ...} (medians) for ``t`` on ``backend`` at an ``h`` x ``w`` output."""
-    from .harness import median_ms
+    from .timing import median_ms
 
     x = make_input(t.arch, h, w)
     target = torch.rand((1, 3, h, w), generator=torch.Generator().manual_seed(0))
@@ -79,7 +79,7 @@ def measure(
 
 
 def _measure_cuda(t: Ticket, backend: str, x, target, warmup: int, repeats: int) -> dict[str, Any]:
-    from triton.testing import do_bench
+    from .timing import device_ms
 
     dev = torch.device("cuda")
     model = t.build("init").to(dev)
@@ -89,9 +89,10 @@ def _measure_cuda(t: Ticket, backend: str, x, target, warmup: int, repeats: int)
         model = sparsify(model, backend="triton")
     x, target = x.to(dev), target.to(dev)
     fwd, step = _fwd_fn(model, x), _step_fn(model, x, target)
+    # do_bench's budgets are milliseconds: the preset's counts become a floor of 25 ms warm-up, 100 ms of repeats
     return {
-        "forward_ms": float(do_bench(fwd, warmup=max(25, warmup), rep=max(100, repeats))),
-        "step_ms": float(do_bench(step, warmup=max(25, warmup), rep=max(100, repeats))),
+        "forward_ms": device_ms(fwd, dev, rep_ms=max(100, repeats), warmup_ms=max(25, warmup)),
+        "step_ms": device_ms(step, dev, rep_ms=max(100, repeats), warmup_ms=max(25, warmup)),
     }
 
 

@@ -69,8 +69,11 @@ class KernelConfig:
 
 
 def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
-    if device.type != "cuda":  # interpreter: small tiles keep the numpy arrays (and tests) small
-        return KernelConfig(block_p_fwd=64, block_p_dgrad=64, block_p_wgrad=64, num_warps=1, block_j=16)
+    if device.type != "cuda":
+        # interpreter: its cost is per program, so large outputs get large tiles (4x fewer programs); small outputs
+        # (the kernel tests' odd shapes) keep 64-pixel tiles so they still span several tiles
+        bp = 64 if num_out_pixels <= 1024 else 256
+        return KernelConfig(block_p_fwd=bp, block_p_dgrad=bp, block_p_wgrad=bp, num_warps=1, block_j=16)
     # register budget: the [BLOCK_J, BLOCK_P] fp32 accumulator is BLOCK_J * BLOCK_P / (32 * num_warps) regs/thread
     if num_out_pixels <= 1024:
         return KernelConfig(block_p_fwd=64, block_p_dgrad=64, block_p_wgrad=128, num_warps=2, block_j=8)

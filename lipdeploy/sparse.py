@@ -91,13 +91,20 @@ def sparsify(
     else:
         net = compact(ticket_or_module, weights=weights, bn=bn)
     if backend == "auto":
-        device = next(net.parameters()).device
+        device = _device(net)
         if not torch.cuda.is_available():
             return net  # CPU: the compacted dense network is the fast path
         if device.type != "cuda":
             net = net.cuda()
         return _auto(net, example_input, format)
     return _swap(net, backend, format, choose=None)
+
+
+def _device(net: nn.Module) -> torch.device:
+    """Where ``net`` lives (a compacted network whose output is provably constant may have no parameters)."""
+    for t in (*net.parameters(), *net.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _swap(net: CompactNet, backend: str, format: str, choose) -> CompactNet:
@@ -141,7 +148,7 @@ def _swap(net: CompactNet, backend: str, format: str, choose) -> CompactNet:
 def _auto(net: CompactNet, example_input: torch.Tensor | None, format: str) -> CompactNet:  # pragma: no cover - CUDA
     from .kernels import choose_backend
 
-    device = next(net.parameters()).device
+    device = _device(net)
     if example_input is None:
         if net.arch is None or not hasattr(net.arch, "input_shape"):
             raise ValueError("backend='auto' on CUDA needs example_input for a network without an architecture spec")

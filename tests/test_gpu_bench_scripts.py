@@ -1,0 +1,74 @@
+"""Smoke tests of the GPU benchmark scripts on CPU (Triton interpreter, narrow layers).
+
+The scripts exist for the rare session with a GPU; a bug found there costs device time. These runs exercise every
+code path (masks, formats, variants, JSON output) and check the numbers that do not depend on speed: the sparse
+kernels' error against the reference, speedup columns consistent with the times, and one row per requested case.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lipdeploy.bench import gpu_layers, gpu_network
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_gpu_layers_runs_on_cpu_and_writes_every_case(tmp_path):
+    out = tmp_path / "layers.json"
+    argv = ["--device", "cpu", "--channels", "4", "--sizes", "8", "--sparsities", "0.9", "-o", str(out)]
+    argv += ["--layers", "conv3x3_128_s2", "conv3x3_132_s1", "--masks", "imp", "random"]
+    assert gpu_layers.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert "cpu" in data["meta"]["gpu"]
+    rows = data["rows"]
+    cases = {(r["layer"], r["mask"], r["backend"], r["pass"]) for r in rows}
+    for layer in ("conv3x3_128_s2", "conv3x3_132_s1"):
+        for mask in ("imp", "random"):
+            for backend in ("masked_dense", "triton_csr", "triton_kernel"):
+                for p in ("fwd", "fwd+bwd"):
+                    assert (layer, mask, backend, p) in cases
+    dense = {(r["layer"], r["pass"]): r["ms"] for r in rows if r["backend"] == "dense"}
+    for r in rows:
+        assert r["ms"] > 0
+        assert r["speedup_vs_dense"] == pytest.approx(dense[(r["layer"], r["pass"])] / r["ms"])
+        if r["backend"].startswith("triton"):
+            assert r["max_abs_err"] < 1e-5
+        if r["backend"] == "triton_csr":  # the kernel format stores whole kernels (more entries than nonzeros)
+            assert r["nnz"] == round(0.1 * r["cin"] * r["cout"] * r["k"] ** 2)
+    # the 132 -> 128 layer keeps its 4 extra inputs when narrowed
+    assert {r["cin"] - r["cout"] for r in rows if r["layer"] == "conv3x3_132_s1"} == {4}
+
+
+def test_gpu_network_runs_on_cpu_with_every_variant(tmp_path):
+    out = tmp_path / "network.json"
+    argv = ["--device", "cpu", "--channels", "4", "--sizes", "64", "--sparsities", "0.5", "--masks", "random"]
+    assert gpu_network.main([*argv, "--rep", "1", "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["dense", "masked", "compact", "sparse", "auto"]
+    assert not [r for r in rows if "error" in r]
+    for r in rows[1:]:
+        ratio = rows[0]["forward_ms"] / r["forward_ms"]  # the row's speedup is rounded to 3 decimals
+        assert r["forward_ms"] > 0 and abs(r["forward_speedup"] - ratio) <= 1e-3 + 1e-2 * ratio
+        assert 0.4 < r["density"] < 0.6
+    assert rows[3]["sparse_layers"] > 0  # the sparse variant really runs the Triton kernels
+
+
+def test_gpu_scripts_refuse_cuda_without_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    assert gpu_layers.main(["--sizes", "8"]) == 2
+    assert gpu_network.main(["--sizes", "64"]) == 2
+    assert "CUDA" in capsys.readouterr().err
