@@ -307,3 +307,21 @@ def test_deltas_vs_dense_are_paired_by_image():
     d = delta_vs_dense(rows)
     # unpaired means would say lip +2.0 (29.5 vs 27.5) and dd -3.5; paired, each is compared on its own image
     assert d["lip"] == (-0.5, 1) and d["dd"] == (-1.0, 1) and d["dense"] == (0.0, 2)
+
+
+def test_claim_verdicts_need_every_image_to_agree():
+    from lipdeploy.bench.report import claims
+
+    def row(method, image, value, sparsity=None):
+        return {"method": method, "image": image, "metric": "psnr_best", "value": value, "sparsity": sparsity}
+
+    rows = [row("dense", i, 30.0) for i in "abc"]
+    rows += [row("lip-unstructured-89", i, v, 0.89) for i, v in zip("abc", (29.9, 29.8, 29.7), strict=True)]
+    # the LIP leads random by +0.9, -0.1, -0.1 dB
+    rows += [row("random-89", i, v, 0.89) for i, v in zip("abc", (29.0, 29.9, 29.8), strict=True)]
+    rows += [row("dd-matched-89", i, 29.0) for i in "abc"]
+    text = "\n".join(claims(rows))
+    assert "lip-unstructured-89 (89.0% sparse) vs dense: -0.20 dB over 3 image(s) -> holds" in text
+    assert "vs dd-matched-89: +0.80 dB over 3 image(s) -> holds" in text
+    # a mean lead carried by one image is not a win
+    assert "vs random-89: +0.23 dB over 3 image(s) -> mixed: ahead on 1 of 3 images" in text
