@@ -7,10 +7,10 @@ and every row carries its name, so numbers from different presets are never mixe
   to exercise every code path (finding tickets included) in well under 5 minutes on 2 CPU cores; its PSNRs say
   nothing about the paper's claims.
 - ``cpu``: the paper's network on 128x128 crops, 1000 fitting iterations (500 per IMP round): a workstation's run.
-  Its cost is dominated by IMP (10 rounds x 500 iterations per image, ~35 min on one core of a 2-core AMD EPYC) and
-  by the ~1000-iteration fits of the full-width network (~7 min each); about 6.5 core-hours in all, so an hour with
-  ``--shard i/8`` on an 8-core workstation. Kernel/channel tickets (4 rounds, 59%) are found on the first image
-  only (each is another IMP run).
+  Its cost is dominated by IMP (10 rounds x 500 iterations per image, 38-49 min on one core of a 2-core AMD EPYC) and
+  by the ~1000-iteration fits of the full-width network (~7 min each): 6.7 core-hours measured in all, so about an
+  hour with ``--shard i/8`` (or ``--jobs`` filters) on an 8-core workstation. Kernel/channel tickets (4 rounds, 59%)
+  are found on the first image only (each is another IMP run).
 - ``paper``: the paper's settings (full images cropped to multiples of 32, 3000 iterations per fit and per IMP round);
   meant for a GPU.
 """
