@@ -20,8 +20,9 @@ Design (why it looks like this)
 * Input grad (transposed sparse conv), grid = (C_in, padded-input tiles, N): gathers ``grad_out`` through the transposed
   (CSC-like) index, the values read through ``col_perm`` (so they are always the current parameter values). It computes
   the gradient of the *padded* input in-kernel; the host then folds the reflected borders back with a few slice-adds
-  (``_fold_reflect``) or crops (zero padding). With stride 2, 3/4 of (pixel, tap) pairs are masked out; a per-phase
-  grid would avoid that waste (left for later).
+  (``_fold_reflect``) or crops (zero padding). Tiles are per phase (padded pixel coordinates mod the stride): a
+  program only streams the taps that reach its phase, so stride 2 costs its real work instead of masking out 3/4 of
+  the (pixel, tap) pairs.
 * Weight grad at the nonzeros only, grid = (C_out, pixel tiles, N): the program loads its ``grad_out`` tile once and,
   for every nonzero of its row, loads the matching input tile and reduces the product to one scalar. Partial sums go to
   a ``[N * tiles, nnz]`` buffer that torch sums (deterministic), or with ``wgrad_atomic=True`` are atomically added
@@ -195,35 +196,50 @@ def _sparse_conv2d_dgrad_kernel(
     BLOCK_J: tl.constexpr,
 ):
     ci = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    pid = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
     KK: tl.constexpr = KH * KW
     P_in = Hp * Wp
     P_out = H_out * W_out
 
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < P_in
-    py = p // Wp
-    px = p % Wp
+    # Per-phase tiling: padded pixel (py, px) only receives taps with ky = py (mod STRIDE) and kx = px (mod STRIDE).
+    # Axis 1 enumerates STRIDE**2 phases x tiles of that phase's sub-grid, so a program streams only the taps that
+    # can reach its pixels (with stride 2 that is 1/4 of the (tap, pixel) pairs a plain tiling would mask out).
+    Hq = (Hp + STRIDE - 1) // STRIDE
+    Wq = (Wp + STRIDE - 1) // STRIDE
+    tiles = (Hq * Wq + BLOCK_P - 1) // BLOCK_P
+    phase = pid // tiles
+    ry = phase // STRIDE
+    rx = phase % STRIDE
+    q = (pid % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    py = ry + STRIDE * (q // Wq)
+    px = rx + STRIDE * (q % Wq)
+    p = py * Wp + px
+    pmask = (q < Hq * Wq) & (py < Hp) & (px < Wp)
     gy_base = gy_ptr + n * C_out * P_out
     acc = tl.zeros([BLOCK_J, BLOCK_P], dtype=tl.float32)
 
     if KERNEL_FMT:
-        start = tl.load(seg_ptr + ci)
-        end = tl.load(seg_ptr + ci + 1)
+        start0 = tl.load(seg_ptr + ci)
+        end0 = tl.load(seg_ptr + ci + 1)
     for t in tl.static_range(KK):
         ny = py - t // KW
         nx = px - t % KW
-        # output pixel o contributes to padded pixel o*STRIDE + tap; keep only exact, in-range preimages
+        # output pixel o contributes to padded pixel o*STRIDE + tap; keep only in-range preimages (exact by phase)
         oy = ny // STRIDE
         ox = nx // STRIDE
         m = pmask & (ny >= 0) & (nx >= 0) & (oy < H_out) & (ox < W_out)
-        if STRIDE > 1:
-            m = m & (ny % STRIDE == 0) & (nx % STRIDE == 0)
         off = oy * W_out + ox
-        if not KERNEL_FMT:
+        if KERNEL_FMT:
+            start = start0
+            end = end0
+        else:
             start = tl.load(seg_ptr + ci * (KK + 1) + t)
             end = tl.load(seg_ptr + ci * (KK + 1) + t + 1)
+        if STRIDE > 1:
+            # a tap of another phase: empty loop (+ STRIDE * KH keeps the remainder's operand non-negative)
+            hit = ((ry + STRIDE * KH - t // KW) % STRIDE == 0) & ((rx + STRIDE * KW - t % KW) % STRIDE == 0)
+            end = tl.where(hit, end, start)
         for j0 in range(start, end, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             jm = j < end
@@ -428,7 +444,8 @@ def sparse_conv2d_input_grad(
     if gxp.numel():
         kfmt = packed.format == "kernel"
         seg = packed.col_ptr if kfmt else packed.col_tap_ptr
-        grid = (cin, triton.cdiv(hp * wp, cfg.block_p_dgrad), n)
+        tiles = triton.cdiv(triton.cdiv(hp, stride) * triton.cdiv(wp, stride), cfg.block_p_dgrad)
+        grid = (cin, stride * stride * tiles, n)
         _sparse_conv2d_dgrad_kernel[grid](
             grad_out,
             gxp,
