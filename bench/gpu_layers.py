@@ -113,6 +113,10 @@ def _dense_fwd(x, w, b, stride, pad):
 def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
     """All rows of one layer shape at one input size (dense baselines timed once, reused for every sparsity)."""
     from lipdeploy.kernels import pack_conv_weight, sparse_conv2d, sparse_conv2d_reference
+    from lipdeploy.kernels.sparse_conv import config_grid, default_config
+
+    # --tune: every kernel config of the grid (plus the default); otherwise the default config only
+    configs = [None, *config_grid(dev)] if args.tune else [None]
 
     rows = []
     pad = k // 2
@@ -131,7 +135,7 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
     }
     base = dict(layer=name, hw=hw, cin=cin, cout=cout, k=k, stride=stride)
 
-    def add(sp, kind, backend, t, nnz, err):
+    def add(sp, kind, backend, t, nnz, err, **extra):
         for p_name, ms in t.items():
             mult = 1.0 if p_name == "fwd" else 3.0  # backward = grad input + grad weight, each a conv's worth
             rows.append(
@@ -147,6 +151,7 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
                     gflops_nonzero=mult * 2.0 * args.batch * nnz * ho * ho / ms / 1e6,
                     speedup_vs_dense=t_dense[p_name] / ms,
                     max_abs_err=err,
+                    **extra,
                 )
             )
 
@@ -166,23 +171,28 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
             for fmt in args.formats:
                 packed = pack_conv_weight(w, mask, format=fmt)
                 with torch.no_grad():
-                    y = sparse_conv2d(x, packed, b, stride, pad, PAD_MODE, SLOPE)
                     tf32 = torch.backends.cudnn.allow_tf32
                     torch.backends.cudnn.allow_tf32 = False  # exact fp32 reference for the error column
                     yr = sparse_conv2d_reference(x, packed, b, stride, pad, PAD_MODE, SLOPE)
                     torch.backends.cudnn.allow_tf32 = tf32
-                    err = (y - yr).abs().max().item()
                 vg = packed.values.clone().requires_grad_(True)
                 pg = packed.with_values(vg)
-                t = {
-                    "fwd": _bench(lambda p=packed: sparse_conv2d(x, p, b, stride, pad, PAD_MODE, SLOPE), dev),
-                    "fwd+bwd": _bench(
-                        lambda p=pg: sparse_conv2d(xg, p, bg, stride, pad, PAD_MODE, SLOPE).backward(gy),
-                        dev,
-                        grad_to_none=[xg, vg, bg],
-                    ),
-                }
-                add(sp, kind, f"triton_{fmt}", t, packed.nnz, err)
+                for cfg in configs:
+                    with torch.no_grad():
+                        y = sparse_conv2d(x, packed, b, stride, pad, PAD_MODE, SLOPE, cfg)
+                        err = (y - yr).abs().max().item()
+                    t = {
+                        "fwd": _bench(
+                            lambda p=packed, c=cfg: sparse_conv2d(x, p, b, stride, pad, PAD_MODE, SLOPE, c), dev
+                        ),
+                        "fwd+bwd": _bench(
+                            lambda p=pg, c=cfg: sparse_conv2d(xg, p, bg, stride, pad, PAD_MODE, SLOPE, c).backward(gy),
+                            dev,
+                            grad_to_none=[xg, vg, bg],
+                        ),
+                    }
+                    tag = (cfg or default_config(ho * ho, dev)).tag
+                    add(sp, kind, f"triton_{fmt}", t, packed.nnz, err, config=tag, tuned=cfg is not None)
             print_rows(rows[n0:], header=False)
     return rows
 
@@ -212,6 +222,31 @@ def print_rows(rows, header=True) -> None:
         )
 
 
+def best_configs(rows: list[dict]) -> list[dict]:
+    """Per (layer, size, mask, sparsity, backend, pass): the fastest kernel config and its gain over the default one."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "config" in r:
+            key = (r["layer"], r["hw"], r["mask"], r["sparsity"], r["backend"], r.get("pass", r.get("pass_")))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for key, rs in groups.items():
+        default = next(r for r in rs if not r["tuned"])
+        best = min(rs, key=lambda r: r["ms"])
+        out.append(
+            dict(
+                zip(("layer", "hw", "mask", "sparsity", "backend", "pass"), key, strict=True),
+                best_config=best["config"],
+                best_ms=best["ms"],
+                default_config=default["config"],
+                default_ms=default["ms"],
+                gain_vs_default=default["ms"] / best["ms"],
+                best_speedup_vs_dense=best["speedup_vs_dense"],
+            )
+        )
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", type=Path, help="write JSON results here")
@@ -222,6 +257,12 @@ def main(argv=None) -> int:
     ap.add_argument("--masks", nargs="*", default=["random", "imp"], choices=["random", "imp"])
     ap.add_argument("--formats", nargs="*", default=["csr", "kernel"], choices=["csr", "kernel"])
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument(
+        "--tune",
+        action="store_true",
+        help="also time every kernel config of kernels.sparse_conv.config_grid (rows carry 'config'; keep it narrow: "
+        "--layers/--sizes/--sparsities)",
+    )
     ap.add_argument("--channels", type=int, help=argparse.SUPPRESS)  # narrower layers, for smoke tests
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": smoke test (TRITON_INTERPRET=1)
     args = ap.parse_args(argv)
@@ -240,6 +281,15 @@ def main(argv=None) -> int:
     result = run(args)
     print()
     print_rows(result["rows"], header=True)
+    if args.tune:
+        result["best_configs"] = best_configs(result["rows"])
+        print("\nbest kernel config per case (vs the default config, and vs dense cuDNN)")
+        for b in result["best_configs"]:
+            print(
+                f"{b['layer']:<16} {b['hw']:>4} {b['mask']:<6} {b['sparsity']:.2f} {b['backend']:<13} {b['pass']:<7} "
+                f"{b['best_config']:<22} {b['best_ms']:8.3f} ms  x{b['gain_vs_default']:.2f} vs default  "
+                f"x{b['best_speedup_vs_dense']:.2f} vs dense"
+            )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1))

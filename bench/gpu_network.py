@@ -11,7 +11,9 @@ fitting step (MSE loss, backward, Adam) of:
   gradient-masking hooks that keep pruned weights at zero);
 - ``compact``: :func:`lipdeploy.compact` (exact channel compaction, dense cuDNN convs);
 - ``sparse``: :func:`lipdeploy.sparsify` with ``backend="triton"`` (every conv on the sparse kernels);
-- ``auto``: :func:`lipdeploy.sparsify` with ``backend="auto"`` (per layer, the faster of sparse and cuDNN).
+- ``auto``: :func:`lipdeploy.sparsify` with ``backend="auto"`` (per layer, the fastest of cuDNN and the sparse kernels
+  in both formats x a few kernel configs, tuned for the forward pass for the forward rows and for forward + backward
+  for the fitting-step rows; ``build_s`` includes that one-off tuning).
 
 Masks: ``imp`` = global L1 magnitude pruning over all conv weights, as the paper's IMP prunes, applied to the
 *initial* weights (a stand-in: real IMP prunes fitted weights after each round; ``--fit-steps N`` fits the dense
@@ -156,6 +158,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     row.update(extra, build_s=round(build_s, 3))
                     if variant in ("sparse", "auto"):
                         row["sparse_layers"] = len(sparse_layers(fwd_net))
+                        row["sparse_layers_fit"] = len(sparse_layers(step_net))
+                        row["sparse_choices_fit"] = _choices(step_net)
                     rows.append(row)
                     _print(row)
                     del fwd_net, step_net
@@ -175,9 +179,20 @@ def _variant(variant: str, ticket, dev, x, sparsify):
         net = sparsify(compact(ticket).to(dev), backend="triton")
         return net, sparsify(compact(ticket).to(dev), backend="triton"), None
     if variant == "auto":
-        net = sparsify(compact(ticket).to(dev), backend="auto", example_input=x)
-        return net, sparsify(compact(ticket).to(dev), backend="auto", example_input=x), None
+        fwd = sparsify(compact(ticket).to(dev), backend="auto", example_input=x, workload="forward")
+        return fwd, sparsify(compact(ticket).to(dev), backend="auto", example_input=x, workload="fit"), None
     raise ValueError(variant)
+
+
+def _choices(net) -> dict[str, str]:
+    """Layer -> "format:config" for each conv that runs on the sparse kernels (what the dispatcher picked)."""
+    from lipdeploy.kernels import SparseConv2d
+
+    return {
+        name: f"{m.format}:{m.config.tag if m.config is not None else 'default'}"
+        for name, m in net.named_modules()
+        if isinstance(m, SparseConv2d)
+    }
 
 
 def _row(meta, size, kind, sp, variant, t_fwd, t_step, d_fwd, d_step) -> dict:

@@ -1,25 +1,55 @@
 #!/usr/bin/env bash
 # Everything issue 4 needs from a GPU, in one call (the device tool lends a card rarely and briefly):
 #   bash bench/gpu_session.sh            # from the repository root on the CUDA machine
-# 1. installs lipdeploy into the machine's own Python without touching its torch/triton (offline, no deps);
-# 2. runs the GPU-marked tests (kernels compiled for the real card, sparse vs reference, fitting on CUDA);
-# 3. the layer benchmark and the whole-network benchmark (forward + fitting step), JSON named with the card.
-# Results go to ${OUT:-bench/results}; logs to the same folder. Each step runs even if an earlier one failed.
+# Steps, most important first, each under a time cap so one slow step cannot starve the rest of the call
+# (BUDGET seconds in all, default 540: the device tool's 600 s per command minus transfers):
+# 1. install lipdeploy into the machine's own Python without touching its torch/triton (offline, no deps);
+# 2. the target layer (128 -> 128 3x3 at 256x256, all sparsities, both masks and formats): the issue's 2.5x number;
+# 3. the whole network at 256x256: forward + fitting step, every variant incl. the tuned dispatcher (the 2x number);
+# 4. the GPU-marked tests (kernels compiled for the real card, sparse vs reference, fitting on CUDA);
+# 5. the kernel-config sweep on the target layer (gpu_layers --tune: what to tune the defaults to);
+# 6. every other layer shape and size.
+# Results (JSON + logs named with the card, and the dispatcher's cache of measured verdicts) go to
+# ${RES:-bench/results/gpu_session}; where $OUT is set (the device tool's return folder, at most 8 files) they are also
+# packed into one $OUT/gpu_session_<card>.tar.gz. Each step runs even if an earlier one failed.
 set -u
-OUT=${OUT:-bench/results}
+RES=${RES:-bench/results/gpu_session}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
-$PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/gpu_install.log" 2>&1 || tail -5 "$OUT/gpu_install.log"
+BUDGET=${BUDGET:-540}
+mkdir -p "$RES"
+export LIPDEPLOY_CACHE="$RES"  # backend_choice.json: every layer's measured candidates
+
+# run a step with at most $1 seconds, and never past the budget
+step() {
+  local cap=$1 name=$2
+  shift 2
+  local left=$((BUDGET - SECONDS))
+  local t=$((cap < left ? cap : left))
+  if ((t < 10)); then
+    echo "$name: skipped (budget spent)"
+    return
+  fi
+  timeout "$t" "$@" >"$RES/${name}_$CARD.log" 2>&1
+  echo "$name: rc=$? after ${SECONDS}s (cap ${t}s)"
+}
+
+$PY -m pip install -q --no-deps --no-build-isolation -e . >"$RES/gpu_install.log" 2>&1 || tail -5 "$RES/gpu_install.log"
 CARD=$($PY -c "import torch; print(torch.cuda.get_device_name().replace('NVIDIA ', '').replace(' ', '_'))")
 echo "card: $CARD"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >"$OUT/gpu_smi_$CARD.txt" 2>&1
-$PY -m pytest -m gpu -q tests/ >"$OUT/gpu_tests_$CARD.log" 2>&1
-echo "gpu tests: $(tail -1 "$OUT/gpu_tests_$CARD.log")"
-$PY -m lipdeploy.bench.gpu_layers -o "$OUT/gpu_layers_$CARD.json" >"$OUT/gpu_layers_$CARD.log" 2>&1
-echo "gpu_layers rc=$?"
-$PY -m lipdeploy.bench.gpu_network --sizes 256 --fit-steps 200 -o "$OUT/gpu_network_$CARD.json" \
-  >"$OUT/gpu_network_$CARD.log" 2>&1
-echo "gpu_network rc=$?"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >"$RES/gpu_smi_$CARD.txt" 2>&1
+
+step 90 gpu_target $PY -m lipdeploy.bench.gpu_layers --layers conv3x3_128_s1 --sizes 256 \
+  -o "$RES/gpu_target_$CARD.json"
+step 200 gpu_network $PY -m lipdeploy.bench.gpu_network --sizes 256 --fit-steps 200 -o "$RES/gpu_network_$CARD.json"
+step 90 gpu_tests $PY -m pytest -m gpu -q tests/
+step 90 gpu_tune $PY -m lipdeploy.bench.gpu_layers --layers conv3x3_128_s1 --sizes 256 --sparsities 0.5 0.9 \
+  --masks imp --formats csr --tune -o "$RES/gpu_tune_$CARD.json"
+step 300 gpu_layers $PY -m lipdeploy.bench.gpu_layers -o "$RES/gpu_layers_$CARD.json"
+
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_session_$CARD.tar.gz" -C "$RES" . && echo "packed $RES"; fi
+
 # the short tables last: the device tool's reply carries the end of the output
-grep -E "conv3x3_128_s1 +256 " "$OUT/gpu_layers_$CARD.log" | grep -E "dense|0.90|0.50" | tail -40
-tail -25 "$OUT/gpu_network_$CARD.log"
+echo "gpu tests: $(tail -1 "$RES/gpu_tests_$CARD.log")"
+grep -E "conv3x3_128_s1 +256 " "$RES/gpu_target_$CARD.log" | grep -E "dense|0.90|0.50" | tail -24
+grep -A 12 "best kernel config" "$RES/gpu_tune_$CARD.log"
+tail -25 "$RES/gpu_network_$CARD.log"

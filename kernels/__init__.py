@@ -7,7 +7,7 @@ Pure-PyTorch parts (formats, reference op, module, dispatcher) import without tr
 
 from __future__ import annotations
 
-from .dispatch import choose_backend
+from .dispatch import cache_path, cached_times, choose_backend, choose_fastest
 from .format import SparseConvWeight, check_format, pack_conv_weight, unpack_conv_weight
 from .module import BACKENDS, SparseConv2d
 from .reference import sparse_conv2d_reference
@@ -16,8 +16,11 @@ __all__ = [
     "BACKENDS",
     "SparseConv2d",
     "SparseConvWeight",
+    "cache_path",
+    "cached_times",
     "check_format",
     "choose_backend",
+    "choose_fastest",
     "pack_conv_weight",
     "sparse_conv2d",
     "sparse_conv2d_reference",

@@ -1,17 +1,31 @@
-"""Per-layer backend choice: time the sparse and the dense path once on CUDA, cache the verdict as JSON."""
+"""Per-layer execution choice: time every candidate once on this device, keep the fastest, cache the verdict as JSON.
+
+A *candidate* is one way to run a layer: ``"dense"`` (cuDNN on the compacted dense weight, the baseline) or a sparse
+kernel in one packing format with one :class:`~lipdeploy.kernels.sparse_conv.KernelConfig`. :func:`choose_fastest`
+times them all with the same timer and returns the winner's name; a non-baseline candidate must beat the baseline by
+``margin`` (timing noise must not turn a tie into a slower layer). Verdicts and every candidate's time are cached in
+``$LIPDEPLOY_CACHE/backend_choice.json`` (default ``~/.cache/lipdeploy``), keyed by the device name and the caller's
+layer key, so tuning a network costs once per GPU, layer shape, input size and sparsity pattern.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-__all__ = ["choose_backend", "cache_path"]
+__all__ = ["choose_backend", "choose_fastest", "cache_path", "cached_times", "Timer"]
 
-_MEMO: dict[str, str] = {}
+Timer = Callable[[Callable[[], object]], float]
+"""Median milliseconds of one call of the given function."""
+
+# do_bench budget per candidate while tuning: ~0.05-1 ms layers get 10-200 timed calls in 20 ms, enough for a stable
+# median; a network's ~25 convs x ~7 candidates then tune in a few seconds (plus Triton's one-off compiles).
+TUNE_WARMUP_MS = 5
+TUNE_REP_MS = 20
 
 
 def cache_path() -> Path:
@@ -19,11 +33,73 @@ def cache_path() -> Path:
     return Path(root) / "backend_choice.json"
 
 
-def _load() -> dict[str, str]:
+def _load() -> dict:
     try:
-        return json.loads(cache_path().read_text())
+        data = json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store(key: str, entry: dict) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**_load(), key: entry}, indent=1, sort_keys=True))
+        tmp.replace(path)  # atomic: a concurrent reader sees the old or the new file, never half of one
+    except OSError:
+        pass  # a read-only home only costs re-timing next time
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _cuda_timer() -> Timer | None:
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return None
+    return lambda fn: float(do_bench(fn, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS, return_mode="median"))
+
+
+def choose_fastest(
+    layer_key: str,
+    candidates: Mapping[str, Callable[[], object]],
+    baseline: str = "dense",
+    margin: float = 1.05,
+    timer: Timer | None = None,
+) -> str:
+    """Name of the fastest of ``candidates`` (name -> zero-argument function running the layer once).
+
+    ``baseline`` wins unless another candidate is faster by ``margin`` (``t * margin < t_baseline``). ``timer`` defaults
+    to ``triton.testing.do_bench`` (median) on CUDA; without CUDA (or triton) and without an explicit ``timer`` nothing
+    is timed and the baseline is returned. A cached verdict is reused only if the cached winner is still among the
+    candidates and the baseline is unchanged; otherwise everything is timed again.
+    """
+    if baseline not in candidates:
+        raise ValueError(f"baseline {baseline!r} is not among the candidates {sorted(candidates)}")
+    timer = timer or _cuda_timer()
+    if timer is None:
+        return baseline
+    key = f"{_device_name()}|{layer_key}"
+    entry = _load().get(key)
+    if not (isinstance(entry, dict) and entry.get("choice") in candidates and entry.get("baseline") == baseline):
+        ms = {name: timer(fn) for name, fn in candidates.items()}
+        best = min((n for n in ms if n != baseline), key=ms.__getitem__, default=baseline)
+        choice = best if ms[best] * margin < ms[baseline] else baseline
+        entry = {"choice": choice, "baseline": baseline, "margin": margin, "ms": ms}
+        _store(key, entry)
+    return entry["choice"]
+
+
+def cached_times(layer_key: str) -> dict[str, float]:
+    """Every candidate's measured ms for ``layer_key`` on this device (empty if it was never tuned here)."""
+    entry = _load().get(f"{_device_name()}|{layer_key}")
+    return dict(entry.get("ms", {})) if isinstance(entry, dict) else {}
 
 
 def choose_backend(
@@ -31,34 +107,7 @@ def choose_backend(
     run_sparse: Callable[[], object],
     run_dense: Callable[[], object],
     margin: float = 1.05,
+    timer: Timer | None = None,
 ) -> str:
-    """Return "sparse" if ``run_sparse`` beats ``run_dense`` by ``margin`` on this GPU, else "dense".
-
-    ``layer_key`` should identify the layer shape, sparsity pattern and input size (e.g.
-    ``"128x128x3x3-s1-256-d0.10"``); the key is prefixed with the GPU name.
-    Without CUDA (or triton) this returns "dense" without timing anything.
-    """
-    if not torch.cuda.is_available():
-        return "dense"
-    try:
-        from triton.testing import do_bench
-    except ImportError:
-        return "dense"
-    key = f"{torch.cuda.get_device_name()}|{layer_key}"
-    if key in _MEMO:
-        return _MEMO[key]
-    cache = _load()
-    if key not in cache:
-        t_sparse = do_bench(run_sparse)
-        t_dense = do_bench(run_dense)
-        cache[key] = "sparse" if t_sparse * margin < t_dense else "dense"
-        path = cache_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**_load(), key: cache[key]}, indent=1, sort_keys=True))
-            tmp.replace(path)
-        except OSError:
-            pass
-    _MEMO[key] = cache[key]
-    return cache[key]
+    """``"sparse"`` if ``run_sparse`` beats ``run_dense`` by ``margin`` on this GPU, else ``"dense"``."""
+    return choose_fastest(layer_key, {"dense": run_dense, "sparse": run_sparse}, "dense", margin, timer)

@@ -35,7 +35,7 @@ Design (why it looks like this)
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -47,6 +47,8 @@ from .reference import check_conv_args
 __all__ = [
     "KernelConfig",
     "default_config",
+    "candidate_configs",
+    "config_grid",
     "sparse_conv2d",
     "sparse_conv2d_forward",
     "sparse_conv2d_input_grad",
@@ -68,6 +70,14 @@ class KernelConfig:
     wgrad_atomic: bool = False
     block_j: int = 8  # nonzeros gathered per inner step (one [BLOCK_J, BLOCK_P] tile of loads in flight)
 
+    @property
+    def tag(self) -> str:
+        """Short stable name, e.g. ``p256-256-512.j8.w4`` (used in dispatcher cache entries and benchmark rows)."""
+        atomic = ".atomic" if self.wgrad_atomic else ""
+        return (
+            f"p{self.block_p_fwd}-{self.block_p_dgrad}-{self.block_p_wgrad}.j{self.block_j}.w{self.num_warps}{atomic}"
+        )
+
 
 def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
     if device.type != "cuda":
@@ -81,6 +91,39 @@ def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
     if num_out_pixels <= 16384:
         return KernelConfig(block_p_fwd=128, block_p_dgrad=128, block_p_wgrad=256, num_warps=4, block_j=8)
     return KernelConfig(block_p_fwd=256, block_p_dgrad=256, block_p_wgrad=512, num_warps=4, block_j=8)
+
+
+def candidate_configs(num_out_pixels: int, device: torch.device) -> list[KernelConfig]:
+    """The configs the dispatcher times per layer (default first): half / double pixel tiles, and fewer nonzeros per
+    gather step with more warps. Kept to three so tuning a network stays seconds, not minutes; widen it from the
+    measured ``gpu_layers --tune`` rows (the full grid) once a GPU has run them."""
+    base = default_config(num_out_pixels, device)
+    if device.type != "cuda":
+        return [base]
+    out = [base]
+    if base.block_p_fwd >= 128:
+        half = base.block_p_fwd // 2
+        out.append(replace(base, block_p_fwd=half, block_p_dgrad=half, block_p_wgrad=base.block_p_wgrad // 2))
+    if num_out_pixels > 4096:
+        out.append(replace(base, block_p_fwd=2 * base.block_p_fwd, block_p_dgrad=2 * base.block_p_dgrad, num_warps=8))
+    else:
+        out.append(replace(base, block_j=4, num_warps=max(1, base.num_warps // 2)))
+    return out
+
+
+def config_grid(device: torch.device) -> list[KernelConfig]:
+    """The full sweep of ``gpu_layers --tune``: tile sizes x nonzeros per gather step x warps (register budget: the
+    ``[BLOCK_J, BLOCK_P]`` fp32 accumulator is ``BLOCK_J * BLOCK_P / (32 * num_warps)`` registers per thread; grid
+    points above 64 are skipped). 18 points: each is three kernel compiles on the GPU, ~1 minute for the grid."""
+    if device.type != "cuda":
+        return [default_config(1 << 16, device), replace(default_config(1 << 16, device), block_j=4)]
+    out = []
+    for bp in (128, 256, 512):
+        for bj in (4, 8, 16):
+            for nw in (4, 8):
+                if bj * bp // (32 * nw) <= 64:
+                    out.append(KernelConfig(bp, bp, min(2 * bp, 1024), nw, False, bj))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -72,3 +72,24 @@ def test_gpu_scripts_refuse_cuda_without_a_gpu(capsys):
     assert gpu_layers.main(["--sizes", "8"]) == 2
     assert gpu_network.main(["--sizes", "64"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_gpu_layers_tune_times_every_grid_config_and_picks_the_fastest(tmp_path):
+    import torch
+
+    from lipdeploy.kernels.sparse_conv import config_grid
+
+    out = tmp_path / "tune.json"
+    argv = ["--device", "cpu", "--channels", "4", "--sizes", "8", "--sparsities", "0.9", "--masks", "imp"]
+    argv += ["--layers", "conv3x3_128_s1", "--formats", "csr", "--tune", "-o", str(out)]
+    assert gpu_layers.main(argv) == 0
+    data = json.loads(out.read_text())
+    tuned = [r for r in data["rows"] if r["backend"] == "triton_csr"]
+    grid = {c.tag for c in config_grid(torch.device("cpu"))}
+    assert {r["config"] for r in tuned if r["tuned"]} == grid and sum(not r["tuned"] for r in tuned) == 2
+    assert all(r["max_abs_err"] < 1e-5 for r in tuned)  # every config is checked against the reference
+    best = data["best_configs"]
+    assert {b["pass"] for b in best} == {"fwd", "fwd+bwd"}
+    for b in best:
+        rows = [r for r in tuned if r["pass"] == b["pass"]]
+        assert b["best_ms"] == min(r["ms"] for r in rows) and b["gain_vs_default"] >= 1.0

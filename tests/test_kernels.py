@@ -365,3 +365,34 @@ def test_cuda_layer_sizes(geom, sparsity, fmt):
         torch.backends.cudnn.allow_tf32 = prev
     for a, b, what in zip(res["triton"], res["ref"], ("y", "gx", "gv", "gb"), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=lambda s, what=what: f"{what}: {s}")
+
+
+def test_choose_fastest_margin_cache_and_invalidation(tmp_path, monkeypatch):
+    from lipdeploy.kernels import cache_path, choose_fastest
+
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
+    costs = {"dense": 1.0, "a": 0.9, "b": 0.7}
+    timed: list[str] = []
+
+    def candidates(**over):
+        c = {**costs, **over}
+        return {name: (lambda name=name, ms=ms: (timed.append(name), ms)[1]) for name, ms in c.items()}
+
+    timer = lambda fn: fn()  # noqa: E731 - the candidates return their own price
+    assert choose_fastest("L1", candidates(), timer=timer) == "b"
+    assert sorted(timed) == ["a", "b", "dense"]
+    entry = next(iter(__import__("json").loads(cache_path().read_text()).values()))
+    assert entry["ms"] == costs and entry["choice"] == "b"
+    timed.clear()
+    assert choose_fastest("L1", candidates(), timer=timer) == "b" and not timed  # cached: nothing re-timed
+    # the cached winner is gone from the candidates: everything is timed again
+    assert choose_fastest("L1", {k: v for k, v in candidates().items() if k != "b"}, timer=timer) == "a"
+    assert sorted(timed) == ["a", "dense"]
+    # inside the margin the baseline stays
+    assert choose_fastest("L2", candidates(a=0.97, b=0.99), timer=timer) == "dense"
+    assert choose_fastest("L3", candidates(a=0.97, b=0.99), margin=1.0, timer=timer) == "a"
+    with pytest.raises(ValueError, match="baseline"):
+        choose_fastest("L4", {"a": lambda: 1.0}, timer=timer)
+    if not torch.cuda.is_available():  # no GPU and no timer: nothing is timed, the baseline is kept
+        timed.clear()
+        assert choose_fastest("L5", candidates(), timer=None) == "dense" and not timed

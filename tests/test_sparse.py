@@ -134,3 +134,76 @@ def test_auto_on_cuda_matches(tmp_path, monkeypatch):
         want = ticket.build().cuda()(x)
         assert (net(x) - want).abs().max().item() <= 1e-3  # cuDNN layers may use TF32
     assert (tmp_path / "backend_choice.json").exists()
+
+
+def _sparse_aware_timer(monkeypatch, costs: dict[str, float]):
+    """A timer that runs the candidate and prices it by what actually ran: ``costs[format]`` if a SparseConv2d of
+    that format ran, ``costs["dense"]`` otherwise (decides the dispatcher's choice without wall-clock timing)."""
+    ran: list[str] = []
+    forward = SparseConv2d.forward
+
+    def spy(self, x):
+        ran.append(self.format)
+        return forward(self, x)
+
+    monkeypatch.setattr(SparseConv2d, "forward", spy)
+
+    def timer(fn):
+        ran.clear()
+        fn()
+        return costs[ran[-1]] if ran else costs["dense"]
+
+    return timer
+
+
+@pytest.mark.parametrize("workload", ["forward", "fit"])
+def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypatch, workload):
+    """The CUDA dispatcher's logic, run on CPU (Triton interpreter) with a timer that prices what actually ran."""
+    from lipdeploy.kernels import cached_times
+    from lipdeploy.kernels.sparse_conv import candidate_configs
+    from lipdeploy.sparse import _auto
+
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
+    ticket = _ticket(TINY, 0.8)
+    x = make_input(TINY, 16, 16)
+    want = ticket.build()(x).detach()
+
+    timer = _sparse_aware_timer(monkeypatch, {"dense": 2.0, "csr": 1.5, "kernel": 1.0})
+    net = _auto(compact(ticket), x, ("csr", "kernel"), workload, timer=timer)
+    layers = [m for m in net.modules() if isinstance(m, SparseConv2d)]
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in compact(ticket).modules())
+    assert len(layers) == n_convs and all(m.format == "kernel" and m.config is not None for m in layers)
+    out = net(x)
+    assert (out - want).abs().max().item() <= 1e-5
+    if workload == "fit":
+        out.square().mean().backward()
+        assert all(m.values.grad is not None for m in layers)
+    entries = __import__("json").loads((tmp_path / "backend_choice.json").read_text())
+    # one entry per distinct (shape, input size, mask pattern, ...): identical layers share a verdict
+    assert 0 < len(entries) <= n_convs and all(k.endswith(("-grad_in0", "-grad_in1")) for k in entries)
+    n_cand = 1 + 2 * len(candidate_configs(256, torch.device("cpu")))
+    assert all(len(e["ms"]) == n_cand and e["choice"].startswith("kernel:") for e in entries.values())
+    if workload == "fit":  # only the first conv reads the fixed network input: no input gradient to time there
+        assert sum(k.endswith("-grad_in0") for k in entries) >= 1 and any(k.endswith("-grad_in1") for k in entries)
+    key = next(iter(entries)).split("|", 1)[1]
+    assert cached_times(key)["dense"] == 2.0
+
+    # cached verdicts are reused: a timer that would now keep everything dense is never consulted
+    slow = _sparse_aware_timer(monkeypatch, {"dense": 1.0, "csr": 5.0, "kernel": 5.0})
+    again = _auto(compact(ticket), x, ("csr", "kernel"), workload, timer=slow)
+    assert len(sparse_layers(again)) == n_convs
+
+    # a fresh cache with sparse slower (or within the 5% margin) keeps every layer on the dense path
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path / "other"))
+    close = _sparse_aware_timer(monkeypatch, {"dense": 1.0, "csr": 0.97, "kernel": 1.2})
+    dense = _auto(compact(ticket), x, ("csr", "kernel"), workload, timer=close)
+    assert not sparse_layers(dense)
+    assert (dense(x) - want).abs().max().item() <= 1e-5
+
+
+def test_sparsify_rejects_bad_format_and_workload():
+    ticket = _ticket(TINY, 0.5)
+    with pytest.raises(ValueError, match="format"):
+        sparsify(ticket, backend="torch", format="bsr")
+    with pytest.raises(ValueError, match="workload"):
+        sparsify(ticket, backend="auto", workload="train")
