@@ -27,9 +27,17 @@ Design (why it looks like this)
   for every nonzero of its row, loads the matching input tile and reduces the product to one scalar. Partial sums go to
   a ``[N * tiles, nnz]`` buffer that torch sums (deterministic), or with ``wgrad_atomic=True`` are atomically added
   (less memory, nondeterministic order). The output has exactly nnz entries.
+* The gathers in the hot loops carry no mask. Every computed address is valid: pixels past the end of a tile are
+  clamped onto the last pixel (never stored), rows past the end of a nonzero segment read channel 0 with weight 0,
+  and zero padding clamps the coordinates and drops an out-of-range tap's contribution with one select per tap
+  (reflection needs neither). A masked load costs a predicate and a zeroed register per element; without them the
+  hot loop is one load, one FMA and a 64-bit address add per element, plus the per-nonzero index work amortised
+  over a thread's pixels (``python -m lipdeploy.bench.kernel_sass`` reads this off the sm_90 SASS).
 * All accumulation is fp32; inputs may be fp16/bf16/fp32; outputs take the input dtype.
-* Tunables: ``KernelConfig`` (BLOCK_P per kernel, num_warps). Larger tiles amortise the per-nonzero scalar loads and
-  loop overhead; smaller tiles give more programs for small images. ``default_config`` picks by output size.
+* Tunables: ``KernelConfig`` (BLOCK_P per kernel, BLOCK_J nonzeros per step, num_warps). A thread's pixels per
+  nonzero (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index loads and arithmetic; BLOCK_J x pixels is the
+  loads a thread keeps in flight; smaller tiles give more programs for small images. ``default_config`` picks by
+  output size, ``candidate_configs`` is what the dispatcher times, ``config_grid`` what ``gpu_layers --tune`` sweeps.
 """
 
 from __future__ import annotations
@@ -80,49 +88,50 @@ class KernelConfig:
 
 
 def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
+    """Tile sizes by output size. Not yet tuned on a GPU; chosen from the sm_90 SASS (``python -m
+    lipdeploy.bench.kernel_sass``, results in bench/results/kernel_sass_sm90.json): a thread's pixels per nonzero
+    (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so the hot loops issue 5.7 (forward) and 5.8
+    (input grad) instructions per FMA at 8 pixels per thread against 11.6 and 12.1 with the earlier 256-pixel tiles
+    of 2 pixels per thread, at 96 and 134 registers (20 and 12 resident warps per SM, each thread keeping 16 loads in
+    flight). Small outputs get smaller tiles so that a layer still spreads over the 132 SMs."""
     if device.type != "cuda":
         # interpreter: its cost is per program, so large outputs get large tiles (4x fewer programs); small outputs
         # (the kernel tests' odd shapes) keep 64-pixel tiles so they still span several tiles
         bp = 64 if num_out_pixels <= 1024 else 256
         return KernelConfig(block_p_fwd=bp, block_p_dgrad=bp, block_p_wgrad=bp, num_warps=1, block_j=16)
-    # register budget: the [BLOCK_J, BLOCK_P] fp32 accumulator is BLOCK_J * BLOCK_P / (32 * num_warps) regs/thread
-    if num_out_pixels <= 1024:
-        return KernelConfig(block_p_fwd=64, block_p_dgrad=64, block_p_wgrad=128, num_warps=2, block_j=8)
-    if num_out_pixels <= 16384:
-        return KernelConfig(block_p_fwd=128, block_p_dgrad=128, block_p_wgrad=256, num_warps=4, block_j=8)
-    return KernelConfig(block_p_fwd=256, block_p_dgrad=256, block_p_wgrad=512, num_warps=4, block_j=8)
+    if num_out_pixels <= 1024:  # <= 32x32: 4 pixels per thread
+        return KernelConfig(block_p_fwd=256, block_p_dgrad=256, block_p_wgrad=256, num_warps=2, block_j=2)
+    if num_out_pixels <= 4096:  # 64x64: 4 pixels per thread, 8 tiles per channel
+        return KernelConfig(block_p_fwd=512, block_p_dgrad=512, block_p_wgrad=512, num_warps=4, block_j=2)
+    return KernelConfig(block_p_fwd=1024, block_p_dgrad=1024, block_p_wgrad=1024, num_warps=4, block_j=2)
 
 
 def candidate_configs(num_out_pixels: int, device: torch.device) -> list[KernelConfig]:
-    """The configs the dispatcher times per layer (default first): half / double pixel tiles, and fewer nonzeros per
-    gather step with more warps. Kept to three so tuning a network stays seconds, not minutes; widen it from the
-    measured ``gpu_layers --tune`` rows (the full grid) once a GPU has run them."""
+    """The configs the dispatcher times per layer (default first): half-size tiles (more programs), and two
+    nonzeros more per gather step with twice the warps (more loads in flight per SM). Kept to three so tuning a
+    network stays seconds, not minutes; widen it from the measured ``gpu_layers --tune`` rows (the full grid) once a
+    GPU has run them."""
     base = default_config(num_out_pixels, device)
     if device.type != "cuda":
         return [base]
-    out = [base]
-    if base.block_p_fwd >= 128:
-        half = base.block_p_fwd // 2
-        out.append(replace(base, block_p_fwd=half, block_p_dgrad=half, block_p_wgrad=base.block_p_wgrad // 2))
-    if num_out_pixels > 4096:
-        out.append(replace(base, block_p_fwd=2 * base.block_p_fwd, block_p_dgrad=2 * base.block_p_dgrad, num_warps=8))
-    else:
-        out.append(replace(base, block_j=4, num_warps=max(1, base.num_warps // 2)))
-    return out
+    half = replace(base, block_p_fwd=base.block_p_fwd // 2, block_p_dgrad=base.block_p_dgrad // 2)
+    wide = replace(base, block_j=4, num_warps=2 * base.num_warps)
+    return [base, half, wide]
 
 
 def config_grid(device: torch.device) -> list[KernelConfig]:
-    """The full sweep of ``gpu_layers --tune``: tile sizes x nonzeros per gather step x warps (register budget: the
-    ``[BLOCK_J, BLOCK_P]`` fp32 accumulator is ``BLOCK_J * BLOCK_P / (32 * num_warps)`` registers per thread; grid
-    points above 64 are skipped). 18 points: each is three kernel compiles on the GPU, ~1 minute for the grid."""
+    """The full sweep of ``gpu_layers --tune``: tiles x nonzeros per gather step x warps, kept where a thread holds
+    2 to 16 pixels and at most 32 accumulators (``BLOCK_J * BLOCK_P / (32 * num_warps)``; more spills or starves
+    occupancy, see kernel_sass). Each point is three kernel compiles on the GPU, about a minute for the grid."""
     if device.type != "cuda":
         return [default_config(1 << 16, device), replace(default_config(1 << 16, device), block_j=4)]
     out = []
-    for bp in (128, 256, 512):
-        for bj in (4, 8, 16):
+    for bp in (256, 512, 1024, 2048):
+        for bj in (2, 4, 8):
             for nw in (4, 8):
-                if bj * bp // (32 * nw) <= 64:
-                    out.append(KernelConfig(bp, bp, min(2 * bp, 1024), nw, False, bj))
+                px = bp // (32 * nw)
+                if 2 <= px <= 16 and bj * px <= 32:
+                    out.append(KernelConfig(bp, bp, bp, nw, False, bj))
     return out
 
 
@@ -132,14 +141,31 @@ def config_grid(device: torch.device) -> list[KernelConfig]:
 
 
 @triton.jit
-def _reflect_or_mask(i, size, valid, REFLECT: tl.constexpr):
-    """Map a padded coordinate to the input: reflect (single bounce; pad < size) or mark out-of-range as invalid."""
+def _source_index(i, size, REFLECT: tl.constexpr):
+    """Map a padded coordinate to the input: reflect (single bounce; pad < size), or clamp into range and report
+    whether it was in range (zero padding: the caller zeroes what was not). Either way the index is a valid address,
+    so the gathers in the hot loops need no mask."""
     if REFLECT:
         i = tl.where(i < 0, -i, i)
         i = tl.where(i >= size, 2 * size - 2 - i, i)
+        return i, i >= 0  # all true: folded away
+    valid = (i >= 0) & (i < size)
+    return tl.minimum(tl.maximum(i, 0), size - 1), valid
+
+
+@triton.jit
+def _gather_rows(ch_ptr, vals_ptr, j0, end, t, KK: tl.constexpr, KERNEL_FMT: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Input channel and weight of nonzeros j0 .. j0 + BLOCK_J of a segment ending at ``end``. Rows past the end read
+    channel 0 with weight 0: they contribute exactly 0, so the pixel gathers that follow need no row mask."""
+    j = j0 + tl.arange(0, BLOCK_J)
+    jm = j < end
+    if KERNEL_FMT:
+        ci = tl.load(ch_ptr + j, mask=jm, other=0)
+        w = tl.load(vals_ptr + j * KK + t, mask=jm, other=0.0)
     else:
-        valid = valid & (i >= 0) & (i < size)
-    return i, valid
+        ci = tl.load(ch_ptr + j, mask=jm, other=0) // KK
+        w = tl.load(vals_ptr + j, mask=jm, other=0.0)
+    return ci, w.to(tl.float32)
 
 
 @triton.jit
@@ -177,11 +203,15 @@ def _sparse_conv2d_fwd_kernel(
 
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P_out
-    oy = p // W_out
-    ox = p % W_out
+    pc = tl.minimum(p, P_out - 1)  # lanes past the end redo the last pixel (valid addresses); never stored
+    oy = pc // W_out
+    ox = pc % W_out
     iy0 = oy * STRIDE - PAD
     ix0 = ox * STRIDE - PAD
     x_base = x_ptr + n * C_in * HW
+    # Zero padding is the only case with out-of-range taps: there a tap's gathers read clamped (valid) addresses and
+    # its contribution is dropped where the tap fell outside the image (one select per tap, not a mask per load).
+    ZERO_PAD: tl.constexpr = PAD > 0 and not REFLECT
     # 2-D accumulator: BLOCK_J nonzeros are gathered per step (independent loads in flight, no scalar dependency
     # chain); the J axis is reduced once after the loops.
     acc = tl.zeros([BLOCK_J, BLOCK_P], dtype=tl.float32)
@@ -190,23 +220,21 @@ def _sparse_conv2d_fwd_kernel(
         start = tl.load(seg_ptr + co)
         end = tl.load(seg_ptr + co + 1)
     for t in tl.static_range(KK):
-        iy, vy = _reflect_or_mask(iy0 + t // KW, H, pmask, REFLECT)
-        ix, m = _reflect_or_mask(ix0 + t % KW, W, vy, REFLECT)
+        iy, vy = _source_index(iy0 + t // KW, H, REFLECT)
+        ix, vx = _source_index(ix0 + t % KW, W, REFLECT)
         off = iy * W + ix
         if not KERNEL_FMT:
             start = tl.load(seg_ptr + co * (KK + 1) + t)
             end = tl.load(seg_ptr + co * (KK + 1) + t + 1)
+        # accumulate on top of acc (not into a zeroed buffer): the select below then depends on this tap's loop,
+        # so the compiler cannot defer every tap's select to the end and keep nine partial sums live (measured with
+        # kernel_sass: 240 registers instead of 134 in the input-grad kernel)
+        acc_t = acc
         for j0 in range(start, end, BLOCK_J):
-            j = j0 + tl.arange(0, BLOCK_J)
-            jm = j < end
-            if KERNEL_FMT:
-                ci = tl.load(ch_ptr + j, mask=jm, other=0)
-                w = tl.load(vals_ptr + j * KK + t, mask=jm, other=0.0)
-            else:
-                ci = tl.load(ch_ptr + j, mask=jm, other=0) // KK
-                w = tl.load(vals_ptr + j, mask=jm, other=0.0)
-            xv = tl.load(x_base + ci[:, None] * HW + off[None, :], mask=jm[:, None] & m[None, :], other=0.0)
-            acc += w.to(tl.float32)[:, None] * xv.to(tl.float32)
+            ci, w = _gather_rows(ch_ptr, vals_ptr, j0, end, t, KK, KERNEL_FMT, BLOCK_J)
+            xv = tl.load(x_base + ci[:, None] * HW + off[None, :])
+            acc_t += w[:, None] * xv.to(tl.float32)
+        acc = tl.where((vy & vx)[None, :], acc_t, acc) if ZERO_PAD else acc_t
 
     acc = tl.sum(acc, axis=0)
     if HAS_BIAS:
@@ -268,11 +296,12 @@ def _sparse_conv2d_dgrad_kernel(
     for t in tl.static_range(KK):
         ny = py - t // KW
         nx = px - t % KW
-        # output pixel o contributes to padded pixel o*STRIDE + tap; keep only in-range preimages (exact by phase)
+        # output pixel o contributes to padded pixel o*STRIDE + tap; keep only in-range preimages (exact by phase).
+        # The gathers read clamped (valid) addresses; the tap's sum is zeroed where the preimage is out of range.
         oy = ny // STRIDE
         ox = nx // STRIDE
         m = pmask & (ny >= 0) & (nx >= 0) & (oy < H_out) & (ox < W_out)
-        off = oy * W_out + ox
+        off = tl.minimum(tl.maximum(oy, 0), H_out - 1) * W_out + tl.minimum(tl.maximum(ox, 0), W_out - 1)
         if KERNEL_FMT:
             start = start0
             end = end0
@@ -283,6 +312,7 @@ def _sparse_conv2d_dgrad_kernel(
             # a tap of another phase: empty loop (+ STRIDE * KH keeps the remainder's operand non-negative)
             hit = ((ry + STRIDE * KH - t // KW) % STRIDE == 0) & ((rx + STRIDE * KW - t % KW) % STRIDE == 0)
             end = tl.where(hit, end, start)
+        acc_t = acc  # on top of acc, then kept only where the tap is in range (see the forward kernel)
         for j0 in range(start, end, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             jm = j < end
@@ -292,8 +322,9 @@ def _sparse_conv2d_dgrad_kernel(
                 w = tl.load(vals_ptr + pv * KK + t, mask=jm, other=0.0)
             else:
                 w = tl.load(vals_ptr + pv, mask=jm, other=0.0)
-            g = tl.load(gy_base + co[:, None] * P_out + off[None, :], mask=jm[:, None] & m[None, :], other=0.0)
-            acc += w.to(tl.float32)[:, None] * g.to(tl.float32)
+            g = tl.load(gy_base + co[:, None] * P_out + off[None, :])
+            acc_t += w.to(tl.float32)[:, None] * g.to(tl.float32)
+        acc = tl.where(m[None, :], acc_t, acc)
 
     acc = tl.sum(acc, axis=0)
     tl.store(gxp_ptr + (n * C_in + ci) * P_in + p, acc.to(gxp_ptr.dtype.element_ty), mask=pmask)
@@ -333,8 +364,9 @@ def _sparse_conv2d_wgrad_kernel(
 
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P_out
-    oy = p // W_out
-    ox = p % W_out
+    pc = tl.minimum(p, P_out - 1)  # lanes past the end gather valid addresses; their grad_out is 0
+    oy = pc // W_out
+    ox = pc % W_out
     iy0 = oy * STRIDE - PAD
     ix0 = ox * STRIDE - PAD
     x_base = x_ptr + n * C_in * HW
@@ -349,23 +381,25 @@ def _sparse_conv2d_wgrad_kernel(
         start = tl.load(seg_ptr + co)
         end = tl.load(seg_ptr + co + 1)
     for t in tl.static_range(KK):
-        iy, vy = _reflect_or_mask(iy0 + t // KW, H, pmask, REFLECT)
-        ix, m = _reflect_or_mask(ix0 + t % KW, W, vy, REFLECT)
+        iy, vy = _source_index(iy0 + t // KW, H, REFLECT)
+        ix, vx = _source_index(ix0 + t % KW, W, REFLECT)
         off = iy * W + ix
+        # zero padding: the tap's out-of-range pixels get grad 0 (once per tap), so the gathers need no mask
+        g_t = tl.where(vy & vx, g, 0.0) if PAD > 0 and not REFLECT else g
         if not KERNEL_FMT:
             start = tl.load(seg_ptr + co * (KK + 1) + t)
             end = tl.load(seg_ptr + co * (KK + 1) + t + 1)
         for j0 in range(start, end, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             jm = j < end
+            ci = tl.load(ch_ptr + j, mask=jm, other=0)
             if KERNEL_FMT:
-                ci = tl.load(ch_ptr + j, mask=jm, other=0)
                 dst = j * KK + t
             else:
-                ci = tl.load(ch_ptr + j, mask=jm, other=0) // KK
+                ci = ci // KK
                 dst = j
-            xv = tl.load(x_base + ci[:, None] * HW + off[None, :], mask=jm[:, None] & m[None, :], other=0.0)
-            s = tl.sum(xv.to(tl.float32) * g[None, :], axis=1)
+            xv = tl.load(x_base + ci[:, None] * HW + off[None, :])
+            s = tl.sum(xv.to(tl.float32) * g_t[None, :], axis=1)
             if ATOMIC:
                 tl.atomic_add(part_base + dst, s, mask=jm)
             else:

@@ -396,3 +396,37 @@ def test_choose_fastest_margin_cache_and_invalidation(tmp_path, monkeypatch):
     if not torch.cuda.is_available():  # no GPU and no timer: nothing is timed, the baseline is kept
         timed.clear()
         assert choose_fastest("L5", candidates(), timer=None) == "dense" and not timed
+
+
+def _gpu_configs():
+    from lipdeploy.kernels.sparse_conv import candidate_configs, config_grid
+
+    cuda = torch.device("cuda")
+    cfgs = [c for px in (1024, 4096, 1 << 16) for c in candidate_configs(px, cuda)] + config_grid(cuda)
+    return list(dict.fromkeys(cfgs))
+
+
+@pytest.mark.parametrize("cfg", _gpu_configs(), ids=lambda c: c.tag)
+def test_every_gpu_config_matches_reference(cfg):
+    """The tile shapes the GPU defaults, the dispatcher and the --tune sweep use (run here through the interpreter):
+    tiles larger than the image, tail tiles, short nonzero segments, both strides and both paddings."""
+    from lipdeploy.kernels import sparse_conv as S
+
+    torch.manual_seed(5)
+    x = torch.randn(1, 5, 13, 11, device=DEVICE)
+    for k, stride, padding, mode, fmt in ((3, 2, 1, "reflect", "csr"), (3, 1, 1, "zeros", "kernel")):
+        w = torch.randn(6, 5, k, k, device=DEVICE)
+        m = make_mask(w.shape, 0.7, 3, kind="kernels" if fmt == "kernel" else "random").to(DEVICE)
+        packed = pack_conv_weight(w, m, format=fmt)
+        b = torch.randn(6, device=DEVICE)
+        out = {}
+        for name in ("triton", "ref"):
+            xi = x.clone().requires_grad_(True)
+            vi = packed.values.detach().clone().requires_grad_(True)
+            args = (xi, packed.with_values(vi), b, stride, padding, mode, 0.2)
+            y = S.sparse_conv2d(*args, config=cfg) if name == "triton" else sparse_conv2d_reference(*args)
+            y.backward(torch.ones_like(y))
+            gv = vi.grad * packed.tap_mask if packed.tap_mask is not None else vi.grad
+            out[name] = (y.detach(), xi.grad, gv)
+        for what, a, r in zip(("forward", "grad input", "grad values"), out["triton"], out["ref"], strict=True):
+            close(a, r, f"{cfg.tag} {what}")

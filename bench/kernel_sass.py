@@ -1,0 +1,212 @@
+"""Static report of the Triton kernels compiled for an H100 (sm_90), without a GPU.
+
+``python -m lipdeploy.bench.kernel_sass [--grid] [-o rows.json]`` (run without ``TRITON_INTERPRET``)
+
+For each kernel (forward, input grad, weight grad) x packing format x stride x kernel config it compiles the kernel
+with Triton for sm_90 (Triton's bundled ptxas; nothing runs), then reads the cubin with the bundled ``cuobjdump``:
+
+- resources: registers per thread, local memory (register spills), shared memory; and the resulting occupancy
+  (resident warps per SM out of 64: 65,536 registers per SM, allocated per warp in units of 256);
+- the instruction mix of the hot loop (the innermost loop, over the nonzeros of one tap, with the most FP
+  instructions): total SASS instructions, FP instructions (FFMA/FMUL/FADD), global loads, integer/predicate work.
+
+Why it matters: the sparse kernels run on CUDA cores and every nonzero costs at least a load and an FMA per pixel, so
+``instructions per FP op`` in the hot loop bounds the kernel by issue rate (an SM issues 4 warp instructions per
+clock, its FP32 units take 4 warp FMAs per clock): at 4 instructions per FMA the kernel cannot exceed 1/4 of FP32
+peak, whatever the memory system does. These are compiler facts, not timings; the GPU benchmarks measure the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+REGS_PER_SM = 65536
+MAX_WARPS_PER_SM = 64
+REG_ALLOC_UNIT = 256  # registers are allocated per warp in units of 256
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)(.*?);")
+_FP = ("FFMA", "FMUL", "FADD", "FMNMX")
+_INT = ("IMAD", "IADD", "LEA", "SHF", "ISETP", "LOP", "VIADD", "SEL", "IABS", "IMNMX", "VIMNMX", "PRMT", "SGXT")
+
+
+def _tools() -> tuple[str, str]:
+    import triton
+
+    nv = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    return str(nv / "cuobjdump"), str(nv / "nvdisasm")
+
+
+def kernel_specs(kernel: str, fmt: str, stride: int, cfg) -> tuple[object, list[str], dict, int]:
+    """(jit function, argument types, constexprs, num_warps) of one kernel variant, as the host wrappers launch it."""
+    from lipdeploy.kernels import sparse_conv as S
+
+    kfmt = fmt == "kernel"
+    geo = dict(STRIDE=stride, KH=3, KW=3, KERNEL_FMT=kfmt)
+    if kernel == "fwd":
+        types = ["*fp32"] * 4 + ["*i32"] * 2 + ["i32"] * 6 + ["fp32"]
+        consts = dict(geo, PAD=1, REFLECT=True, HAS_BIAS=True, ACT=True, BLOCK_P=cfg.block_p_fwd, BLOCK_J=cfg.block_j)
+        return S._sparse_conv2d_fwd_kernel, types, consts, cfg.num_warps
+    if kernel == "dgrad":
+        types = ["*fp32"] * 3 + ["*i32"] * 3 + ["i32"] * 6
+        return (
+            S._sparse_conv2d_dgrad_kernel,
+            types,
+            dict(geo, BLOCK_P=cfg.block_p_dgrad, BLOCK_J=cfg.block_j),
+            (cfg.num_warps),
+        )
+    if kernel == "wgrad":
+        types = ["*fp32"] * 3 + ["*i32"] * 2 + ["i32"] * 8
+        consts = dict(geo, PAD=1, REFLECT=True, ATOMIC=cfg.wgrad_atomic, BLOCK_P=cfg.block_p_wgrad, BLOCK_J=cfg.block_j)
+        return S._sparse_conv2d_wgrad_kernel, types, consts, cfg.num_warps
+    raise ValueError(kernel)
+
+
+def compile_sm90(kernel: str, fmt: str, stride: int, cfg) -> bytes:
+    """The cubin of one kernel variant for sm_90 (raises if Triton or ptxas cannot build it)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("kernel_sass compiles real kernels: run it without TRITON_INTERPRET=1")
+    fn, types, consts, num_warps = kernel_specs(kernel, fmt, stride, cfg)
+    sig = dict(zip(fn.arg_names, types + ["constexpr"] * len(consts), strict=True))
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return k.asm["cubin"]
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    tool, _ = _tools()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        Path(path).write_bytes(cubin)
+        return subprocess.run([tool, flag, path], capture_output=True, text=True, check=True).stdout
+
+
+def resources(cubin: bytes, num_warps: int) -> dict:
+    """Registers, spills (local memory bytes), shared memory and resident warps per SM."""
+    text = _cuobjdump(cubin, "-res-usage")
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    if not m:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{text[-500:]}")
+    regs, _, shared, local = (int(v) for v in m.groups())
+    per_warp = -(-regs * 32 // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    blocks = min(32, REGS_PER_SM // (per_warp * num_warps), MAX_WARPS_PER_SM // num_warps)
+    return {"registers": regs, "spill_bytes": local, "shared_bytes": shared, "warps_per_sm": blocks * num_warps}
+
+
+def sass_instructions(cubin: bytes) -> list[tuple[int, str, str]]:
+    """(address, opcode, operands) of every SASS instruction."""
+    return [(int(a, 16), op, rest) for a, op, rest in _LINE.findall(_cuobjdump(cubin, "-sass"))]
+
+
+def _mix(body: list[tuple[int, str, str]]) -> dict:
+    ops = collections.Counter(op.split(".")[0] for _, op, _ in body)
+    fp = sum(ops[o] for o in _FP)
+    ldg = ops["LDG"]
+    integer = sum(n for o, n in ops.items() if o.startswith(_INT))
+    return {
+        "instructions": len(body),
+        "fp": fp,
+        "ffma": ops["FFMA"],
+        "global_loads": ldg,
+        "integer": integer,
+        "instructions_per_fp": round(len(body) / fp, 2) if fp else None,
+        "fp_issue_share": round(fp / len(body), 3) if body else 0.0,
+    }
+
+
+def hot_loop(cubin: bytes) -> dict:
+    """Instruction mix of the innermost loop with the most FP instructions (loops = backward branches)."""
+    ins = sass_instructions(cubin)
+    loops = []
+    for addr, op, rest in ins:
+        if op.startswith("BRA"):
+            m = re.search(r"0x([0-9a-f]+)", rest)
+            if m and int(m.group(1), 16) < addr:
+                loops.append((int(m.group(1), 16), addr))
+    inner = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    if not inner:
+        return {**_mix([]), "loops": 0}
+    bodies = [[i for i in ins if a <= i[0] <= b] for a, b in inner]
+    best = max(bodies, key=lambda body: _mix(body)["fp"])
+    return {**_mix(best), "loops": len(inner)}
+
+
+def report(configs, kernels=("fwd", "dgrad", "wgrad"), formats=("csr", "kernel"), strides=(1, 2)) -> list[dict]:
+    rows = []
+    for cfg in configs:
+        for kernel in kernels:
+            for fmt in formats:
+                for stride in strides:
+                    cubin = compile_sm90(kernel, fmt, stride, cfg)
+                    rows.append(
+                        {
+                            "kernel": kernel,
+                            "format": fmt,
+                            "stride": stride,
+                            "config": cfg.tag,
+                            **asdict(cfg),
+                            **resources(cubin, cfg.num_warps),
+                            "hot_loop": hot_loop(cubin),
+                        }
+                    )
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    head = f"{'kernel':<6} {'fmt':<6} {'s':>1} {'config':<24} {'regs':>4} {'spill':>5} {'warps':>5} "
+    print(head + f"{'loop ins':>8} {'fp':>4} {'ldg':>4} {'int':>4} {'ins/fp':>6} {'fp share':>8}")
+    for r in rows:
+        h = r["hot_loop"]
+        print(
+            f"{r['kernel']:<6} {r['format']:<6} {r['stride']:>1} {r['config']:<24} {r['registers']:>4} "
+            f"{r['spill_bytes']:>5} {r['warps_per_sm']:>5} {h['instructions']:>8} {h['fp']:>4} {h['global_loads']:>4} "
+            f"{h['integer']:>4} {h['instructions_per_fp'] or 0:>6.2f} {h['fp_issue_share']:>8.1%}",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lipdeploy.bench.kernel_sass", description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--output", type=Path, help="write the JSON rows here")
+    ap.add_argument("--grid", action="store_true", help="every config of kernels.sparse_conv.config_grid (slow)")
+    ap.add_argument("--kernels", nargs="+", default=["fwd", "dgrad", "wgrad"], choices=["fwd", "dgrad", "wgrad"])
+    ap.add_argument("--formats", nargs="+", default=["csr", "kernel"], choices=["csr", "kernel"])
+    ap.add_argument("--strides", nargs="+", type=int, default=[1, 2], choices=[1, 2])
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("kernel_sass: unset TRITON_INTERPRET (it compiles the real kernels; nothing runs)", file=sys.stderr)
+        return 2
+    import torch
+
+    from lipdeploy.kernels.sparse_conv import config_grid, default_config
+
+    cuda = torch.device("cuda")
+    configs = config_grid(cuda) if args.grid else [default_config(64 * 64, cuda), default_config(256 * 256, cuda)]
+    configs = list(dict.fromkeys(configs))
+    rows = report(configs, args.kernels, args.formats, args.strides)
+    print_rows(rows)
+    if args.output:
+        import triton
+
+        meta = {"target": "sm_90 (compiled offline, nothing run)", "triton": triton.__version__}
+        from lipdeploy.fileio import atomic_write_text
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.output, json.dumps({"meta": meta, "rows": rows}, indent=1))
+        print(f"wrote {len(rows)} rows to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
