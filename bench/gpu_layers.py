@@ -17,7 +17,6 @@ tensor with heavy-tailed, channel- and tap-structured magnitudes: a layer-level 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from lipdeploy.fileio import atomic_write_json
 
 SLOPE = 0.2
 PAD_MODE = "reflect"
@@ -98,11 +99,15 @@ def run(args) -> dict:
             sizes = [hw for hw in sizes if hw in QUICK_SIZES]
         for hw in sizes:
             rows += bench_shape(args, name, cin, cout, k, stride, hw, gen, dev)
+            _save(args.output, {"meta": meta, "rows": rows, "complete": False})  # a cut-off run keeps its rows
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    for r in rows:
-        r["pass"] = r.pop("pass_")
-    return {"meta": meta, "rows": rows}
+    return {"meta": meta, "rows": rows, "complete": True}
+
+
+def _save(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        atomic_write_json(path, payload)
 
 
 def _dense_fwd(x, w, b, stride, pad):
@@ -144,7 +149,7 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev) -> list[dict]:
                     sparsity=sp,
                     mask=kind,
                     backend=backend,
-                    pass_=p_name,
+                    **{"pass": p_name},
                     ms=ms,
                     nnz=nnz,
                     gflops_dense_equiv=mult * dense_flops / ms / 1e6,
@@ -211,7 +216,7 @@ def print_rows(rows, header=True) -> None:
                 f"{r['sparsity']:.2f}",
                 r["mask"],
                 r["backend"],
-                r.get("pass", r.get("pass_")),
+                r["pass"],
                 f"{r['ms']:.3f}",
                 f"{r['gflops_dense_equiv']:.0f}",
                 f"{r['gflops_nonzero']:.0f}",
@@ -227,7 +232,7 @@ def best_configs(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if "config" in r:
-            key = (r["layer"], r["hw"], r["mask"], r["sparsity"], r["backend"], r.get("pass", r.get("pass_")))
+            key = (r["layer"], r["hw"], r["mask"], r["sparsity"], r["backend"], r["pass"])
             groups.setdefault(key, []).append(r)
     out = []
     for key, rs in groups.items():
@@ -291,8 +296,7 @@ def main(argv=None) -> int:
                 f"x{b['best_speedup_vs_dense']:.2f} vs dense"
             )
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1))
+        _save(args.output, result)
         print(f"wrote {args.output}")
     return 0
 

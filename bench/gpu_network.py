@@ -25,7 +25,6 @@ line and exits with status 2. Nothing runs at import.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -162,6 +161,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         row["sparse_choices_fit"] = _choices(step_net)
                     rows.append(row)
                     _print(row)
+                    _save(args.output, rows, complete=False)  # a cut-off run keeps what it measured
                     del fwd_net, step_net
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
@@ -182,6 +182,13 @@ def _variant(variant: str, ticket, dev, x, sparsify):
         fwd = sparsify(compact(ticket).to(dev), backend="auto", example_input=x, workload="forward")
         return fwd, sparsify(compact(ticket).to(dev), backend="auto", example_input=x, workload="fit"), None
     raise ValueError(variant)
+
+
+def _save(path: Path | None, rows: list[dict], complete: bool) -> None:
+    if path is not None:
+        from lipdeploy.fileio import atomic_write_json
+
+        atomic_write_json(path, {"rows": rows, "complete": complete})
 
 
 def _choices(net) -> dict[str, str]:
@@ -249,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = run(args)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"rows": rows}, indent=1))
+        _save(args.output, rows, complete=True)
         print(f"wrote {len(rows)} rows to {args.output}")
     return 0
 

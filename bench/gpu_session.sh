@@ -40,7 +40,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 
 step 90 gpu_target $PY -m lipdeploy.bench.gpu_layers --layers conv3x3_128_s1 --sizes 256 \
   -o "$RES/gpu_target_$CARD.json"
-step 200 gpu_network $PY -m lipdeploy.bench.gpu_network --sizes 256 --fit-steps 200 -o "$RES/gpu_network_$CARD.json"
+# sparsities in order of importance (the 90% target, the 50% never-slower check, then the rest): rows are saved
+# as they come, so a step cut off by its cap still returns the first ones
+step 200 gpu_network $PY -m lipdeploy.bench.gpu_network --sizes 256 --fit-steps 200 --sparsities 0.9 0.5 0.98 0.8 0.95 \
+  -o "$RES/gpu_network_$CARD.json"
 step 90 gpu_tests $PY -m pytest -m gpu -q tests/
 step 90 gpu_tune $PY -m lipdeploy.bench.gpu_layers --layers conv3x3_128_s1 --sizes 256 --sparsities 0.5 0.9 \
   --masks imp --formats csr --tune -o "$RES/gpu_tune_$CARD.json"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import subprocess
@@ -200,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         import triton
 
         meta = {"target": "sm_90 (compiled offline, nothing run)", "triton": triton.__version__}
-        from lipdeploy.fileio import atomic_write_text
+        from lipdeploy.fileio import atomic_write_json
 
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.output, json.dumps({"meta": meta, "rows": rows}, indent=1))
+        atomic_write_json(args.output, {"meta": meta, "rows": rows})
         print(f"wrote {len(rows)} rows to {args.output}")
     return 0
 

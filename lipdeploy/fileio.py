@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -52,3 +53,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: object, indent: int = 1) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically, creating the folder (benchmarks rewrite it after every row, so a
+    run cut off by a time limit keeps what it measured)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")

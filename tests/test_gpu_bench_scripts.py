@@ -30,7 +30,7 @@ def test_gpu_layers_runs_on_cpu_and_writes_every_case(tmp_path):
     argv += ["--layers", "conv3x3_128_s2", "conv3x3_132_s1", "--masks", "imp", "random"]
     assert gpu_layers.main(argv) == 0
     data = json.loads(out.read_text())
-    assert "cpu" in data["meta"]["gpu"]
+    assert "cpu" in data["meta"]["gpu"] and data["complete"] is True
     rows = data["rows"]
     cases = {(r["layer"], r["mask"], r["backend"], r["pass"]) for r in rows}
     for layer in ("conv3x3_128_s2", "conv3x3_132_s1"):
@@ -54,7 +54,9 @@ def test_gpu_network_runs_on_cpu_with_every_variant(tmp_path):
     out = tmp_path / "network.json"
     argv = ["--device", "cpu", "--channels", "4", "--sizes", "64", "--sparsities", "0.5", "--masks", "random"]
     assert gpu_network.main([*argv, "--rep", "1", "-o", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert data["complete"] is True
     assert [r["variant"] for r in rows] == ["dense", "masked", "compact", "sparse", "auto"]
     assert not [r for r in rows if "error" in r]
     for r in rows[1:]:
@@ -93,3 +95,25 @@ def test_gpu_layers_tune_times_every_grid_config_and_picks_the_fastest(tmp_path)
     for b in best:
         rows = [r for r in tuned if r["pass"] == b["pass"]]
         assert b["best_ms"] == min(r["ms"] for r in rows) and b["gain_vs_default"] >= 1.0
+
+
+def test_gpu_layers_keeps_the_rows_of_a_run_cut_off(tmp_path, monkeypatch):
+    """The device call has a hard time limit: rows measured before a kill (or a crash) must already be on disk."""
+    out = tmp_path / "layers.json"
+    real = gpu_layers.bench_shape
+    calls = []
+
+    def second_dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a timeout's signal looks like to the script
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_layers, "bench_shape", second_dies)
+    argv = ["--device", "cpu", "--channels", "4", "--sizes", "8", "--sparsities", "0.9", "--masks", "random"]
+    argv += ["--formats", "csr", "--layers", "conv1x1_128", "conv3x3_128_s2", "-o", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        gpu_layers.main(argv)
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and data["rows"]
+    assert {r["layer"] for r in data["rows"]} == {"conv3x3_128_s2"}  # LAYERS order: the first shape is done
