@@ -49,6 +49,7 @@ step 90 gpu_tune $PY -m lipdeploy.bench.gpu_layers --layers conv3x3_128_s1 --siz
   --masks imp --formats csr --tune -o "$RES/gpu_tune_$CARD.json"
 step 300 gpu_layers $PY -m lipdeploy.bench.gpu_layers -o "$RES/gpu_layers_$CARD.json"
 
+$PY -m lipdeploy.bench.gpu_verdict "$RES" >"$RES/gpu_verdict_$CARD.txt" 2>&1
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_session_$CARD.tar.gz" -C "$RES" . && echo "packed $RES"; fi
 
 # the short tables last: the device tool's reply carries the end of the output
@@ -56,3 +57,4 @@ echo "gpu tests: $(tail -1 "$RES/gpu_tests_$CARD.log")"
 grep -E "conv3x3_128_s1 +256 " "$RES/gpu_target_$CARD.log" | grep -E "dense|0.90|0.50" | tail -24
 grep -A 12 "best kernel config" "$RES/gpu_tune_$CARD.log"
 tail -25 "$RES/gpu_network_$CARD.log"
+cat "$RES/gpu_verdict_$CARD.txt"

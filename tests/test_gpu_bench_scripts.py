@@ -117,3 +117,46 @@ def test_gpu_layers_keeps_the_rows_of_a_run_cut_off(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert data["complete"] is False and data["rows"]
     assert {r["layer"] for r in data["rows"]} == {"conv3x3_128_s2"}  # LAYERS order: the first shape is done
+
+
+def _layer_row(mask, backend, speedup, sparsity=0.9, pass_="fwd"):
+    return {"layer": "conv3x3_128_s1", "hw": 256, "mask": mask, "sparsity": sparsity, "pass": pass_,
+            "backend": backend, "speedup_vs_dense": speedup, "ms": 0.1}  # fmt: skip
+
+
+def _net_row(mask, sparsity, fwd, step):
+    return {"variant": "auto", "size": 256, "mask": mask, "sparsity": sparsity, "forward_speedup": fwd,
+            "step_speedup": step, "step_ms": 1.0, "sparse_layers_fit": 3}  # fmt: skip
+
+
+def test_gpu_verdict_checks_each_target_and_reports_missing_cases(tmp_path, capsys):
+    from lipdeploy.bench import gpu_verdict
+
+    layers = [_layer_row("imp", "triton_csr", 2.7), _layer_row("imp", "triton_kernel", 1.1),
+              _layer_row("random", "triton_csr", 0.9), _layer_row("random", "dense", 9.0),
+              _layer_row("random", "triton_csr", 5.0, pass_="fwd+bwd")]  # fmt: skip
+    nets = [_net_row("imp", 0.9, 3.0, 2.1), _net_row("imp", 0.5, 1.0, 0.98), _net_row("random", 0.5, 1.2, 0.9)]
+    got = gpu_verdict.verdicts(layers, nets)
+    assert [v["target"] for v in got] == [
+        "layer 128->128 3x3 @256, 90% imp, forward",
+        "layer 128->128 3x3 @256, 90% random, forward",
+        "fitting step @256, 90% imp",
+        "fitting step @256, 90% random",
+        "nothing slower @256, 50% imp (auto network)",
+        "nothing slower @256, 50% random (auto network)",
+    ]
+    assert [v["status"] for v in got] == [
+        "PASS",  # layer, imp: the better of the two formats counts (2.7)
+        "FAIL",  # layer, random: 0.9 -- dense rows and other passes do not count
+        "PASS",  # step, imp: 2.1
+        "MISSING",  # step, random: the run never reached it
+        "PASS",  # 50% imp: 0.98 is inside the noise allowance
+        "FAIL",  # 50% random: the slower of forward and step decides (0.9)
+    ]
+    # the command reads a session folder by file-name pattern, one block per card
+    (tmp_path / "gpu_target_H200.json").write_text(json.dumps({"rows": layers}))
+    (tmp_path / "gpu_network_H200.json").write_text(json.dumps({"rows": nets, "complete": False}))
+    assert gpu_verdict.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== H200" in out and out.count("PASS") == 3 and out.count("FAIL") == 2 and out.count("MISSING") == 1
+    assert gpu_verdict.main([str(tmp_path / "empty")]) == 2
