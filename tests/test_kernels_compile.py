@@ -55,8 +55,9 @@ print(json.dumps(rows))
 
 def test_default_configs_compile_without_spills_and_a_lean_hot_loop():
     """Static sm_90 facts of the 256x256 default config (kernel_sass; no GPU): no register spills, every kernel has
-    its gather loops, and the forward / input-grad hot loops stay under 7 SASS instructions per FP op (5.7 and 5.8
-    with Triton 3.9; the tiles before this bound issued 11.6 and 12.1 -- see bench/results/kernel_sass_sm90*.json)."""
+    its gather loops, and the hot loops stay under 7 (forward, input grad) and 10 (weight grad) SASS instructions per
+    multiply (5.3, 5.8, 7.7 with Triton 3.9; the kernels before this bound issued 11.6, 12.1 and 12.5 -- see
+    bench/results/kernel_sass_sm90*.json)."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", SASS_CODE], capture_output=True, text=True, env=env, timeout=300)
@@ -72,5 +73,4 @@ def test_default_configs_compile_without_spills_and_a_lean_hot_loop():
         loop = row["hot_loop"]
         assert row["spill_bytes"] == 0 and row["registers"] <= 255, row
         assert loop["loops"] >= 9 and loop["fp"] > 0 and loop["global_loads"] > 0, row  # one gather loop per tap
-        if row["kernel"] in ("fwd", "dgrad"):
-            assert loop["instructions_per_fp"] < 7.0, row
+        assert loop["instructions_per_multiply"] < (10.0 if row["kernel"] == "wgrad" else 7.0), row
