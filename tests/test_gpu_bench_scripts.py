@@ -160,3 +160,31 @@ def test_gpu_verdict_checks_each_target_and_reports_missing_cases(tmp_path, caps
     out = capsys.readouterr().out
     assert "== H200" in out and out.count("PASS") == 3 and out.count("FAIL") == 2 and out.count("MISSING") == 1
     assert gpu_verdict.main([str(tmp_path / "empty")]) == 2
+
+
+def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
+    """bench/gpu_session.sh end to end in its CPU smoke mode: every step exits 0, every JSON is complete, the verdict
+    is written, and everything comes back as the one tarball the device tool can return."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    res, out = tmp_path / "res", tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "SMOKE": "1", "RES": str(res), "OUT": str(out), "PYTHON": sys.executable}
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", "bench/gpu_session.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = [line for line in r.stdout.splitlines() if " rc=" in line]
+    assert [s.split(":")[0] for s in steps] == ["gpu_target", "gpu_network", "gpu_tests", "gpu_tune", "gpu_layers"]
+    assert all(" rc=0 " in s for s in steps), steps
+    for name in ("gpu_target", "gpu_network", "gpu_tune", "gpu_layers"):
+        data = json.loads((res / f"{name}_cpu-smoke.json").read_text())
+        assert data["complete"] is True and data["rows"], name
+    verdict = (res / "gpu_verdict_cpu-smoke.txt").read_text()
+    assert verdict.count("MISSING") == 6  # the smoke sizes are not the targets' 256x256
+    with tarfile.open(out / "gpu_session_cpu-smoke.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"gpu_target_cpu-smoke.json", "gpu_network_cpu-smoke.json", "gpu_verdict_cpu-smoke.txt"} <= names
