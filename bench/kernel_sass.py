@@ -38,11 +38,10 @@ _FP = ("FFMA", "FMUL", "FADD", "FMNMX")
 _INT = ("IMAD", "IADD", "LEA", "SHF", "ISETP", "LOP", "VIADD", "SEL", "IABS", "IMNMX", "VIMNMX", "PRMT", "SGXT")
 
 
-def _tools() -> tuple[str, str]:
+def _cuobjdump_path() -> str:
     import triton
 
-    nv = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    return str(nv / "cuobjdump"), str(nv / "nvdisasm")
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
 def kernel_specs(kernel: str, fmt: str, stride: int, cfg) -> tuple[object, list[str], dict, int]:
@@ -57,12 +56,8 @@ def kernel_specs(kernel: str, fmt: str, stride: int, cfg) -> tuple[object, list[
         return S._sparse_conv2d_fwd_kernel, types, consts, cfg.num_warps
     if kernel == "dgrad":
         types = ["*fp32"] * 3 + ["*i32"] * 3 + ["i32"] * 6
-        return (
-            S._sparse_conv2d_dgrad_kernel,
-            types,
-            dict(geo, BLOCK_P=cfg.block_p_dgrad, BLOCK_J=cfg.block_j),
-            (cfg.num_warps),
-        )
+        consts = dict(geo, BLOCK_P=cfg.block_p_dgrad, BLOCK_J=cfg.block_j)
+        return S._sparse_conv2d_dgrad_kernel, types, consts, cfg.num_warps
     if kernel == "wgrad":
         types = ["*fp32"] * 3 + ["*i32"] * 2 + ["i32"] * 8
         consts = dict(geo, PAD=1, REFLECT=True, ATOMIC=cfg.wgrad_atomic, BLOCK_P=cfg.block_p_wgrad, BLOCK_J=cfg.block_j)
@@ -85,7 +80,7 @@ def compile_sm90(kernel: str, fmt: str, stride: int, cfg) -> bytes:
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:
-    tool, _ = _tools()
+    tool = _cuobjdump_path()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         Path(path).write_bytes(cubin)

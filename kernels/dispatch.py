@@ -42,12 +42,13 @@ def _load() -> dict:
 
 
 def _store(key: str, entry: dict) -> None:
+    from lipdeploy.fileio import atomic_write_text
+
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**_load(), key: entry}, indent=1, sort_keys=True))
-        tmp.replace(path)  # atomic: a concurrent reader sees the old or the new file, never half of one
+        # atomic: a concurrent reader sees the old or the new file, never half of one
+        atomic_write_text(path, json.dumps({**_load(), key: entry}, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only home only costs re-timing next time
 

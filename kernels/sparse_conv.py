@@ -160,12 +160,8 @@ def _gather_rows(ch_ptr, vals_ptr, j0, end, t, KK: tl.constexpr, KERNEL_FMT: tl.
     channel 0 with weight 0: they contribute exactly 0, so the pixel gathers that follow need no row mask."""
     j = j0 + tl.arange(0, BLOCK_J)
     jm = j < end
-    if KERNEL_FMT:
-        ci = tl.load(ch_ptr + j, mask=jm, other=0)
-        w = tl.load(vals_ptr + j * KK + t, mask=jm, other=0.0)
-    else:
-        ci = tl.load(ch_ptr + j, mask=jm, other=0)
-        w = tl.load(vals_ptr + j, mask=jm, other=0.0)
+    ci = tl.load(ch_ptr + j, mask=jm, other=0)
+    w = tl.load(vals_ptr + (j * KK + t if KERNEL_FMT else j), mask=jm, other=0.0)  # kernel format: all KK taps stored
     return ci, w.to(tl.float32)
 
 

@@ -7,29 +7,13 @@ import sys
 import pytest
 
 CODE = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import lipdeploy.kernels.sparse_conv as S
+from lipdeploy.bench.kernel_sass import compile_sm90
+from lipdeploy.kernels.sparse_conv import KernelConfig
 
-T = GPUTarget("cuda", 90, 32)
-
-
-def comp(fn, types, consts, num_warps=4):
-    sig = dict(zip(fn.arg_names, types + ["constexpr"] * len(consts)))
-    k = triton.compile(ASTSource(fn, sig, consts), target=T, options={"num_warps": num_warps})
-    assert k.asm["cubin"], fn
-
-
-geo = dict(KH=3, KW=3, STRIDE=2)
-for kfmt in (False, True):
-    comp(S._sparse_conv2d_fwd_kernel, ["*fp32"] * 4 + ["*i32"] * 2 + ["i32"] * 6 + ["fp32"],
-         dict(STRIDE=2, PAD=1, REFLECT=True, KH=3, KW=3, KERNEL_FMT=kfmt, HAS_BIAS=True, ACT=True, BLOCK_P=256,
-              BLOCK_J=8))
-    comp(S._sparse_conv2d_dgrad_kernel, ["*fp32"] * 3 + ["*i32"] * 3 + ["i32"] * 6,
-         dict(STRIDE=2, KH=3, KW=3, KERNEL_FMT=kfmt, BLOCK_P=256, BLOCK_J=8))
-    comp(S._sparse_conv2d_wgrad_kernel, ["*fp32"] * 3 + ["*i32"] * 2 + ["i32"] * 8,
-         dict(STRIDE=2, PAD=1, REFLECT=True, KH=3, KW=3, KERNEL_FMT=kfmt, ATOMIC=kfmt, BLOCK_P=512, BLOCK_J=8))
+for fmt in ("csr", "kernel"):
+    cfg = KernelConfig(256, 256, 512, num_warps=4, wgrad_atomic=fmt == "kernel", block_j=8)
+    for kernel in ("fwd", "dgrad", "wgrad"):
+        assert compile_sm90(kernel, fmt, 2, cfg), (kernel, fmt)
 print("COMPILED")
 """
 
