@@ -3,7 +3,8 @@
 Always rebuilt from all ``rows-*.jsonl`` files (never incrementally), so shards copied into one folder merge and a
 resumed run's report covers everything finished. Derived numbers are computed here, not in the jobs, because they
 combine jobs that may have run on different machines: means over images, time to quality (needs the dense DIP's best
-PSNR on the same image) and the verdicts on the paper's claims.
+PSNR on the same image) and the verdicts on the paper's claims. The folder is read through :mod:`.rows` only: the
+report never imports the harness, so a copied results folder rebuilds without the fitting engine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from lipdeploy.fileio import atomic_output, atomic_write_text
 
-from .harness import RowStore
+from .rows import RowStore, curve_path
 
 TTQ_MARGIN_DB = 0.5  # time to quality: seconds until PSNR >= dense DIP best - this
 HEADLINE_FAMILIES = ("dense", "dd", "lip", "random", "dd-matched", "lip-kernel", "lip-channel", "transfer")
@@ -45,6 +46,11 @@ CSV_COLUMNS = (
     "rounds",
     "iterations",
     "loadavg",
+    "loaded",
+    "min_ms",
+    "q1_ms",
+    "q3_ms",
+    "max_ms",
     "job",
     "env",
 )
@@ -77,7 +83,7 @@ def time_to_quality(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any
         if image not in dense_best:
             continue
         threshold = dense_best[image] - TTQ_MARGIN_DB
-        path = out / "curves" / f"{_slug(method)}__{_slug(image)}.json"
+        path = curve_path(out, method, image)
         if not path.exists():
             continue
         curve = json.loads(path.read_text())["curve"]
@@ -93,12 +99,6 @@ def time_to_quality(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any
         )
         derived.append(r)
     return derived
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,9 +153,31 @@ def _better(q: dict[tuple[str, str], float], a: str, b: str) -> str | None:
     return f"{d:+.2f} dB over {len(diffs)} image(s) -> {verdict}"
 
 
-def claims(rows: list[dict[str, Any]]) -> list[str]:
+def _beats(q: dict[tuple[str, str], float], lips: list[str], rival: str, title: str, what: str) -> list[str]:
+    """A claim "each LIP beats its rival" (the rival named by replacing the LIP's prefix with ``rival``)."""
+    lines = ["", title]
+    for m in lips:
+        other = m.replace("lip-unstructured-", rival)
+        v = _better(q, m, other)
+        if v:
+            lines.append(f"- {m} vs {other}: {v}")
+    if len(lines) == 2:
+        lines.append(f"- not tested yet (no paired LIP / {what} results)")
+    return lines
+
+
+NO_VERDICT_PRESETS = ("ci",)  # smoke-test presets: their numbers carry no evidence, so no verdict is printed
+
+
+def claims(rows: list[dict[str, Any]], preset: dict[str, Any] | None = None) -> list[str]:
     """The paper's three claims with a verdict computed from the measured PSNRs (paired by image; "beats" needs a
-    lead on every image, so a mean lead driven by one photograph is reported as mixed)."""
+    lead on every image, so a mean lead driven by one photograph is reported as mixed). A smoke-test preset
+    (:data:`NO_VERDICT_PRESETS`) gets one line saying why there is no verdict instead."""
+    if preset and preset.get("name") in NO_VERDICT_PRESETS:
+        return [
+            f"- no verdicts: the `{preset['name']}` preset is a smoke test (tiny images, few iterations); its "
+            "numbers say nothing about the paper's claims. Use `--preset cpu` or `paper`."
+        ]
     q = _q(rows)
     sp = {r["method"]: r.get("sparsity") for r in rows if r["metric"] == "psnr_best"}
     lips = sorted({m for m, _ in q if m.startswith("lip-unstructured-")}, key=lambda m: sp.get(m) or 0)
@@ -176,30 +198,11 @@ def claims(rows: list[dict[str, Any]]) -> list[str]:
         verdict = "holds" if d >= -0.5 else "does not hold"
         tag = verdict if m in band else f"({verdict} at this sparsity; outside the claim's range)"
         lines.append(f"- {m} ({100 * sp[m]:.1f}% sparse) vs dense: {d:+.2f} dB over {n} image(s) -> {tag}")
-    # 2. LIP beats DD of equal parameter count
-    lines.append("")
-    lines.append("**Claim 2: LIPs beat the deep decoder of (about) equal parameter count.**")
-    any2 = False
-    for m in lips:
-        dd = m.replace("lip-unstructured-", "dd-matched-")
-        v = _better(q, m, dd)
-        if v:
-            any2 = True
-            lines.append(f"- {m} vs {dd}: {v}")
-    if not any2:
-        lines.append("- not tested yet (no paired LIP / matched deep decoder results)")
-    # 3. random pruning is worse
-    lines.append("")
-    lines.append("**Claim 3: random pruning at equal sparsity is worse than the LIP.**")
-    any3 = False
-    for m in lips:
-        rnd = m.replace("lip-unstructured-", "random-")
-        v = _better(q, m, rnd)
-        if v:
-            any3 = True
-            lines.append(f"- {m} vs {rnd}: {v}")
-    if not any3:
-        lines.append("- not tested yet (no paired LIP / random results)")
+    # 2. LIP beats DD of equal parameter count; 3. random pruning is worse
+    claim2 = "**Claim 2: LIPs beat the deep decoder of (about) equal parameter count.**"
+    lines += _beats(q, lips, "dd-matched-", claim2, "matched deep decoder")
+    claim3 = "**Claim 3: random pruning at equal sparsity is worse than the LIP.**"
+    lines += _beats(q, lips, "random-", claim3, "random")
     # transfer is the paper's fourth finding, reported without a pass/fail threshold
     transfers = sorted({m for m, _ in q if m.startswith("transfer-")})
     if transfers:
@@ -325,6 +328,11 @@ def resource_table(rows: list[dict[str, Any]]) -> list[str]:
         for r in rows
         if r["metric"] in ("forward_ms", "step_ms")
     }
+    loaded = {
+        (r["method"], r.get("backend"), r["metric"])
+        for r in rows
+        if r["metric"] in ("forward_ms", "step_ms") and r.get("loaded")
+    }
     backends = sorted({b for _, b, _ in lat})
     header = [
         "method",
@@ -355,18 +363,42 @@ def resource_table(rows: list[dict[str, Any]]) -> list[str]:
             _bytes(mem.get((m, "optimizer_state_bytes_sparse"))),
         ]
         for b in backends:
-            row.append(_fmt(lat.get((m, b, "forward_ms")), 1))
+            row.append(_fmt(lat.get((m, b, "forward_ms")), 1) + ("*" if (m, b, "forward_ms") in loaded else ""))
             if any(k[1] == b and k[2] == "step_ms" for k in lat):
-                row.append(_fmt(lat.get((m, b, "step_ms")), 1))
+                row.append(_fmt(lat.get((m, b, "step_ms")), 1) + ("*" if (m, b, "step_ms") in loaded else ""))
         body.append(row)
-    return _table(header, body)
+    table = _table(header, body)
+    if loaded:
+        table += [
+            "",
+            "\\* measured while the load average exceeded the core count (other processes competed for the CPU): "
+            "not comparable with the other latencies; the rows' min_ms / q1_ms / q3_ms / max_ms give the spread.",
+        ]
+    return table
 
 
 # --------------------------------------------------------------------------------------------------- plots
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+
+
+def series_styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour and one marker per series, the same in every plot and facet: colours from the 20-colour
+    ``tab20`` map (matplotlib's default cycle has 10, so 12 series used to share colours), markers cycling at a
+    different period so that no two of the first 240 series look alike."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {
+        name: {"color": cmap(i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, name in enumerate(sorted(dict.fromkeys(names)))
+    }
+
+
 def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
-    """PSNR vs parameters (log x), latency vs sparsity, PSNR over fitting time. Returns the PNG file names."""
+    """PSNR vs parameters (log x), latency vs sparsity, PSNR over fitting time (one facet per image). Every series
+    has its own colour and marker (:func:`series_styles`). Returns the PNG file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,10 +414,11 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
         for r in means:
             if deltas.get(r["method"], (0, 0))[1]:
                 fams[r["family"]].append(r)
+        styles = series_styles(list(fams))
         for fam, rs in sorted(fams.items()):
             rs = sorted(rs, key=lambda r: r.get("params") or 0)
             ys = [deltas[r["method"]][0] for r in rs]
-            ax.plot([r["params"] for r in rs], ys, "o-" if len(rs) > 1 else "o", label=fam)
+            ax.plot([r["params"] for r in rs], ys, "-" if len(rs) > 1 else "", label=fam, **styles[fam])
         ax.axhline(-TTQ_MARGIN_DB, color="grey", ls=":", lw=1, label="dense - 0.5 dB")
         ax.set_xscale("log")
         ax.set_xlabel("parameters (nonzero conv weights + biases + BN affine)")
@@ -405,9 +438,16 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
         series = defaultdict(list)
         for r in lat:
             series[(r["backend"], "dense/LIP" if r["family"] in ("dense", "lip") else r["family"])].append(r)
+        styles = series_styles([f"{b} {fam}" for b, fam in series])
         for (b, fam), rs in sorted(series.items()):
             rs = sorted(rs, key=lambda r: r.get("sparsity") or 0)
-            ax.plot([100 * (r.get("sparsity") or 0) for r in rs], [r["value"] for r in rs], "o-", label=f"{b} {fam}")
+            ax.plot(
+                [100 * (r.get("sparsity") or 0) for r in rs],
+                [r["value"] for r in rs],
+                "-",
+                label=f"{b} {fam}",
+                **styles[f"{b} {fam}"],
+            )
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("forward latency (ms, median)")
         ax.grid(True, alpha=0.3)
@@ -416,19 +456,33 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
         _save(fig, out / "latency_vs_sparsity.png")
         made.append("latency_vs_sparsity.png")
     curves = sorted((out / "curves").glob("*.json")) if (out / "curves").exists() else []
-    if curves:
-        first = json.loads(curves[0].read_text())["image"]
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for p in curves:
-            c = json.loads(p.read_text())
-            if c["image"] != first or not c["curve"]:
-                continue
-            ax.plot([x[1] for x in c["curve"]], [x[2] for x in c["curve"]], label=c["method"], lw=1)
-        ax.set_xlabel("fitting time (s)")
-        ax.set_ylabel("PSNR, best so far (dB)")
-        ax.set_title(f"PSNR over fitting time ({first})")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+    loaded = [json.loads(p.read_text()) for p in curves]
+    loaded = [c for c in loaded if c.get("curve")]
+    if loaded:
+        # one facet per image (every image, not only the first), one colour + marker per method across facets
+        images = sorted({c["image"] for c in loaded})
+        styles = series_styles([c["method"] for c in loaded])
+        ncols = min(3, len(images))
+        nrows = math.ceil(len(images) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 2.4, 3.4 * nrows), squeeze=False, sharey=True)
+        for ax, image in zip(axes.flat, images, strict=False):
+            for c in sorted((c for c in loaded if c["image"] == image), key=lambda c: c["method"]):
+                xs, ys = [x[1] for x in c["curve"]], [x[2] for x in c["curve"]]
+                st = styles[c["method"]]
+                ax.plot(xs, ys, lw=1, color=st["color"], marker=st["marker"], markevery=max(1, len(xs) // 6), ms=4)
+            ax.set_title(image, fontsize=9)
+            ax.set_xlabel("fitting time (s)")
+            ax.grid(True, alpha=0.3)
+        for ax in axes.flat[len(images) :]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("PSNR, best so far (dB)")
+        handles = [
+            plt.Line2D([], [], color=st["color"], marker=st["marker"], lw=1, ms=4, label=m) for m, st in styles.items()
+        ]
+        fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+        fig.suptitle("PSNR over fitting time, per image")
+        fig.tight_layout(rect=(0, 0, 1 - 2.2 / (4.2 * ncols + 2.4), 1))
         _save(fig, out / "psnr_over_time.png")
         made.append("psnr_over_time.png")
     return made
@@ -437,7 +491,8 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if not fig._suptitle:  # a faceted figure has laid itself out around its legend
+        fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -472,9 +527,14 @@ def build_report(out: str | Path) -> dict[str, Any]:
         + "\n",
     )
     pngs = plots(out, all_rows)
-    md = markdown(all_rows, jobs, envs, preset, pngs)
+    pngs += quality_latency_plot(out, all_rows)
+    task_lines, task_pngs = task_section(out, all_rows)
+    pngs += task_pngs
+    front = frontier_lines(all_rows) if preset.get("name") not in NO_VERDICT_PRESETS else []
+    front_md = ["", "## Structured tickets: quality vs latency", "", *front] if front else []
+    md = markdown(all_rows, jobs, envs, preset, pngs).rstrip("\n") + "\n" + "\n".join([*front_md, *task_lines, ""])
     atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "headline.md", headline(all_rows, preset))
+    atomic_write_text(out / "headline.md", headline(all_rows, preset) + "".join(f"{ln}\n" for ln in front))
     return {"rows": len(all_rows), "jobs": len(jobs), "plots": pngs}
 
 
@@ -510,7 +570,7 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
     ]
     header = ["method", "sparsity", "params", "PSNR dB", "Δ vs dense dB", "SSIM", "fwd ms (torch CPU)", "images"]
     lines += _table(header, body)
-    lines += ["", *[ln for ln in claims(rows) if ln.startswith("- ")]]
+    lines += ["", *[ln for ln in claims(rows, preset) if ln.startswith("- ")]]
     return "\n".join(lines) + "\n"
 
 
@@ -519,8 +579,6 @@ def markdown(rows, jobs, envs, preset, pngs) -> str:
     lines = ["# lipdeploy bench: dense DIP vs deep decoder vs lottery image priors", ""]
     lines += ["## Preset", ""]
     if preset:
-        from .presets import PRESETS, Preset  # noqa: F401
-
         lines.append("```json")
         lines.append(json.dumps(preset, indent=1))
         lines.append("```")
@@ -537,7 +595,7 @@ def markdown(rows, jobs, envs, preset, pngs) -> str:
         kinds[j.get("kind")] += 1
     lines.append(f"- finished jobs: {len(jobs)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
     lines += ["", "## Claims from the paper, checked against these measurements", ""]
-    lines += claims(rows)
+    lines += claims(rows, preset)
     lines += [
         "",
         "## Quality (mean over images)",
@@ -574,3 +632,288 @@ def markdown(rows, jobs, envs, preset, pngs) -> str:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
     lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- the frontier
+# Issue 12 (structured LIPs: quality vs measured latency) and issue 16 (the paper's claims per task). Kept apart from
+# the report above: build_report appends these sections and plots when the rows hold what they need.
+
+NEAR_DENSE_DB = 0.5  # "within 0.5 dB of dense": the quality bar of issue 12's headline lines
+REFERENCE_FAMILIES = ("dense", "dd", "dd-matched", "dip-narrow")
+FRONTIER_BACKENDS = (("onnxruntime-cpu", "ONNX Runtime CPU"), ("torch-cpu", "PyTorch CPU"))
+
+
+def family_label(family: str, rows: list[dict[str, Any]]) -> str:
+    """A ticket family as the report names it. Channel tickets say which pruning rule made them: rows of tickets
+    found by the earlier global rule carry no ``channel_rule`` (the committed cpu ``lip-channel-59``)."""
+    if family == "lip":
+        return "unstructured"
+    if family in ("lip-channel", "lip-channel-norm"):
+        rules = {r.get("channel_rule") for r in rows if r.get("family") == family and r["metric"] == "psnr_best"}
+        rule = next((x for x in rules if x), None)
+        return f"channel ({rule})" if rule else "channel (earlier rule: global mean |w|, no minimum width)"
+    return family.removeprefix("lip-")
+
+
+def _forward_ms(rows: list[dict[str, Any]], backend: str) -> dict[str, float]:
+    return {
+        r["method"]: r["value"]
+        for r in rows
+        if r["metric"] == "forward_ms" and r.get("backend") == backend and isinstance(r.get("value"), (int, float))
+    }
+
+
+def _sparsity_of(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["method"]: r.get("sparsity") or 0.0 for r in rows if r["metric"] == "psnr_best" and r.get("method")}
+
+
+def distinct_styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour and one marker shape per name, for plots with few series: colours from ``tab10`` (no two alike,
+    where ``tab20`` pairs light and dark shades of one hue), then ``Dark2``; markers from :data:`_MARKERS`."""
+    import matplotlib
+
+    colours = [matplotlib.colormaps["tab10"](i) for i in range(10)] + [
+        matplotlib.colormaps["Dark2"](i) for i in range(8)
+    ]
+    return {
+        name: {"color": colours[i % len(colours)], "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, name in enumerate(dict.fromkeys(names))
+    }
+
+
+def frontier_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per ticket granularity: the sparsest ticket whose PSNR is within 0.5 dB of the dense DIP's (paired
+    by image, mean), and its forward latency ratio vs dense per runtime; then each channel ticket vs the narrow DIP
+    of equal parameter count. Empty when the rows hold no dense DIP."""
+    deltas = delta_vs_dense(rows)
+    if not deltas.get("dense", (0, 0))[1]:
+        return []
+    sparsity = _sparsity_of(rows)
+    fams: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        fam = r.get("family") or ""
+        if r["metric"] == "psnr_best" and r.get("image") == "mean" and (fam == "lip" or fam.startswith("lip-")):
+            fams[fam].append(r["method"])
+    lat = {b: _forward_ms(rows, b) for b, _ in FRONTIER_BACKENDS}
+    lines = []
+    for fam in sorted(fams):
+        ok = [m for m in fams[fam] if deltas.get(m, (math.nan, 0))[1] and deltas[m][0] >= -NEAR_DENSE_DB]
+        label = family_label(fam, rows)
+        if not ok:
+            worst = ", ".join(f"{m} {deltas[m][0]:+.2f} dB" for m in sorted(fams[fam]) if deltas.get(m, (0, 0))[1])
+            lines.append(f"- {label}: no ticket within {NEAR_DENSE_DB} dB of dense ({worst or 'no paired results'})")
+            continue
+        best = max(ok, key=lambda m: sparsity.get(m, 0.0))
+        d, n = deltas[best]
+        speed = []
+        for b, name in FRONTIER_BACKENDS:
+            if lat[b].get(best) and lat[b].get("dense"):
+                speed.append(f"{name} latency {lat[b][best] / lat[b]['dense']:.2f}x dense's")
+        sp = 100 * sparsity.get(best, 0.0)
+        lines.append(
+            f"- {label}: sparsest ticket within {NEAR_DENSE_DB} dB of dense: {best} ({sp:.1f}% sparse, {d:+.2f} dB "
+            f"over {n} image(s)); " + ("; ".join(speed) or "latency not measured")
+        )
+    q = _q(rows)
+    for m in sorted({m for m, _ in q if m.startswith("lip-channel-norm-")}):
+        other = m.replace("lip-channel-norm-", "dip-narrow-")
+        v = _better(q, m, other)
+        if v:
+            lines.append(f"- {m} vs {other} (dense narrow DIP, equal parameters): {v}")
+    return lines
+
+
+def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """PSNR (minus the dense DIP's on the same image, averaged) vs measured forward latency, one panel per runtime
+    (ONNX Runtime CPU, PyTorch CPU): one marker shape and colour per family, a family's tickets joined in order of
+    sparsity; the dense DIP, the deep decoders and the narrow DIPs are the reference points. Returns the PNG name."""
+    deltas = delta_vs_dense(rows)
+    lat = {b: _forward_ms(rows, b) for b, _ in FRONTIER_BACKENDS}
+    if not deltas.get("dense", (0, 0))[1] or not any(lat.values()):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fam_of = {r["method"]: r.get("family") for r in rows if r["metric"] == "psnr_best" and r.get("method")}
+    sparsity = _sparsity_of(rows)
+    fams = sorted({f for m, f in fam_of.items() if f and f not in ("transfer", "ticket") and deltas.get(m, (0, 0))[1]})
+    styles = distinct_styles(fams)
+    panels = [(b, name) for b, name in FRONTIER_BACKENDS if lat[b]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    for ax, (b, name) in zip(axes[0], panels, strict=True):
+        for fam in fams:
+            ms = sorted((m for m, f in fam_of.items() if f == fam and m in lat[b] and deltas[m][1]),
+                        key=lambda m: sparsity.get(m, 0.0))  # fmt: skip
+            if not ms:
+                continue
+            xs, ys = [lat[b][m] for m in ms], [deltas[m][0] for m in ms]
+            st = styles[fam]
+            ref = fam in REFERENCE_FAMILIES
+            ax.plot(xs, ys, linestyle=":" if ref else "-", marker=st["marker"], color=st["color"],
+                    markersize=9 if fam == "dense" else 6, label=family_label(fam, rows))  # fmt: skip
+        ax.axhline(-NEAR_DENSE_DB, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"forward latency, {name} (ms, log)")
+        ax.set_ylabel("PSNR minus dense DIP's (dB, paired by image)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.suptitle(f"Quality vs latency (dashed: {NEAR_DENSE_DB} dB below dense)")
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    _save(fig, out / "quality_vs_latency.png")
+    return ["quality_vs_latency.png"]
+
+
+def _task_quality(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """task -> base method -> {psnr per image, family, nominal sparsity}, from rows of a multi-task preset."""
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        if r["metric"] != "psnr_best" or r.get("image") in ("mean", "-") or not r.get("base_method"):
+            continue
+        e = out[r["task"]].setdefault(
+            r["base_method"],
+            {"family": r.get("family"), "sparsity": r.get("sparsity_nominal") or r.get("sparsity"), "psnr": {}},
+        )
+        e["psnr"][r["image"]] = r["value"]
+        e.setdefault("source_task", r.get("source_task"))
+        e.setdefault("source_image", r.get("source_image"))
+    return out
+
+
+def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Issue 16's report of a multi-task preset: per task, PSNR vs sparsity of LIP, random pruning and the matched
+    deep decoder with the dense DIP as a line (mean over images; a plot with one panel per task), and the transfer
+    rows next to the image's own ticket at the same round. Returns (Markdown lines, PNG names)."""
+    tq = _task_quality(rows)
+    if not tq:
+        return [], []
+    lines = ["", "## Per task: PSNR vs sparsity", "",
+             "Best PSNR over iterations, mean over images (per image in the rows files); the matched deep decoder "
+             "is placed at its ticket's sparsity; Δ columns are paired by image."]  # fmt: skip
+
+    def paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, int]:
+        imgs = sorted(set(a) & set(b))
+        return _mean([a[i] - b[i] for i in imgs]), len(imgs)
+
+    for task in sorted(tq):
+        ms = tq[task]
+        dense = ms.get("dense", {}).get("psnr", {})
+        body = []
+        for m, e in sorted(ms.items(), key=lambda kv: (kv[1].get("sparsity") or 0, kv[0])):
+            if e["family"] != "lip":
+                continue
+            tail = m.removeprefix("lip-unstructured-")
+            rnd, dd = ms.get(f"random-{tail}", {}).get("psnr", {}), ms.get(f"dd-matched-{tail}", {}).get("psnr", {})
+            vr, nr = paired(e["psnr"], rnd)
+            vd, nd = paired(e["psnr"], dense)
+            vm, nm = paired(e["psnr"], dd)
+            body.append([
+                f"{100 * (e['sparsity'] or 0):.1f}%", _fmt(_mean(list(e["psnr"].values()))),
+                _fmt(_mean(list(rnd.values()))), _fmt(_mean(list(dd.values()))), _fmt(_mean(list(dense.values()))),
+                f"{vr:+.2f} ({nr})" if nr else "-", f"{vd:+.2f} ({nd})" if nd else "-",
+                f"{vm:+.2f} ({nm})" if nm else "-",
+            ])  # fmt: skip
+        lines += ["", f"### {task}", ""]
+        lines += _table(["sparsity", "LIP", "random", "matched DD", "dense", "LIP - random", "LIP - dense",
+                         "LIP - matched DD"], body)  # fmt: skip
+        lines += ["", *_task_targets(ms, dense)]
+        tr = []
+        for m, e in sorted(ms.items()):
+            if not (e["family"] or "").startswith("transfer"):
+                continue
+            tail = m.split("-")[1]
+            own = ms.get(f"lip-unstructured-{tail}", {}).get("psnr", {})
+            for img, v in sorted(e["psnr"].items()):
+                d = v - own[img] if img in own else math.nan
+                src = e.get("source_image") or img
+                tr.append([m, f"{src}, {e.get('source_task') or task}", img, _fmt(v), _fmt(own.get(img)),
+                           "-" if math.isnan(d) else f"{d:+.2f}"])  # fmt: skip
+        if tr:
+            lines += ["", f"Transferred tickets fitted on {task} (found on: image, task):", ""]
+            lines += _table(["method", "found on", "fitted on", "PSNR", "own ticket", "Δ vs own"], tr)
+    return lines, _task_plot(out, tq)
+
+
+def _task_targets(ms: dict[str, dict[str, Any]], dense: dict[str, float]) -> list[str]:
+    """Issue 16's targets on one task, paired by image: LIP >= 1 dB above random at >= 95% sparsity; LIP within
+    0.5 dB of dense up to 89%; each transfer within 0.5 dB of the image's own ticket at the same round."""
+
+    def diffs(a: dict[str, float], b: dict[str, float]) -> list[float]:
+        return [a[i] - b[i] for i in sorted(set(a) & set(b))]
+
+    def verdict(ds: list[float], ok) -> str:
+        if not ds:
+            return "not measured yet"
+        return ("holds" if all(ok(d) for d in ds) else "does not hold") + f" ({_mean(ds):+.2f} dB, {len(ds)} image(s))"
+
+    out = []
+    for m, e in sorted(ms.items(), key=lambda kv: (kv[1].get("sparsity") or 0, kv[0])):
+        if e["family"] != "lip" or e["sparsity"] is None:
+            continue
+        tail = m.removeprefix("lip-unstructured-")
+        if e["sparsity"] >= 0.95:
+            ds = diffs(e["psnr"], ms.get(f"random-{tail}", {}).get("psnr", {}))
+            out.append(f"- {m} >= 1 dB above random-{tail}: {verdict(ds, lambda d: d >= 1.0)}")
+        elif e["sparsity"] <= 0.9:
+            ds = diffs(e["psnr"], dense)
+            out.append(f"- {m} within {NEAR_DENSE_DB} dB of dense: {verdict(ds, lambda d: d >= -NEAR_DENSE_DB)}")
+    for m, e in sorted(ms.items()):
+        if (e["family"] or "").startswith("transfer"):
+            own = ms.get(f"lip-unstructured-{m.split('-')[1]}", {}).get("psnr", {})
+            ds = diffs(e["psnr"], own)
+            out.append(f"- {m} within {NEAR_DENSE_DB} dB of the image's own ticket: "
+                       f"{verdict(ds, lambda d: d >= -NEAR_DENSE_DB)}")  # fmt: skip
+    return out
+
+
+def _rounds_of(sparsity: float) -> float:
+    """The IMP round k whose nominal sparsity 1 - 0.8^k is ``sparsity`` (rounded to 0.1)."""
+    return round(math.log(max(1e-12, 1 - sparsity)) / math.log(0.8), 1)
+
+
+def _task_plot(out: Path, tq: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(tq)
+    fams = ["lip", "random", "dd-matched", "transfer", "transfer-task", "transfer-multi"]
+    labels = {"lip": "LIP", "random": "random pruning", "dd-matched": "deep decoder (matched)",
+              "transfer": "transfer (other image)", "transfer-task": "transfer (other task)",
+              "transfer-multi": "transfer (multi-image)"}  # fmt: skip
+    styles = distinct_styles(fams + ["dense"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        ms = tq[task]
+        ticks: set[float] = set()
+        for fam in fams:
+            # x = IMP rounds k (sparsity 1 - 0.8^k), labelled in sparsity: 95.6, 98.8 and 99.5% stay apart
+            pts = sorted(
+                (_rounds_of(e["sparsity"]), _mean(list(e["psnr"].values())))
+                for e in ms.values()
+                if e["family"] == fam and e["sparsity"] is not None and e["sparsity"] < 1
+            )
+            ticks |= {x for x, _ in pts}
+            if pts:
+                st = styles[fam]
+                ls = "-" if fam in ("lip", "random", "dd-matched") else "none"
+                ax.plot(*zip(*pts, strict=True), linestyle=ls, marker=st["marker"], color=st["color"],
+                        label=labels[fam])  # fmt: skip
+        if "dense" in ms:
+            ax.axhline(_mean(list(ms["dense"]["psnr"].values())), color=styles["dense"]["color"], linestyle="--",
+                       label="dense DIP")  # fmt: skip
+        ax.set_title(task)
+        ax.set_xticks(sorted(ticks), [f"{100 * (1 - 0.8**k):.1f}" for k in sorted(ticks)], fontsize=7)
+        ax.set_xlabel("sparsity % (spaced by IMP round k: 1 - 0.8^k)")
+        ax.set_ylabel("PSNR dB (best, mean over images)")
+        ax.grid(alpha=0.3)
+    handles, lbls = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, lbls, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle("PSNR vs sparsity per task: LIP vs random vs deep decoder vs dense")
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    _save(fig, out / "psnr_vs_sparsity_per_task.png")
+    return ["psnr_vs_sparsity_per_task.png"]

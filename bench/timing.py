@@ -1,6 +1,6 @@
 """Median timings shared by the benchmarks: CUDA events through ``triton.testing.do_bench``, a host clock on CPU.
 
-The GPU scripts (``gpu_layers``, ``gpu_network``) also run on CPU (``--device cpu``, Triton through its interpreter)
+The GPU scripts (``gpu.layers``, ``gpu.network``) also run on CPU (``--device cpu``, Triton through its interpreter)
 so that CI smoke-tests them; CPU figures from those runs are not performance numbers.
 """
 

@@ -5,14 +5,19 @@ ONNX Runtime merely densifies it at load, so a file using it is no smaller. Inst
 by a small subgraph of standard ops whose inputs are all constants:
 
 * the nonzero values (fp32, fp16 or int8), in row-major order, and
-* the positions, in whichever of three encodings is smallest for that tensor:
+* the positions, in whichever of these encodings is smallest for that tensor:
 
   - ``bitmap``: the 0/1 pattern bit-packed (``numpy.packbits``, big-endian), one bit per weight;
   - ``kernel-bitmap``: one bit per (output, input) kernel, then one bit per weight of the nonzero kernels only: real
     tickets have 40-70% all-zero 3x3 kernels, so this is well under one bit per weight;
   - ``gapsB`` (B = 2, 4 or 8 bits): the distance of each nonzero to the previous one as B-bit symbols, the symbol 0
     meaning "add 2**B - 1 and continue" (so long gaps need no filler values). At 10% density 4-bit gaps cost about
-    5 bits per nonzero (the entropy bound is 4.7), against 10 bits per nonzero for a bitmap.
+    5 bits per nonzero (the entropy bound is 4.7), against 10 bits per nonzero for a bitmap;
+  - ``blockBOxBI`` (only when the caller names a block size, i.e. for block tickets): one bit per block of ``BO``
+    output x ``BI`` input channels of one kernel tap (edge blocks partial, as ``lipdeploy.patterns.block``), and the
+    values of every position of the kept blocks (a kept weight that is exactly zero is stored as a value, so the
+    encoding is lossless for any tensor). The per-weight pattern is rebuilt with two Gathers of the block bits by
+    the constant maps ``channel // BO`` and ``channel // BI``.
 
 Unpacking uses Unsqueeze/BitShift/Mod/CumSum/Gather/Compress/ScatterElements/Reshape only. Because every input is an
 initializer, ONNX Runtime's constant folding (enabled at its default graph optimisation level) evaluates the subgraph
@@ -39,7 +44,7 @@ class PackedTensor:
     name: str
     shape: list[int]
     nonzeros: int
-    encoding: str  # "bitmap" | "kernel-bitmap" | "gaps2" | "gaps4" | "gaps8" | "dense"
+    encoding: str  # "bitmap" | "kernel-bitmap" | "gaps2" | "gaps4" | "gaps8" | "blockBOxBI" | "dense"
     dense_bytes: int
     packed_bytes: int
 
@@ -133,7 +138,25 @@ class _Builder:
         return self.op("Gather", [padded, idx], axis=0)
 
 
-def _costs(array: np.ndarray) -> dict[str, int]:
+def _block_keep(array: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    """Bool ``[NBo, NBi, taps]``: the ``block = (Bo, Bi)`` blocks of a 4-D ``array`` holding any nonzero."""
+    cout, cin, kh, kw = array.shape
+    bo, bi = block
+    nbo, nbi = -(-cout // bo), -(-cin // bi)
+    padded = np.zeros((nbo * bo, nbi * bi, kh * kw), dtype=bool)
+    padded[:cout, :cin] = (array != 0).reshape(cout, cin, kh * kw)
+    return padded.reshape(nbo, bo, nbi, bi, kh * kw).any(axis=(1, 3))
+
+
+def _block_positions(array: np.ndarray, block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(block bits ``[NBo, NBi, taps]``, flat bool mask of every position inside a kept block)."""
+    keep = _block_keep(array, block)
+    cout, cin = array.shape[:2]
+    full = keep[np.arange(cout) // block[0]][:, np.arange(cin) // block[1]]  # [Cout, Cin, taps]
+    return keep, full.reshape(-1)
+
+
+def _costs(array: np.ndarray, block: tuple[int, int] | None = None) -> dict[str, int]:
     flat = array.reshape(-1)
     flat_mask = flat != 0
     values = flat[flat_mask]
@@ -145,29 +168,52 @@ def _costs(array: np.ndarray) -> dict[str, int]:
     for bits in GAP_BITS:
         n_sym = _gap_symbols(flat_mask, bits).size
         costs[f"gaps{bits}"] = -(-n_sym * bits // 8) + values.size * vbytes
+    if block is not None and array.ndim == 4:
+        keep, inside = _block_positions(array, block)
+        maps = 8 * (array.shape[0] + array.shape[1])  # the two int64 channel -> block maps
+        costs[f"block{block[0]}x{block[1]}"] = (keep.size + 7) // 8 + maps + (int(inside.sum()) + 1) * vbytes
     return costs
 
 
-def packed_cost(array: np.ndarray) -> int:
-    """Bytes of the smallest packed encoding of ``array`` (values + positions)."""
-    return min(_costs(array).values())
+def packed_cost(array: np.ndarray, block: tuple[int, int] | None = None) -> int:
+    """Bytes of the smallest packed encoding of ``array`` (values + positions); ``block``: also consider one bit per
+    ``(Bo, Bi)`` block."""
+    return min(_costs(array, block).values())
 
 
 def pack_tensor(
-    graph: onnx.GraphProto, name: str, array: np.ndarray, output_name: str, prefix: str | None = None
+    graph: onnx.GraphProto,
+    name: str,
+    array: np.ndarray,
+    output_name: str,
+    prefix: str | None = None,
+    block: tuple[int, int] | None = None,
 ) -> tuple[list[onnx.NodeProto], PackedTensor]:
     """Nodes computing ``output_name`` (the dense ``array``, any dtype) from its packed form; adds their constants.
 
-    The caller removes the original initializer. Zeros of ``array`` define the pattern (lossless: -0.0 becomes 0.0).
+    The caller removes the original initializer. Zeros of ``array`` define the pattern (lossless: -0.0 becomes 0.0),
+    except inside the kept blocks of the block encoding (``block = (Bo, Bi)``), which stores their values as they are.
     """
     b = _Builder(graph, prefix or f"sparse/{name}")
     flat = array.reshape(-1)
     flat_mask = flat != 0
     values = flat[flat_mask]
-    costs = _costs(array)
+    costs = _costs(array, block)
     encoding = min(costs, key=costs.get)
 
-    if encoding.startswith("gaps"):
+    if encoding.startswith("block"):
+        assert block is not None
+        keep, inside = _block_positions(array, block)
+        values = flat[inside]
+        bits = b.unpack_bits(np.packbits(keep.reshape(-1)), keep.size, "blocks")
+        grid = b.op("Reshape", [bits, b.const(np.array(keep.shape, np.int64), "grid")])
+        row_map = b.const(np.arange(array.shape[0], dtype=np.int64) // block[0], "row_blocks")
+        col_map = b.const(np.arange(array.shape[1], dtype=np.int64) // block[1], "col_blocks")
+        rows = b.op("Gather", [grid, row_map], axis=0)  # [Cout, NBi, taps]
+        full = b.op("Gather", [rows, col_map], axis=1)  # [Cout, Cin, taps]
+        m = b.op("Reshape", [full, b.const(np.array([-1], np.int64), "shape")])
+        dense = b.gather_values(m, values, "w")
+    elif encoding.startswith("gaps"):
         bits = int(encoding[4:])
         symbols = _gap_symbols(flat_mask, bits)
         sym = b.unpack_bits(_pack_symbols(symbols, bits), symbols.size, "gaps", bits)
@@ -220,7 +266,7 @@ def pack_tensor(
     info = PackedTensor(
         name=name,
         shape=list(array.shape),
-        nonzeros=int(values.size),
+        nonzeros=int(np.count_nonzero(values)),
         encoding=encoding,
         dense_bytes=int(array.nbytes),
         packed_bytes=int(costs[encoding]),
@@ -228,8 +274,11 @@ def pack_tensor(
     return b.nodes, info
 
 
-def pack_initializers(model: onnx.ModelProto, names: list[str]) -> list[PackedTensor]:
-    """Replace the named initializers of ``model`` (in place) by packed storage where that is smaller.
+def pack_initializers(
+    model: onnx.ModelProto, names: list[str], block: tuple[int, int] | None = None
+) -> list[PackedTensor]:
+    """Replace the named initializers of ``model`` (in place) by packed storage where that is smaller; ``block``
+    (a block ticket's ``(Bo, Bi)``) adds the one-bit-per-block encoding to the candidates.
 
     New nodes go at the front of the graph (their inputs are all constants), so the node order stays topological.
     """
@@ -245,10 +294,10 @@ def pack_initializers(model: onnx.ModelProto, names: list[str]) -> list[PackedTe
         if array.size < MIN_PACK_ELEMENTS:
             report.append(dense_info)
             continue
-        if packed_cost(array) + NODE_OVERHEAD_BYTES >= 0.9 * array.nbytes:  # not worth it: keep dense
+        if packed_cost(array, block) + NODE_OVERHEAD_BYTES >= 0.9 * array.nbytes:  # not worth it: keep dense
             report.append(dense_info)
             continue
-        nodes, info = pack_tensor(graph, name, array, name, prefix=f"sp{len(report)}")
+        nodes, info = pack_tensor(graph, name, array, name, prefix=f"sp{len(report)}", block=block)
         graph.initializer.remove(init)
         new_nodes.extend(nodes)
         report.append(info)

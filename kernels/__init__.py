@@ -3,17 +3,30 @@
 Pure-PyTorch parts (formats, reference op, module, dispatcher) import without triton. The Triton kernels live in
 ``lipdeploy.kernels.sparse_conv`` and are imported lazily: ``sparse_conv2d`` below, or a ``SparseConv2d`` with
 ``backend="triton"``, import them on first use (set ``TRITON_INTERPRET=1`` before that to run them on CPU).
+
+The execution backends built on these kernels, and their names, are ``lipdeploy.backends.BACKENDS``; this package only
+provides the pieces (``SparseConv2d``'s ``backend`` argument is its implementation switch, :data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
 
-from .dispatch import cache_path, cached_times, choose_backend, choose_fastest
+from .bsr_format import BsrConvWeight, check_bsr_format, pack_bsr_weight, unpack_bsr_weight
+from .bsr_module import BsrConv2d
+from .bsr_reference import bsr_conv2d_reference
+from .dispatch import Timer, cache_path, cached_times, choose_backend, choose_fastest
 from .format import SparseConvWeight, check_format, pack_conv_weight, unpack_conv_weight
-from .module import BACKENDS, SparseConv2d
+from .module import IMPLEMENTATIONS, SparseConv2d
 from .reference import sparse_conv2d_reference
 
 __all__ = [
-    "BACKENDS",
+    "BsrConv2d",
+    "BsrConvWeight",
+    "bsr_conv2d",
+    "bsr_conv2d_reference",
+    "check_bsr_format",
+    "pack_bsr_weight",
+    "unpack_bsr_weight",
+    "IMPLEMENTATIONS",
     "SparseConv2d",
     "SparseConvWeight",
     "cache_path",
@@ -23,6 +36,7 @@ __all__ = [
     "choose_fastest",
     "pack_conv_weight",
     "sparse_conv2d",
+    "Timer",
     "sparse_conv2d_reference",
     "triton_available",
     "unpack_conv_weight",
@@ -42,3 +56,13 @@ def sparse_conv2d(x, packed, bias=None, stride=1, padding=0, padding_mode="zeros
     from .module import _triton_ops
 
     return _triton_ops().sparse_conv2d(x, packed, bias, stride, padding, padding_mode, negative_slope, config)
+
+
+def bsr_conv2d(
+    x, packed, bias=None, stride=1, padding=0, padding_mode="zeros", precision="tf32", bn_stats=False, config=None
+):
+    """Triton block-sparse conv on tensor cores (autograd-capable); same signature as ``bsr_conv2d_reference`` plus
+    ``config``. Imports triton on first use."""
+    from .bsr_module import _bsr_ops
+
+    return _bsr_ops().bsr_conv2d(x, packed, bias, stride, padding, padding_mode, precision, bn_stats, config)

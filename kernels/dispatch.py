@@ -1,11 +1,12 @@
 """Per-layer execution choice: time every candidate once on this device, keep the fastest, cache the verdict as JSON.
 
-A *candidate* is one way to run a layer: ``"dense"`` (cuDNN on the compacted dense weight, the baseline) or a sparse
-kernel in one packing format with one :class:`~lipdeploy.kernels.sparse_conv.KernelConfig`. :func:`choose_fastest`
-times them all with the same timer and returns the winner's name; a non-baseline candidate must beat the baseline by
-``margin`` (timing noise must not turn a tie into a slower layer). Verdicts and every candidate's time are cached in
-``$LIPDEPLOY_CACHE/backend_choice.json`` (default ``~/.cache/lipdeploy``), keyed by the device name and the caller's
-layer key, so tuning a network costs once per GPU, layer shape, input size and sparsity pattern.
+A *candidate* is one way to run a layer: ``"dense"`` (cuDNN on the compacted dense weight, the baseline) or one backend
+of ``lipdeploy.backends.BACKENDS`` with one of its kernel configs (the sparse kernels name theirs
+``"<packing format>:<KernelConfig tag>"``); the caller (``lipdeploy.backends.sparsify``) builds them.
+:func:`choose_fastest` times them all with the same timer and returns the winner's name; a non-baseline candidate must
+beat the baseline by ``margin`` (timing noise must not turn a tie into a slower layer). Verdicts and every candidate's
+time are cached in ``$LIPDEPLOY_CACHE/backend_choice.json`` (default ``~/.cache/lipdeploy``), keyed by the device name
+and the caller's layer key, so tuning a network costs once per GPU, layer shape, input size and sparsity pattern.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+
+from lipdeploy.fileio import atomic_write_text
 
 __all__ = ["choose_backend", "choose_fastest", "cache_path", "cached_times", "Timer"]
 
@@ -42,8 +45,6 @@ def _load() -> dict:
 
 
 def _store(key: str, entry: dict) -> None:
-    from lipdeploy.fileio import atomic_write_text
-
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,14 @@ A kernel ``(co, ci)`` is kept if its mask has any nonzero tap. ``nk`` = number o
 
 Use ``pack_conv_weight(weight, mask, format=...)`` and ``SparseConvWeight.to_dense()``; ``check_format`` asserts every
 invariant above.
+
+Format ``"bsr"`` (block-sparse rows: whole ``Bo x Bi`` channel blocks per tap, for block tickets and the tensor-core
+kernels) -- ``BsrConvWeight``, documented with its invariants in ``bsr_format.py``
+--------------------------------------------------------------------------------------------------------------------
+Kept blocks ``values [nb, Bo, Bi]`` with their in-block mask, sorted by ``(output block, input block, tap)``; per
+output block group its *runs* (one input block with a bitmask of kept taps) for the forward, and the same runs sorted
+by input block for the input gradient. Use ``pack_bsr_weight(weight, mask, block=(Bo, Bi))``,
+``BsrConvWeight.to_dense()`` and ``check_bsr_format``.
 """
 
 from __future__ import annotations

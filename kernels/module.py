@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 import torch
 from torch import nn
 
 from .format import INDEX_FIELDS, SparseConvWeight, pack_conv_weight
 from .reference import sparse_conv2d_reference
 
-__all__ = ["SparseConv2d", "BACKENDS"]
+__all__ = ["IMPLEMENTATIONS", "SparseConv2d"]
 
-BACKENDS = ("triton", "torch")
+IMPLEMENTATIONS = ("triton", "torch")
+"""What computes a ``SparseConv2d`` (its ``backend=`` switch): the Triton kernels or the dense PyTorch reference.
+
+Not the execution backends of a network: those are ``lipdeploy.backends.BACKENDS`` ("triton-csr", "triton-kernel" and
+"reference" are built on this module with the implementations named here).
+"""
 
 
-def _triton_ops():
-    """Import the Triton op lazily, with a clear error when triton is missing."""
+def import_triton_kernels(module: str, what: str) -> ModuleType:
+    """Import the Triton kernel module ``module`` of this package lazily (it imports triton, which costs seconds and
+    may be missing), with a clear error naming ``what`` when triton is missing."""
     try:
-        from . import sparse_conv
+        return importlib.import_module(f".{module}", __package__)
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "backend='triton' needs the 'triton' package (pip install 'lipdeploy[triton]'); "
-            "use backend='torch' for the pure-PyTorch reference"
+            f"{what} need the 'triton' package (pip install 'lipdeploy[triton]'); "
+            "the pure-PyTorch reference implementation ('torch') runs without it"
         ) from e
-    return sparse_conv
+
+
+def _triton_ops() -> ModuleType:
+    """The Triton sparse kernels (``sparse_conv``), imported on first use."""
+    return import_triton_kernels("sparse_conv", "the Triton sparse kernels")
 
 
 class SparseConv2d(nn.Module):
@@ -32,7 +45,7 @@ class SparseConv2d(nn.Module):
     the packed format are buffers (they move with ``.to()`` / ``.cuda()`` and are saved in the state dict).
     ``forward`` computes ``leaky_relu(conv(pad(x), W) + bias, activation_slope)`` (activation only when
     ``activation_slope`` is not None) with the Triton kernels (``backend="triton"``) or the dense PyTorch reference
-    (``backend="torch"``).
+    (``backend="torch"``): ``backend`` is the implementation switch (:data:`IMPLEMENTATIONS`).
     """
 
     def __init__(
@@ -47,8 +60,8 @@ class SparseConv2d(nn.Module):
         config=None,
     ):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in IMPLEMENTATIONS:
+            raise ValueError(f"backend must be one of {IMPLEMENTATIONS}, got {backend!r}")
         if padding_mode not in ("reflect", "zeros"):
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
         if backend == "triton":

@@ -1,4 +1,5 @@
-"""Per-layer structure of a ticket: what the mask leaves, and what it costs at a given image size."""
+"""Per-layer structure of a ticket: what the mask leaves, and what it costs at a given image size; for block tickets
+(or any ticket, at a chosen block size) how many ``Bo x Bi`` blocks per tap each layer keeps."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .networks import conv_layers
+from .patterns import Block, block_pattern, detect
 from .ticket import Ticket
 
 
@@ -79,3 +81,105 @@ def layer_stats(ticket: Ticket, height: int = 256, width: int = 256) -> list[Lay
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """One convolution's block structure: its weight as ``taps`` matrices of ``[Cout x Cin]``, cut into blocks of
+    ``Bo x Bi`` channels (edge blocks partial). ``kept_blocks``: blocks holding any kept weight; ``full_blocks``:
+    blocks whose every position is kept (equal to ``kept_blocks`` for a block-structured mask)."""
+
+    name: str
+    grid: tuple[int, int, int]  # (output blocks, input blocks, taps)
+    blocks: int
+    kept_blocks: int
+    full_blocks: int
+
+    @property
+    def block_density(self) -> float:
+        return self.kept_blocks / self.blocks if self.blocks else 1.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "block_density": self.block_density}
+
+
+def ticket_block_size(ticket: Ticket) -> tuple[int, int] | None:
+    """The ticket's block size: its provenance's ``block``, else that of the block pattern its masks fit (``None``
+    when the masks are not block-structured, or fit a coarser pattern such as ``channel``)."""
+    block = ticket.provenance.get("block")
+    if isinstance(block, (list, tuple)) and len(block) == 2:
+        return int(block[0]), int(block[1])
+    from .patterns import get_pattern
+
+    pattern = get_pattern(detect(ticket.masks))
+    return pattern.block if isinstance(pattern, Block) else None
+
+
+def block_stats(ticket: Ticket, block: tuple[int, int] = (16, 16)) -> list[BlockStats]:
+    """Per-layer block occupancy of the ticket's masks at ``block = (Bo, Bi)``, in mask order."""
+    pattern = block_pattern(*block)
+    rows = []
+    for name, mask in ticket.masks.items():
+        kept = pattern.units(mask, name, False) != 0
+        real = pattern.units(torch.ones_like(mask), name, False) != 0
+        rows.append(
+            BlockStats(
+                name=name.removesuffix(".weight"),
+                grid=pattern.grid(mask.shape),
+                blocks=kept.shape[0],
+                kept_blocks=int(kept.any(1).sum()),
+                full_blocks=int((kept == real).all(1).sum()),
+            )
+        )
+    return rows
+
+
+def block_report(ticket: Ticket, block: tuple[int, int] | None = None) -> dict | None:
+    """The block structure as plain data (``inspect``'s ``blocks`` entry): the block size, per-layer kept blocks and
+    block density, and totals; at :func:`ticket_block_size` unless ``block`` is given, ``None`` for a ticket that is
+    not block-structured."""
+    block = block or ticket_block_size(ticket)
+    if block is None:
+        return None
+    rows = block_stats(ticket, block)
+    blocks, kept = sum(r.blocks for r in rows), sum(r.kept_blocks for r in rows)
+    return {
+        "block": list(block),
+        "layers": [r.to_dict() for r in rows],
+        "totals": {"blocks": blocks, "kept_blocks": kept, "block_density": kept / blocks if blocks else 1.0},
+    }
+
+
+def layer_labels(arch) -> dict[str, str]:
+    """A readable role for each convolution of ``arch``'s network, keyed by its state-dict path (``conv_layers``):
+    "level 3, deeper branch, conv 2" says where a layer sits, ``1.1.7.1.1.7.1.1.4.1`` does not.
+
+    Levels count from 1 at full resolution. A DIP level holds a skip branch (1x1 conv), a deeper branch (a stride-2
+    conv, a conv, then the next level) and, after their concatenation, the up-side convs; the deep decoder is a chain
+    of 1x1-conv blocks. The labels follow the order in which ``arch.build()`` creates the convolutions.
+    """
+    from .networks import conv_layers
+
+    roles: list[str] = []
+    if getattr(arch, "kind", "dip") == "dd":
+        roles = [f"block {i + 1}, 1x1 conv" for i in range(arch.depth + 1)]
+    else:
+
+        def level(i: int) -> None:
+            lv = f"level {i + 1}"
+            if arch.channels_skip[i]:
+                roles.append(f"{lv}, skip branch, conv")
+            roles.append(f"{lv}, deeper branch, conv 1 (stride 2)")
+            roles.append(f"{lv}, deeper branch, conv 2")
+            if i < arch.depth - 1:
+                level(i + 1)
+            roles.append(f"{lv}, after concat, conv")
+            if arch.need1x1_up:
+                roles.append(f"{lv}, after concat, 1x1 conv")
+
+        level(0)
+    roles.append("output, 1x1 conv")
+    names = list(conv_layers(arch.build().to("meta")))
+    if len(names) != len(roles):  # an architecture this function does not know: the paths are still unique names
+        return {name: name for name in names}
+    return dict(zip(names, roles, strict=True))

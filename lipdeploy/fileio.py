@@ -1,24 +1,60 @@
-"""Atomic output: write to a temporary file beside the target, then rename, so no half-written file is ever left."""
+"""Atomic output: write to a temporary file beside the target, then rename, so no half-written file is ever left.
+
+Temporary files are named ``.<name>.<pid>.<random>.tmp``; one whose process is gone (a run that was killed) is stale
+and removed by the next write of the same name (:func:`clean_stale_temporaries`). ``force`` replaces regular files
+only, keeping their permission bits: a device node, a FIFO or a socket (or a link to one) is never replaced.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
+_TMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _special_kind(mode: int) -> str | None:
+    for test, kind in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None
+
 
 def check_output_path(path: str | Path, force: bool = False) -> Path:
-    """Refuse an existing output (unless ``force``) and an output folder that is missing or not writable."""
+    """Refuse an existing output (unless ``force``), anything but a regular file even with ``force`` (a device node,
+    a FIFO, a socket, a link to one of them), and an output folder that is missing or not writable."""
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a directory; give a file name")
-    if path.exists() and not force:
-        raise InputError(path, "already exists (use --force to overwrite)")
+    try:
+        st = path.stat()  # follows a symlink: what a write would reach
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(path, f"cannot examine the output ({exc.strerror or exc})") from None
+    if st is not None:
+        kind = _special_kind(st.st_mode)
+        if kind is not None or not stat.S_ISREG(st.st_mode):
+            raise InputError(path, f"is {kind or 'not a regular file'}; outputs replace regular files only")
+        if not force:
+            raise InputError(path, "already exists (use --force to overwrite)")
+    elif path.is_symlink():
+        raise InputError(path, "is a dangling symbolic link; give another output name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(path, f"output folder {parent} does not exist")
@@ -27,22 +63,99 @@ def check_output_path(path: str | Path, force: bool = False) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success rename it onto ``path``, on failure remove it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        yield tmp_path
-        # mkstemp creates 0600; give the file the permissions a plain open() would (0666 less the umask)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process (or an odd pid): leave its file alone
+    return True
+
+
+def clean_stale_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove our temporaries (``.<name>.<pid>.<random>.tmp``) in ``folder`` whose writing process is gone: what a
+    killed run left. ``name`` limits it to one target's. Returns what was removed."""
+    folder = Path(folder) if str(folder) else Path(".")
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_RE.fullmatch(entry.name)
+        if m is None or (name is not None and m.group("name") != name):
+            continue
+        if _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+                removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _prepare(path: Path) -> tuple[Path, int]:
+    """A temporary file beside ``path`` and the mode the finished file gets."""
+    folder = path.parent if str(path.parent) else Path(".")
+    clean_stale_temporaries(folder, path.name)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise InputError(
+            path, f"is {_special_kind(st.st_mode) or 'not a regular file'}; outputs replace regular files only"
+        )
+    if st is not None:
+        mode = stat.S_IMODE(st.st_mode)
+    else:  # mkstemp creates 0600; give the file the permissions a plain open() would (0666 less the umask)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return Path(tmp), mode
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success rename it onto ``path``, on failure remove it.
+
+    The file gets the mode of the file it replaces (a 0600 file stays 0600), or what a plain ``open()`` would give
+    (0666 less the umask). Stale temporaries of the same target left by a killed run are removed first.
+    """
+    with atomic_output_set(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_output_set(*paths: str | Path) -> Iterator[list[Path]]:
+    """Temporaries for files that belong together (a model and its manifest, an image and its record), renamed in
+    the given order once all are written; put the file that describes the others last.
+
+    Before the first rename the old versions of the later files are removed, so a reader, or a run killed between
+    the renames, sees the old set, a new first file without its companions, or the new set: never a new file beside
+    an old companion that describes something else.
+    """
+    targets = [Path(p) for p in paths]
+    prepared: list[tuple[Path, int]] = []
+    try:
+        for target in targets:
+            prepared.append(_prepare(target))
+        yield [tmp for tmp, _ in prepared]
+        for target in targets[1:]:
+            target.unlink(missing_ok=True)
+        for target, (tmp, mode) in zip(targets, prepared, strict=True):
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        for tmp, _ in prepared:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -55,8 +168,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-Inf) replaced by None: strict JSON has no NaN, and a metric that
+    is not a number (a PSNR of identical images, a diverged fit) is recorded as null, deliberately."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def dumps_record(obj: Any, indent: int | None = 2, default: Any = None) -> str:
+    """A JSON record as strict JSON: non-finite floats become null (:func:`finite_json`), never NaN/Infinity."""
+    if default is not None:
+        obj = json.loads(json.dumps(obj, default=default))
+    return json.dumps(finite_json(obj), indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: object, indent: int = 1) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically, creating the folder (benchmarks rewrite it after every row, so a
-    run cut off by a time limit keeps what it measured)."""
+    """Write ``obj`` as strict JSON to ``path`` atomically, creating the folder (benchmarks rewrite it after every
+    row, so a run cut off by a time limit keeps what it measured)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+    atomic_write_text(path, dumps_record(obj, indent=indent) + "\n")

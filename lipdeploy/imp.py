@@ -7,13 +7,21 @@ weights as ``init``, its fitted weights (what the next round prunes from) and it
 after k rounds the density is 0.8^k and ``round_00`` is the dense DIP itself. Rerunning continues after the last
 complete round file (files are written atomically, so a file that exists is complete).
 
-Pruning plug-ins (:data:`PRUNERS`): units are single weights (``unstructured``), whole k x k kernels (``kernel``) or
-whole output channels (``channel``); a unit's score is its mean |w| over its positions (the L1 norm per weight), so
-global pruning compares 1x1 and 3x3 kernels, and channels of different fan-in, fairly (a raw norm would empty the
+Pruning patterns come from the registry :data:`lipdeploy.patterns.PATTERNS` (``ImpConfig.granularity`` names one):
+units are single weights (``unstructured``), whole k x k kernels (``kernel``) or whole output channels (``channel``),
+or whatever a registered plug-in defines; a unit's score is its mean |w| over its positions (the L1 norm per weight),
+so global pruning compares 1x1 and 3x3 kernels, and channels of different fan-in, fairly (a raw norm would empty the
 small-fan-in layers first). ``random`` scores units at random: the random-pruning baseline at the same densities.
 Targets count weights, not units, so densities follow 0.8^k at every granularity (up to one unit). Every layer keeps
 at least its best unit, and the output convolution is never pruned by output channel (that would delete a colour):
 under ``channel`` it is pruned by kernel.
+
+Two patterns score differently (each module's docstring says why). ``block`` (16 x 16 channels of one kernel tap;
+``block32x16`` and ``block16x8`` too) ranks blocks by the RMS of their weights (the L2 norm per element), so edge
+blocks of layers whose channel counts are not multiples of the block compete fairly with full ones; its block size is
+recorded in the settings and provenance as ``block: [Bo, Bi]``. ``channel`` divides each layer's scores by their
+mean and keeps a minimum width per layer, so global ranking no longer drains the decoder to one channel; its settings
+name that rule (``channel_rule``), so a folder of channel rounds made by the earlier rule is not continued with it.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import dataclasses
 import datetime as _dt
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,12 +40,16 @@ import torch
 from .errors import InputError
 from .fileio import atomic_write_text
 from .fit import FitConfig, FitResult, fit, simulate
-from .masks import Masks
+from .masks import Mask, Masks
+from .multi_image import image_records, stack_observations
+from .patterns import PATTERNS, get_pattern
+from .patterns import prune as prune_by_pattern
+from .runlock import folder_locked, image_digest, load_rewind_state, resume_settings
 from .tasks import Task
 from .ticket import Ticket, load_ticket
 
 Scope = Literal["global", "layer"]
-Granularity = Literal["unstructured", "kernel", "channel"]
+Granularity = str  # a name registered in lipdeploy.patterns.PATTERNS
 Target = Literal["paper", "clean", "observation"]
 ROUND_RE = re.compile(r"round_(\d+)\.(pt|safetensors)$")
 
@@ -63,8 +75,9 @@ class ImpConfig:
             raise InputError(None, f"rewind iteration must be >= 0, got {self.rewind_iter}")
         if self.scope not in ("global", "layer"):
             raise InputError(None, f"scope must be global or layer, got {self.scope!r}")
-        if self.granularity not in PRUNERS:
-            raise InputError(None, f"granularity must be one of {', '.join(PRUNERS)}, got {self.granularity!r}")
+        if self.granularity not in PATTERNS:
+            names = ", ".join(sorted(PATTERNS))
+            raise InputError(None, f"granularity must be one of {names}, got {self.granularity!r}")
 
     def fit_target(self, task: Task) -> str:
         """'clean' or 'observation': the paper fits the clean image for denoising, the observation otherwise."""
@@ -76,24 +89,6 @@ class ImpConfig:
 # --------------------------------------------------------------------------------------------------- pruning
 
 
-def _units(t: torch.Tensor, granularity: str) -> torch.Tensor:
-    """View a conv weight [O, I, kh, kw] as [units, positions]."""
-    if granularity == "unstructured":
-        return t.reshape(-1, 1)
-    if granularity == "kernel":
-        return t.reshape(t.shape[0] * t.shape[1], -1)
-    if granularity == "channel":
-        return t.reshape(t.shape[0], -1)
-    raise ValueError(f"unknown granularity {granularity!r}")
-
-
-PRUNERS: dict[str, str] = {
-    "unstructured": "single weights",
-    "kernel": "whole k x k kernels (output, input pairs)",
-    "channel": "whole output channels",
-}
-
-
 def prune(
     weights: Mapping[str, torch.Tensor],
     masks: Masks,
@@ -102,62 +97,14 @@ def prune(
     granularity: Granularity = "unstructured",
     random: bool = False,
     generator: torch.Generator | None = None,
-) -> Masks:
-    """New masks with ``rate`` of the currently kept weights removed, lowest-scoring units first.
+) -> Mask:
+    """New masks with ``rate`` of the currently kept weights removed, lowest-scoring units of the pattern called
+    ``granularity`` first (see :func:`lipdeploy.patterns.prune`; the output layer is the last one).
 
     ``weights``: the (fitted) weights to score, by prunable name; ``masks``: the current masks (same names). With
     ``scope="global"`` units of all layers compete; with ``"layer"`` each layer loses ``rate`` of its own weights.
     """
-    names = list(masks)
-    last = names[-1]
-    per_layer = []  # (name, granularity, unit view of mask, scores, kept per unit, candidate flags)
-    for name in names:
-        m = masks[name].float()
-        w = weights[name].detach().float().cpu() * m
-        gran = "kernel" if (granularity == "channel" and name == last) else granularity
-        mu, wu = _units(m, gran), _units(w, gran)
-        kept = mu.sum(1)
-        if random:
-            scores = torch.rand(kept.shape, generator=generator)
-        else:
-            scores = wu.abs().sum(1) / mu.shape[1]
-        alive = kept > 0
-        cand = alive.clone()
-        if bool(alive.any()):  # every layer keeps its best unit
-            best = torch.where(alive, scores, torch.full_like(scores, -1.0)).argmax()
-            cand[best] = False
-        per_layer.append((name, gran, mu, scores, kept, cand))
-
-    prune_flags: dict[str, torch.Tensor] = {
-        name: torch.zeros(mu.shape[0], dtype=torch.bool) for name, _, mu, *_ in per_layer
-    }
-    groups = [per_layer] if scope == "global" else [[entry] for entry in per_layer]
-    for group in groups:
-        total_kept = sum(float(e[4].sum()) for e in group)
-        target = round(rate * total_kept)
-        if target <= 0:
-            continue
-        scores = torch.cat([e[3][e[5]] for e in group])
-        sizes = torch.cat([e[4][e[5]] for e in group])
-        owner = torch.cat([torch.full((int(e[5].sum()),), gi, dtype=torch.long) for gi, e in enumerate(group)])
-        index = torch.cat([torch.nonzero(e[5]).flatten() for e in group])
-        order = torch.argsort(scores, stable=True)
-        csum = torch.cumsum(sizes[order], 0)
-        # the shortest prefix reaching the target, or one shorter if that lands closer (units larger than 1 weight)
-        n = int(torch.searchsorted(csum, torch.tensor(float(target)), right=False)) + 1
-        n = min(n, len(order))
-        if n > 1 and abs(float(csum[n - 2]) - target) < abs(float(csum[n - 1]) - target):
-            n -= 1
-        chosen = order[:n]
-        for gi, e in enumerate(group):
-            sel = chosen[owner[chosen] == gi]
-            prune_flags[e[0]][index[sel]] = True
-
-    out: Masks = {}
-    for name, _gran, mu, *_ in per_layer:
-        keep_units = (~prune_flags[name]).float()[:, None]
-        out[name] = (mu * keep_units).reshape(masks[name].shape).contiguous()
-    return out
+    return prune_by_pattern(weights, masks, rate, get_pattern(granularity), scope, random, generator)
 
 
 # --------------------------------------------------------------------------------------------------- IMP loop
@@ -184,9 +131,10 @@ def existing_rounds(out_dir: Path) -> dict[int, Path]:
 
 
 def _settings(
-    task: Task, image_name: str, fit_config: FitConfig, imp: ImpConfig, arch: Any, obs_seed: int
+    task: Task, image_name: str | list[str], fit_config: FitConfig, imp: ImpConfig, arch: Any, obs_seed: int
 ) -> dict[str, Any]:
     """What must stay the same for a resumed run to continue the same IMP sequence."""
+    extra = get_pattern(imp.granularity).settings()  # {} for most patterns, so their earlier runs still resume
     return {
         "task": task.name,
         "task_params": task.params(),
@@ -204,18 +152,42 @@ def _settings(
         "target": imp.fit_target(task),
         "random": imp.random,
         "arch": arch.to_dict(),
+        **extra,
     }
 
 
+def _image_list(
+    clean: torch.Tensor | Sequence[torch.Tensor], image_name: str | Sequence[str]
+) -> tuple[list[torch.Tensor], list[str]]:
+    """The images to fit (each ``[1, 3, H, W]``) and their names, checked: as many names as images, one size."""
+    if isinstance(clean, torch.Tensor):
+        images = list(clean.split(1)) if clean.dim() == 4 and clean.shape[0] > 1 else [clean]
+    else:
+        images = list(clean)
+    names = [image_name] if isinstance(image_name, str) else [str(n) for n in image_name]
+    if not images:
+        raise InputError(None, "no images to fit")
+    if len(images) > 1 and len(names) == 1:
+        names = [f"{names[0]}[{i}]" for i in range(len(images))]
+    if len(names) != len(images):
+        raise InputError(None, f"{len(names)} image names for {len(images)} images")
+    sizes = {tuple(img.shape[2:]) for img in images}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{n} {img.shape[3]}x{img.shape[2]}" for n, img in zip(names, images, strict=True))
+        raise InputError(None, f"the images must have one size to be fitted together ({listed}); see common_size")
+    return images, names
+
+
+@folder_locked("out_dir")
 def find_ticket(
     start: Ticket,
-    clean: torch.Tensor,
+    clean: torch.Tensor | Sequence[torch.Tensor],
     task: Task,
     out_dir: str | Path,
     imp: ImpConfig,
     fit_config: FitConfig | None = None,
     *,
-    image_name: str = "image",
+    image_name: str | Sequence[str] = "image",
     obs_seed: int | None = None,
     ext: str = ".pt",
     progress: bool = False,
@@ -228,6 +200,14 @@ def find_ticket(
     normally dense). The observation is simulated from ``clean`` with ``obs_seed`` (default: the fit seed). Existing
     complete rounds in ``out_dir`` made with the same settings are kept and the run continues after the last one.
     Returns the paths of all round files up to ``imp.rounds``.
+
+    Several images (the paper's multi-image IMP; ``clean`` a list of ``[1, 3, H, W]`` images of one size, e.g. from
+    :func:`lipdeploy.multi_image.common_size`, ``image_name`` a list of as many names): one network and one noise
+    input fit them all, the loss being the sum of the per-image MSEs, and each round prunes one mask for all of them.
+    Image i's observation is simulated with seed ``obs_seed + i``; the PSNR/SSIM recorded are the mean over images.
+    The settings (what a resumed run must match) hold the list of names and of content hashes, and each ticket's
+    provenance lists the images (``images``: name, sha256, size). A single image (a tensor, or a list of one) runs
+    exactly as before and writes the same settings and provenance.
     """
     fit_config = fit_config or FitConfig()
     # Pruning ranks the fitted weights in the reference layout, which only the masked dense network keeps.
@@ -240,9 +220,28 @@ def find_ticket(
     say = log or (lambda _msg: None)
     from . import __version__
 
-    settings = _settings(task, image_name, fit_config, imp, start.arch, obs_seed)
-    observation = simulate(task, clean, obs_seed)
-    target = task.clean_target(clean) if imp.fit_target(task) == "clean" else observation
+    images, names = _image_list(clean, image_name)
+    multi = len(images) > 1
+    if not multi:
+        clean = images[0]
+        settings = _settings(task, names[0], fit_config, imp, start.arch, obs_seed)
+        settings.update(resume_settings(clean, fit_config))  # the image's content and every fit setting
+        observation = simulate(task, clean, obs_seed)
+        target = task.clean_target(clean) if imp.fit_target(task) == "clean" else observation
+    else:
+        if fit_config.capture == "auto":  # the captured step tracks one ground truth (fit.py): the eager one here
+            fit_config = dataclasses.replace(fit_config, capture="off")
+        elif fit_config.capture != "off":
+            capture = fit_config.capture
+            raise InputError(None, f"several images are fitted by the eager step only, not capture {capture!r}")
+        clean = torch.cat(images)  # the ground truth: PSNR/SSIM are the mean over images
+        settings = _settings(task, names, fit_config, imp, start.arch, obs_seed)
+        settings.update(resume_settings(clean, fit_config))
+        settings["image_sha256"] = [image_digest(img) for img in images]
+        if imp.fit_target(task) == "clean":
+            target = stack_observations([task.clean_target(img) for img in images])
+        else:
+            target = stack_observations([simulate(task, img, obs_seed + i) for i, img in enumerate(images)])
     if imp.rewind_iter > fit_config.iters:
         raise InputError(None, f"rewind iteration {imp.rewind_iter} is beyond the {fit_config.iters} iterations")
 
@@ -263,9 +262,12 @@ def find_ticket(
         if imp.rewind_iter > 0:
             if not rewind_file.exists():
                 raise InputError(rewind_file, "missing: cannot continue an IMP run with rewinding without it")
-            rewind_state = torch.load(rewind_file, map_location="cpu", weights_only=True)
+            rewind_state = load_rewind_state(rewind_file)
         rows = [_summary_row(r, p, load_ticket(p).provenance) for r, p in sorted(done.items())]
-        say(f"{out_dir}: rounds 0-{last_r} already complete; continuing from round {last_r + 1}")
+        if last_r >= imp.rounds:
+            say(f"{out_dir}: rounds 0-{last_r} already complete, nothing to do (more rounds continue the chain)")
+        else:
+            say(f"{out_dir}: rounds 0-{last_r} already complete; continuing from round {last_r + 1}")
         start_round = last_r + 1
     else:
         start_round = 0
@@ -310,7 +312,7 @@ def find_ticket(
             if (r == 0 or imp.rewind_iter == 0)
             else f"weights at iteration {imp.rewind_iter} of the dense fit (rewind point)",
             "parent": round_path(out_dir, r - 1, ext).name if r else None,
-            "pruning": "random" if imp.random else f"{imp.scope} L1 magnitude",
+            "pruning": "random" if imp.random else f"{imp.scope} {get_pattern(imp.granularity).score_name}",
             "psnr_best": result.psnr_best,
             "psnr_final": result.psnr_final,
             "ssim_best": result.ssim_best,
@@ -318,9 +320,22 @@ def find_ticket(
             "psnr_measured": f"{task.metric_label}, vs the clean image; fit target: {settings['target']}",
             "fit_seconds": round(result.seconds, 2),
             "settings": settings,
+            **({"images": image_records(names, images)} if multi else {}),
             **{
                 k: settings[k]
-                for k in ("task", "image", "rate", "seed", "granularity", "scope", "rewind_iter", "iters")
+                for k in (
+                    "task",
+                    "image",
+                    "rate",
+                    "seed",
+                    "granularity",
+                    "scope",
+                    "rewind_iter",
+                    "iters",
+                    "block",
+                    "channel_rule",
+                )
+                if k in settings
             },
         }
         ticket = ticket.replace(fitted=result.state_dict, provenance=provenance)
@@ -361,4 +376,4 @@ def _summary_row(r: int, path: Path, prov: Mapping[str, Any]) -> dict[str, Any]:
     return {"round": r, "file": path.name, **{k: prov.get(k) for k in keys}}
 
 
-__all__ = ["ImpConfig", "PRUNERS", "existing_rounds", "find_ticket", "prune", "round_path"]
+__all__ = ["ImpConfig", "existing_rounds", "find_ticket", "prune", "round_path"]

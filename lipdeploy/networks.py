@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .limits import MAX_CHANNELS, MAX_DD_DEPTH, MAX_FILTER_SIZE, MAX_LEVELS
+
 UpsampleMode = Literal["nearest", "bilinear"]
 PadMode = Literal["reflection", "zero"]
 Activation = Literal["LeakyReLU", "ReLU", "none"]
@@ -68,6 +70,34 @@ def _act(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r} (LeakyReLU, ReLU or none)")
 
 
+ACTIVATIONS = ("LeakyReLU", "ReLU", "none")
+UPSAMPLE_MODES = ("nearest", "bilinear")
+PAD_MODES = ("reflection", "zero")
+
+
+def _int_field(name: str, value: Any, low: int, high: int) -> int:
+    """An integer field of a spec read from a file, within [low, high]: ValueError otherwise (headers are untrusted:
+    a negative or huge count would fail deep inside PyTorch, or allocate without bound)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice_field(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _bool_field(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SkipSpec:
     """The DIP ``skip`` network. Defaults are the LIP paper's configuration (2,217,831 parameters)."""
@@ -91,9 +121,33 @@ class SkipSpec:
 
     def __post_init__(self) -> None:
         for name in ("channels_down", "channels_up", "channels_skip"):
-            object.__setattr__(self, name, tuple(int(c) for c in getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise ValueError(f"{name} must be a list of channel counts, got {value!r}")
+            if len(value) > MAX_LEVELS:
+                raise ValueError(f"{name} has {len(value)} levels; at most {MAX_LEVELS} are supported")
+            low = 0 if name == "channels_skip" else 1
+            object.__setattr__(
+                self, name, tuple(_int_field(f"{name}[{i}]", c, low, MAX_CHANNELS) for i, c in enumerate(value))
+            )
         if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip) >= 1):
             raise ValueError("channels_down, channels_up and channels_skip need the same length (>= 1)")
+        _int_field("in_channels", self.in_channels, 1, MAX_CHANNELS)
+        _int_field("out_channels", self.out_channels, 1, MAX_CHANNELS)
+        for name in ("filter_size_down", "filter_size_up", "filter_skip_size"):
+            _int_field(name, getattr(self, name), 1, MAX_FILTER_SIZE)
+        _choice_field("upsample_mode", self.upsample_mode, UPSAMPLE_MODES)
+        _choice_field("pad", self.pad, PAD_MODES)
+        _choice_field("act", self.act, ACTIVATIONS)
+        for name in ("bias", "sigmoid", "need1x1_up"):
+            _bool_field(name, getattr(self, name))
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the network runs on: the deepest level must be at least 2 x 2 pixels (training-
+        mode BatchNorm needs more than one value per channel, reflection padding needs more pixels than it pads),
+        so twice the total stride."""
+        return 2 * self.stride
 
     @property
     def depth(self) -> int:
@@ -179,6 +233,19 @@ class DeepDecoderSpec:
 
     kind = "dd"
 
+    def __post_init__(self) -> None:
+        _int_field("k", self.k, 1, MAX_CHANNELS)
+        _int_field("depth", self.depth, 0, MAX_DD_DEPTH)
+        _int_field("out_channels", self.out_channels, 1, MAX_CHANNELS)
+        _choice_field("upsample_mode", self.upsample_mode, UPSAMPLE_MODES)
+        _bool_field("sigmoid", self.sigmoid)
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the network runs on: its code is the image divided by the stride, at least 1
+        pixel."""
+        return self.stride
+
     @property
     def input_channels(self) -> int:
         return self.k
@@ -215,6 +282,8 @@ ArchSpec = SkipSpec | DeepDecoderSpec
 
 def arch_from_dict(d: dict[str, Any]) -> ArchSpec:
     """Inverse of ``spec.to_dict()``."""
+    if not isinstance(d, dict):
+        raise ValueError(f"architecture must be a mapping, got {type(d).__name__}")
     d = dict(d)
     kind = d.pop("kind", "dip")
     cls = {"dip": SkipSpec, "dd": DeepDecoderSpec}.get(kind)

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from .masks import prunable_shapes
 from .networks import ArchSpec, SkipSpec, conv_layers
+from .patterns import PATTERNS
 from .ticket import Ticket, load_ticket, ticket_from_model
 
 
@@ -46,11 +48,7 @@ def random_mask_ticket(spec: ArchSpec, sparsity: float, seed: int = 0, edit=None
     torch.manual_seed(seed)
     model = randomize_(spec.build(), seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    masks = {
-        name: (torch.rand(p.shape, generator=gen) >= sparsity).float()
-        for name, p in model.named_parameters()
-        if name.endswith(".weight") and p.dim() == 4
-    }
+    masks = PATTERNS["unstructured"].random_masks(prunable_shapes(model), sparsity, gen, exact=False)
     if edit is not None:
         edit(masks)
     return ticket_from_model(model, spec, masks)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from torch import nn
 
 from .errors import InputError
 from .fileio import atomic_output
+from .limits import TENSOR_SLACK_BYTES
 from .masks import Masks, apply_masks_, validate_masks
 from .masks import density as masks_density
 from .networks import ArchSpec, DeepDecoderSpec, SkipSpec, arch_from_dict, prunable_names
@@ -115,6 +118,12 @@ class Ticket:
     def save(self, path: str | Path) -> None:
         """Write the ticket atomically: ``.safetensors`` for the safetensors variant, anything else as ``.pt``."""
         path = Path(path)
+        for group, sd in (("initial", self.init), ("fitted", self.fitted)):
+            for key, value in (sd or {}).items():  # our own loader refuses them: never write a ticket it cannot read
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise InputError(
+                        path, f"not written: the {group} weights contain NaN or Inf (in {key!r}; did the fit diverge?)"
+                    )
         tensors, meta = _encode(self)
         with atomic_output(path) as tmp:
             if path.suffix == ".safetensors":
@@ -160,9 +169,22 @@ def _decode(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
         raise InputError(path, f"unsupported ticket version {meta.get('version')!r} (this lipdeploy reads {VERSION})")
     try:
         arch = arch_from_dict(meta["arch"])
-        shapes = {name: torch.Size(s) for name, s in meta["shapes"].items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(path, f"malformed ticket header: {exc}") from None
+        shapes = {name: torch.Size(_header_shape(name, s)) for name, s in _header_mapping("shapes", meta["shapes"])}
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise InputError(path, f"malformed ticket header: {_first_line(exc)}") from None
+    provenance = meta.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise InputError(
+            path, f"malformed ticket header: provenance must be a mapping, not a {type(provenance).__name__}"
+        )
+    expected = _prunable_shapes(arch)
+    if list(shapes) != list(expected) or any(tuple(shapes[k]) != tuple(v) for k, v in expected.items()):
+        bad = next((k for k in shapes if k not in expected or tuple(shapes[k]) != tuple(expected[k])), None)
+        where = f" ({bad!r}: {list(shapes[bad])})" if bad is not None else ""
+        raise InputError(path, f"malformed ticket header: the shapes do not match {arch.describe()}{where}")
+    for key, value in tensors.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise InputError(path, f"malformed ticket: entry {key!r} of 'tensors' is not a named tensor")
     masks: StateDict = {}
     for name, shape in shapes.items():
         bits = tensors.get(f"mask/{name}")
@@ -194,14 +216,37 @@ def _decode(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
         init=groups["init"],
         masks=masks,
         fitted=groups["fitted"] or None,
-        provenance=dict(meta.get("provenance") or {}),
+        provenance=dict(provenance),
         source=str(path),
     )
     _check_state(path, arch, ticket.init)
     if ticket.fitted is not None:
         _check_state(path, arch, ticket.fitted)
     ticket.masks = validate_masks(masks, _prunable_shapes(arch), str(path))
+    _check_block_structure(path, ticket)
     return ticket
+
+
+def _check_block_structure(path: Path, ticket: Ticket) -> None:
+    """A ticket whose provenance says it was found at a block granularity must hold block masks (the bsr kernels
+    and the block storage of the export rely on it): :class:`InputError` naming the file and the first bad layer."""
+    from .patterns import PATTERNS, Block, block_pattern
+
+    gran = ticket.provenance.get("granularity")
+    pattern = PATTERNS.get(gran) if isinstance(gran, str) else None
+    block = ticket.provenance.get("block")
+    if isinstance(block, (list, tuple)) and len(block) == 2 and (pattern is None or isinstance(pattern, Block)):
+        try:
+            pattern = block_pattern(int(block[0]), int(block[1]))
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, f"provenance has an invalid block size {block!r} ({exc})") from None
+    if not isinstance(pattern, Block):
+        return
+    last = list(ticket.masks)[-1] if ticket.masks else None
+    for name, mask in ticket.masks.items():
+        reason = pattern.check(mask, name, name == last)
+        if reason is not None:
+            raise InputError(path, f"provenance says granularity {gran!r} but layer {reason}")
 
 
 # --------------------------------------------------------------------------------------------------- reading files
@@ -214,33 +259,97 @@ def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "cannot be read (permission denied)")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                return {k: f.get_tensor(k) for k in f.keys()}, meta
+                content = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for bad headers and short files
             raise InputError(path, f"unreadable or truncated safetensors file ({_first_line(exc)})") from None
+        _check_tensors(path, content, path.stat().st_size)
+        return content, meta
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of odd files: our message says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # the weights-only unpickler met a class or function reference
             raise InputError(
                 path, "refused: the pickle holds objects other than tensors and plain data (it was not executed)"
             ) from None
-        raise InputError(path, f"unreadable or truncated file ({_first_line(exc)})") from None
+        raise InputError(path, "unreadable or truncated file (not a PyTorch tensor file, or a corrupt one)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise InputError(path, f"unreadable or truncated file ({_first_line(exc)})") from None
+        raise InputError(path, f"unreadable or truncated file ({_load_problem(exc)})") from None
+    except Exception as exc:  # a byte-mutated file can make the unpickler raise anything (KeyError, struct.error, ...)
+        raise InputError(path, f"unreadable or truncated file (corrupt data: {type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise InputError(path, f"expected a dict of tensors, found {type(obj).__name__}")
+    _check_tensors(path, obj, path.stat().st_size)
     return obj, {}
+
+
+def _load_problem(exc: BaseException) -> str:
+    """torch.load's complaint in our words: its "Weights only load failed ... In PyTorch 2.6 ..." essay and zip
+    internals say nothing useful about a bad file."""
+    text = _first_line(exc)
+    if "weights only load failed" in text.lower() or "pytorch" in text.lower() or "zip archive" in text.lower():
+        return "not a PyTorch tensor file, or a truncated or corrupt one"
+    return text
+
+
+def _check_tensors(path: Path, obj: Any, file_bytes: int, depth: int = 0) -> None:
+    """Refuse, before anything reads their values, tensors a file of ``file_bytes`` cannot really hold (an expanded,
+    stride-0 tensor, or more elements than the file's bytes: a reduction over them would allocate their full size) and
+    complex or otherwise non-real dtypes. Walks nested dicts and lists of the loaded object."""
+    if depth > 8:
+        raise InputError(path, "malformed file: its data is nested too deeply")
+    if isinstance(obj, torch.Tensor):
+        _check_tensor(path, "tensor", obj, file_bytes)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, torch.Tensor):
+                _check_tensor(path, key, value, file_bytes)
+            elif isinstance(value, (dict, list, tuple)):
+                _check_tensors(path, value, file_bytes, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _check_tensors(path, value, file_bytes, depth + 1)
+
+
+def _check_tensor(path: Path, key: Any, value: torch.Tensor, file_bytes: int) -> None:
+    if value.is_complex() or value.dtype in (torch.quint8, torch.qint8, torch.qint32):
+        raise InputError(path, f"tensor {key!r} has dtype {str(value.dtype).replace('torch.', '')}: real tensors only")
+    numel = value.numel()
+    if numel > 1 and any(st == 0 and n > 1 for st, n in zip(value.stride(), value.shape, strict=True)):
+        raise InputError(path, f"tensor {key!r} is an expanded (stride-0) view of shape {list(value.shape)}: refused")
+    if numel * value.element_size() > file_bytes + TENSOR_SLACK_BYTES:
+        raise InputError(
+            path, f"tensor {key!r} claims {numel:,} elements of shape {list(value.shape)}, more than the file holds"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:160]
+
+
+def _header_mapping(what: str, value: Any) -> list[tuple[str, Any]]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a mapping, not a {type(value).__name__}")
+    return list(value.items())
+
+
+def _header_shape(name: Any, shape: Any) -> list[int]:
+    """A shape from a ticket header: a list of non-negative integers (ValueError otherwise)."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > 8:
+        raise ValueError(f"shape of {name!r} must be a list of at most 8 sizes, got {shape!r}"[:200])
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise ValueError(f"shape of {name!r} must hold non-negative integers, got {shape!r}"[:200])
+    return list(shape)
 
 
 def _as_state_dict(path: Path, obj: Mapping[str, Any]) -> StateDict:
@@ -300,6 +409,10 @@ def _check_state(path: Path | str | None, arch: ArchSpec, sd: StateDict) -> None
             parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
         raise InputError(path, f"weights do not match {arch.describe()}: " + "; ".join(parts))
     for key, shape in ref.items():
+        if not key.endswith("num_batches_tracked") and not sd[key].is_floating_point():
+            raise InputError(
+                path, f"weight {key!r} has dtype {str(sd[key].dtype).replace('torch.', '')}: floating point expected"
+            )
         if tuple(sd[key].shape) != tuple(shape):
             raise InputError(
                 path, f"weight {key!r} has shape {list(sd[key].shape)}, the architecture needs {list(shape)}"
@@ -414,6 +527,16 @@ def load_ticket(path: str | Path, weights: str | Path | None = None, **arch_over
     fitted ones. ``arch_overrides`` (e.g. ``upsample_mode="nearest"``, ``act="ReLU"``) set what shapes cannot tell.
     Raises :class:`InputError` (naming the file and the problem) for any bad input.
     """
+    try:
+        return _load_ticket(path, weights, **arch_overrides)
+    except InputError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, RecursionError) as exc:
+        # a malformed file that passed the format checks and failed deeper: still one line about the file
+        raise InputError(path, f"malformed ticket ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _load_ticket(path: str | Path, weights: str | Path | None = None, **arch_overrides: Any) -> Ticket:
     path = Path(path)
     obj, meta = read_tensor_file(path)
     if meta.get("format") == json.dumps(FORMAT) or obj.get("format") == FORMAT:

@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lipdeploy.bench import engine
-from lipdeploy.bench.harness import Bench, RowStore, parse_shard, plan
-from lipdeploy.bench.presets import PRESETS, Preset, rounds_for
+from lipdeploy.bench.harness import Bench, RowStore, engine, parse_shard, plan
+from lipdeploy.bench.harness.presets import PRESETS, Preset, rounds_for
 from lipdeploy.bench.report import build_report
 from lipdeploy.cli import cli
 from lipdeploy.errors import InputError
 from lipdeploy.networks import SkipSpec
+from lipdeploy.ticket import load_ticket
 
 TINY_NET = SkipSpec(in_channels=8, channels_down=(8,) * 5, channels_up=(8,) * 5, channels_skip=(2,) * 5)
 
@@ -325,3 +325,157 @@ def test_claim_verdicts_need_every_image_to_agree():
     assert "vs dd-matched-89: +0.80 dB over 3 image(s) -> holds" in text
     # a mean lead carried by one image is not a win
     assert "vs random-89: +0.23 dB over 3 image(s) -> mixed: ahead on 1 of 3 images" in text
+
+
+def test_report_reads_a_results_folder_without_the_harness():
+    """report.py and the harness share the folder layout through bench/rows.py; the report imports no harness module
+    (a copied results folder rebuilds without the fitting engine)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lipdeploy.bench.report; sys.exit(any('bench.harness' in m for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_latency_runners_name_their_conv_backend_from_the_registry():
+    from lipdeploy.backends import BACKENDS
+    from lipdeploy.bench.harness import LATENCY_RUNNERS, available_backends
+    from lipdeploy.bench.harness.backends import runner
+
+    for name, r in LATENCY_RUNNERS.items():
+        assert r.name == name and r.conv_backend in BACKENDS, name
+    # the committed CPU results' backend names are runners, so old rows and new rows share report columns
+    rows, _ = RowStore.read_all(Path(__file__).resolve().parents[1] / "bench" / "results" / "cpu")
+    assert {r["backend"] for r in rows if r["metric"] == "forward_ms"} <= set(LATENCY_RUNNERS)
+    assert available_backends()[0] == "torch-cpu" and set(available_backends()) <= set(LATENCY_RUNNERS)
+    assert runner("triton-cuda").sparse_only and not runner("torch-cpu").sparse_only
+    with pytest.raises(ValueError, match="unknown latency backend"):
+        runner("nope")
+
+
+def test_script_results_are_rewritten_after_every_row(tmp_path):
+    from lipdeploy.bench.script import Results, parser
+
+    ap = parser("x", "doc", output=tmp_path / "default.json", device="cuda")
+    args = ap.parse_args(["--out", str(tmp_path / "r")])
+    assert args.output == tmp_path / "r" and args.device == "cuda"
+    res = Results(args.output, {"torch": "t"})
+    res.add({"a": 1})
+    assert json.loads(args.output.read_text()) == {"meta": {"torch": "t"}, "rows": [{"a": 1}], "complete": False}
+    res.add({"a": 2})
+    done = res.finish(extra=3)
+    assert json.loads(args.output.read_text()) == done and done["complete"] and len(done["rows"]) == 2
+
+
+# ------------------------------------------------------------------------------ issue 12 frontier, issue 16 fidelity
+
+
+def test_cpu_preset_keeps_its_committed_jobs_and_only_adds_new_ones():
+    """The committed rows of bench/results/cpu stay valid: the frontier only appends jobs; the keys the first cpu
+    preset planned come first, in the same order, and none of the new keys reuses an old method's name."""
+    from lipdeploy.bench.harness.presets import PRESETS as P
+
+    cpu = P["cpu"]
+    old = cpu.replace(frontier=(), frontier_rounds=(), frontier_random=(), narrow_dip=False)
+    backends = ["torch-cpu", "torch-cpu-compact", "onnxruntime-cpu"]
+    before = [j.key for j in plan(old, backends=backends)]
+    after = [j.key for j in plan(cpu, backends=backends)]
+    assert after[: len(before)] == before
+    new = after[len(before) :]
+    assert new[:3] == ["find/astronaut/block", "find/astronaut/channel-norm", "find/astronaut/random-block"]
+    assert not any("/lip-channel-59" in k for k in new)  # the earlier rule's method is not re-planned
+    names = {k.split("/")[1] for k in new if k.startswith("quality/")}
+    assert {"lip-block-95.6", "lip-channel-norm-83", "random-block-89", "dip-narrow-59"} <= names
+    assert {k.split("/")[-1] for k in new if k.startswith("quality/")} == set(cpu.images)
+
+
+def test_sparsity_labels_keep_whole_percentages_below_95():
+    from lipdeploy.bench.harness.presets import pct, round_sparsity
+
+    assert [pct(round_sparsity(k)) for k in (4, 8, 10)] == [59, 83, 89]
+    assert [pct(round_sparsity(k)) for k in (14, 20, 24)] == ["95.6", "98.8", "99.5"]
+
+
+def test_narrow_dip_matches_a_parameter_count():
+    from lipdeploy.bench.harness.workspace import matched_width, skip_params
+
+    for net in (SkipSpec(), TINY_NET, SkipSpec(channels_down=(37,) * 5, channels_up=(37,) * 5)):
+        assert skip_params(net) == sum(p.numel() for p in net.build().parameters())
+    w = matched_width(SkipSpec(), 2_217_831 // 10)
+    narrow = SkipSpec(channels_down=(w,) * 5, channels_up=(w,) * 5)
+    assert abs(skip_params(narrow) - 221_783) < 0.03 * 221_783
+
+
+def test_fidelity_preset_plan_and_names():
+    from lipdeploy.bench.harness.presets import PRESETS as P
+
+    fid = P["fidelity"]
+    keys = [j.key for j in plan(fid, backends=["torch-cpu"])]
+    assert keys[:3] == ["quality/dense@denoise/astronaut", "quality/dd-k64@denoise/astronaut",
+                        "find/astronaut/unstructured@denoise"]  # fmt: skip
+    assert "quality/random-99.5@sr/coffee" in keys and "quality/dd-matched-98.8@inpaint/astronaut" in keys
+    assert "transfer/xtask-89-from-denoise@sr/coffee" in keys
+    assert "transfer/transfer-95.6-from-coffee@inpaint/astronaut" in keys
+    assert not any(k.startswith(("latency/", "memory/")) for k in keys)
+    assert not any("transfer-89-from-astronaut@denoise/astronaut" in k for k in keys)  # never onto its own image
+    assert fid.to_dict()["tasks"] == ["denoise", "inpaint", "sr"]
+
+
+def test_frontier_and_tasks_run_end_to_end(tmp_path):
+    """A tiny preset with a block / channel-norm / random-block frontier with narrow DIPs, and a tiny two-task preset
+    with transfers across tasks and images: every job finishes, rows name their task, and the new report parts are
+    written."""
+    front = tiny_preset(
+        images=("astronaut",),
+        granularities=("unstructured",),
+        rounds=(1,),
+        memory_probe=False,
+        onnx_sizes=False,
+        frontier=("block", "channel-norm"),
+        frontier_rounds=(1, 2),
+        frontier_random=("random-block",),
+        narrow_dip=True,
+        latency_methods=("dense", "lip-block-36", "lip-channel-norm-36", "dip-narrow-36"),
+    )
+    stats = Bench(front, tmp_path / "f", backends=["torch-cpu"]).run(progress=False)
+    assert not stats.failed, stats.failed
+    rows = json.loads((tmp_path / "f" / "rows.json").read_text())["rows"]
+    q = {r["method"]: r for r in rows if r["metric"] == "psnr_best" and r["image"] == "astronaut"}
+    assert {"lip-block-20", "lip-channel-norm-36", "random-block-36", "dip-narrow-36"} <= set(q)
+    assert q["lip-channel-norm-36"]["channel_rule"].startswith("per-layer")
+    assert q["dip-narrow-36"]["width"] < TINY_NET.channels_down[0]
+    assert (tmp_path / "f" / "quality_vs_latency.png").exists()
+    assert "sparsest ticket within 0.5 dB of dense" in (tmp_path / "f" / "report.md").read_text()
+
+    multi = tiny_preset(
+        images=("astronaut", "coffee"),
+        granularities=("unstructured",),
+        rounds=(1, 2),
+        crop=64,
+        dd_ks=(),
+        memory_probe=False,
+        onnx_sizes=False,
+        transfer=False,
+        tasks=("denoise", "sr"),
+        transfer_tasks=(("denoise", "sr"),),
+        transfer_rounds=(2,),
+        transfer_images=True,
+        multi_image=("chelsea", "rocket"),
+        latency_methods=(),
+    )
+    assert "find/chelsea+rocket/unstructured@denoise" in {j.key for j in plan(multi, backends=["torch-cpu"])}
+    stats = Bench(multi, tmp_path / "m", backends=["torch-cpu"]).run(progress=False)
+    assert not stats.failed, stats.failed
+    rows = json.loads((tmp_path / "m" / "rows.json").read_text())["rows"]
+    q = {(r["method"], r["image"]): r for r in rows if r["metric"] == "psnr_best" and r["image"] != "mean"}
+    assert q[("lip-unstructured-36@sr", "coffee")]["task"] == "sr"
+    assert q[("xtask-36-from-denoise@sr", "coffee")]["source_task"] == "denoise"
+    assert q[("transfer-36-from-astronaut@denoise", "coffee")]["base_method"] == "transfer-36-from-astronaut"
+    assert (tmp_path / "m" / "tickets" / "coffee" / "unstructured_sr" / "round_02.pt").exists()
+    assert (tmp_path / "m" / "psnr_vs_sparsity_per_task.png").exists()
+    md = (tmp_path / "m" / "report.md").read_text()
+    assert "## Per task" in md and "xtask-36-from-denoise" in md
+    multi_row = q[("multi-36-from-chelsea+rocket@denoise", "astronaut")]
+    assert multi_row["source_image"] == "chelsea+rocket"
+    t = load_ticket(tmp_path / "m" / "tickets" / "chelsea_rocket" / "unstructured_denoise" / "round_02.pt")
+    assert [i["name"] for i in t.provenance["images"]] == ["chelsea", "rocket"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lipdeploy.compact import CompactNet, analyze_compaction, compact
+from lipdeploy.compaction import CompactNet, analyze_compaction, compact
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
 from lipdeploy.testing import random_mask_ticket as _ticket
 from lipdeploy.testing import randomize_

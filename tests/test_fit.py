@@ -145,7 +145,7 @@ def test_sparse_backend_fits_like_the_masked_network():
     sparse = fit(ticket, obs, FitConfig(backend="sparse", **cfg), gt=clean)
     assert (dense.output - sparse.output).abs().max() < 1e-4
     # on CPU the compacted network's convs stay dense: their masks hold through fitting, kept weights move
-    from lipdeploy.compact import compact
+    from lipdeploy.compaction import compact
 
     layout = compact(ticket)
     moved = 0

@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from lipdeploy.bench import gpu_layers, gpu_network
+from lipdeploy.bench.gpu import layers as gpu_layers
+from lipdeploy.bench.gpu import network as gpu_network
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +131,7 @@ def _net_row(mask, sparsity, fwd, step):
 
 
 def test_gpu_verdict_checks_each_target_and_reports_missing_cases(tmp_path, capsys):
-    from lipdeploy.bench import gpu_verdict
+    from lipdeploy.bench.gpu import verdict as gpu_verdict
 
     layers = [_layer_row("imp", "triton_csr", 2.7), _layer_row("imp", "triton_kernel", 1.1),
               _layer_row("random", "triton_csr", 0.9), _layer_row("random", "dense", 9.0),
@@ -163,7 +164,7 @@ def test_gpu_verdict_checks_each_target_and_reports_missing_cases(tmp_path, caps
 
 
 def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
-    """bench/gpu_session.sh end to end in its CPU smoke mode: every step exits 0, every JSON is complete, the verdict
+    """bench/gpu/session.sh end to end in its CPU smoke mode: every step exits 0, every JSON is complete, the verdict
     is written, and everything comes back as the one tarball the device tool can return."""
     import os
     import subprocess
@@ -175,7 +176,7 @@ def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
     out.mkdir()
     env = {**os.environ, "SMOKE": "1", "RES": str(res), "OUT": str(out), "PYTHON": sys.executable}
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run(["bash", "bench/gpu_session.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["bash", "bench/gpu/session.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     steps = [line for line in r.stdout.splitlines() if " rc=" in line]
     assert [s.split(":")[0] for s in steps] == ["gpu_target", "gpu_network", "gpu_tests", "gpu_tune", "gpu_layers"]

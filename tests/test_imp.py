@@ -9,7 +9,7 @@ from lipdeploy.errors import InputError
 from lipdeploy.fit import FitConfig
 from lipdeploy.images import standard_image
 from lipdeploy.imp import ImpConfig, existing_rounds, find_ticket, prune
-from lipdeploy.masks import density
+from lipdeploy.masks import Mask, density
 from lipdeploy.tasks import Denoise, Inpaint
 from lipdeploy.testing import tiny_skip
 from lipdeploy.ticket import load_ticket, ticket_from_model
@@ -19,8 +19,7 @@ def dense_ticket(seed=0):
     spec = tiny_skip()
     torch.manual_seed(seed)
     model = spec.build()
-    masks = {n: torch.ones_like(p) for n, p in model.named_parameters() if n.endswith(".weight") and p.dim() == 4}
-    return ticket_from_model(model, spec, masks)
+    return ticket_from_model(model, spec, Mask.ones_like(model))
 
 
 def weights_of(ticket):

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 CODE = r"""
-from lipdeploy.bench.kernel_sass import compile_sm90
+from lipdeploy.bench.gpu.kernel_sass import compile_sm90
 from lipdeploy.kernels.sparse_conv import KernelConfig
 
 for fmt in ("csr", "kernel"):
@@ -30,7 +30,7 @@ def test_kernels_compile_for_sm90():
 SASS_CODE = r"""
 import json, sys
 import torch
-from lipdeploy.bench.kernel_sass import report
+from lipdeploy.bench.gpu.kernel_sass import report
 from lipdeploy.kernels.sparse_conv import default_config
 rows = report([default_config(256 * 256, torch.device("cuda"))], ("fwd", "dgrad", "wgrad"), ("csr",), (1, 2))
 print(json.dumps(rows))

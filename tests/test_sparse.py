@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from lipdeploy.compact import CompactNet, compact
+from lipdeploy.backends import sparse_layers, sparsify
+from lipdeploy.compaction import CompactNet, compact
 from lipdeploy.kernels import SparseConv2d
 from lipdeploy.masks import freeze_pruned
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
-from lipdeploy.sparse import sparse_layers, sparsify
 from lipdeploy.testing import random_mask_ticket as _ticket
 
 SMALL = SkipSpec(in_channels=8, channels_down=(8, 16, 16), channels_up=(8, 16, 16), channels_skip=(4, 4, 4))
@@ -159,9 +159,9 @@ def _sparse_aware_timer(monkeypatch, costs: dict[str, float]):
 @pytest.mark.parametrize("workload", ["forward", "fit"])
 def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypatch, workload):
     """The CUDA dispatcher's logic, run on CPU (Triton interpreter) with a timer that prices what actually ran."""
+    from lipdeploy.backends.sparsify import _auto
     from lipdeploy.kernels import cached_times
     from lipdeploy.kernels.sparse_conv import candidate_configs
-    from lipdeploy.sparse import _auto
 
     monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
     ticket = _ticket(TINY, 0.8)
@@ -207,3 +207,113 @@ def test_sparsify_rejects_bad_format_and_workload():
         sparsify(ticket, backend="torch", format="bsr")
     with pytest.raises(ValueError, match="workload"):
         sparsify(ticket, backend="auto", workload="train")
+
+
+# ------------------------------------------------------------------------------------------------ block-sparse (bsr)
+
+BLOCKY = SkipSpec(in_channels=4, channels_down=(16, 32), channels_up=(16, 32), channels_skip=(4, 4))
+
+
+def _block_ticket(pattern: str = "block32x16", sparsity: float = 0.6, seed: int = 1):
+    """Random whole blocks of ``pattern`` (a 32x16 block mask is also a 16x16 one: both bsr packings skip work)."""
+    from lipdeploy.patterns import PATTERNS
+
+    def edit(masks):
+        gen = torch.Generator().manual_seed(seed + 7)
+        masks.update(PATTERNS[pattern].random_masks({k: v.shape for k, v in masks.items()}, sparsity, gen))
+
+    return _ticket(BLOCKY, sparsity, seed=seed, edit=edit)
+
+
+def _pricing_timer(monkeypatch, costs: dict[str, float]):
+    """A timer that runs the candidate and prices what actually ran: ``costs["bsr16x16"]`` / ``costs["bsr32x16"]``
+    for a BsrConv2d of that block, ``costs[format]`` for a SparseConv2d, ``costs["dense"]`` otherwise."""
+    from lipdeploy.kernels import BsrConv2d
+
+    ran: list[str] = []
+    bsr_forward, sparse_forward = BsrConv2d.forward, SparseConv2d.forward
+
+    def bsr_spy(self, x, bn_stats=False):
+        ran.append(f"bsr{self.block[0]}x{self.block[1]}")
+        return bsr_forward(self, x, bn_stats)
+
+    def sparse_spy(self, x):
+        ran.append(self.format)
+        return sparse_forward(self, x)
+
+    monkeypatch.setattr(BsrConv2d, "forward", bsr_spy)
+    monkeypatch.setattr(SparseConv2d, "forward", sparse_spy)
+
+    def timer(fn):
+        ran.clear()
+        fn()
+        return costs[ran[-1]] if ran else costs["dense"]
+
+    return timer
+
+
+def test_auto_dispatch_picks_bsr_for_block_sparse_layers_when_cheapest(tmp_path, monkeypatch):
+    """The dispatcher with the bsr backends among its candidates (CPU, Triton interpreter, a timer pricing what ran):
+    the cheapest candidate wins per block-sparse layer, layers without empty blocks never time bsr, dense stays
+    within the margin, and the output is the masked network's."""
+    pytest.importorskip("triton")
+    from lipdeploy.backends import BACKENDS
+    from lipdeploy.backends.bsr import MIN_EMPTY_BLOCKS
+    from lipdeploy.backends.sparsify import _dispatch
+    from lipdeploy.kernels import BsrConv2d
+
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
+    ticket = _block_ticket()
+    x = make_input(BLOCKY, 8, 8)
+    want = ticket.build()(x).detach()
+    backends = [BACKENDS[n] for n in ("triton-bsr", "triton-bsr32x16", "triton-csr")]
+    layers = compact(ticket).convs
+    worth = {n: {k for k, la in layers.items() if BACKENDS[n].empty_fraction(la) >= MIN_EMPTY_BLOCKS}
+             for n in ("triton-bsr", "triton-bsr32x16")}  # fmt: skip
+    assert worth["triton-bsr32x16"] and worth["triton-bsr32x16"] <= worth["triton-bsr"]
+    assert all(layers[k].pattern.startswith("block") for k in worth["triton-bsr"])
+
+    costs = {"dense": 2.0, "csr": 1.95, "bsr16x16": 1.2, "bsr32x16": 1.0}
+    net = _dispatch(compact(ticket), x, backends, "forward", timer=_pricing_timer(monkeypatch, costs))
+    picked = {k: m.block for k, m in net.ops.items() if isinstance(m, BsrConv2d)}
+    assert picked == {k: (32, 16) if k in worth["triton-bsr32x16"] else (16, 16) for k in worth["triton-bsr"]}
+    assert all(net.ops[k].config is not None for k in picked)
+    # the other layers had no bsr candidate; csr is not faster than dense by the margin there (1.95 * 1.05 > 2)
+    assert set(sparse_layers(net)) == {f"ops.{k}" for k in picked} and len(picked) < len(layers)
+    with torch.no_grad():
+        assert (net(x) - want).abs().max().item() <= 1e-5
+    entries = __import__("json").loads((tmp_path / "backend_choice.json").read_text())
+    chosen = {k: e for k, e in entries.items() if e["choice"].startswith("triton-bsr32x16:bsr.")}
+    assert chosen and all(any(n.startswith("triton-bsr:") for n in e["ms"]) for e in chosen.values())  # both timed
+    assert all("-block" in k for k in chosen)  # the cache key names the layer's pattern
+
+    # 16x16 cheapest: it wins; a sparse candidate within the margin of dense: dense stays
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path / "b16"))
+    costs16 = {"dense": 2.0, "csr": 3.0, "bsr16x16": 1.0, "bsr32x16": 1.5}
+    net16 = _dispatch(compact(ticket), x, backends, "forward", timer=_pricing_timer(monkeypatch, costs16))
+    assert {m.block for m in net16.modules() if isinstance(m, BsrConv2d)} == {(16, 16)}
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path / "close"))
+    close = {"dense": 1.0, "csr": 3.0, "bsr16x16": 0.97, "bsr32x16": 0.98}
+    kept = _dispatch(compact(ticket), x, backends, "forward", timer=_pricing_timer(monkeypatch, close))
+    assert not sparse_layers(kept)
+    with torch.no_grad():
+        assert (kept(x) - want).abs().max().item() <= 1e-5
+
+
+def test_auto_dispatch_fit_workload_trains_the_picked_bsr_layers(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    from lipdeploy.backends import BACKENDS
+    from lipdeploy.backends.sparsify import _dispatch
+    from lipdeploy.kernels import BsrConv2d
+
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
+    ticket = _block_ticket("block", 0.7, seed=2)
+    x = make_input(BLOCKY, 8, 8)
+    costs = {"dense": 2.0, "bsr16x16": 1.0}
+    net = _dispatch(compact(ticket), x, [BACKENDS["triton-bsr"]], "fit", timer=_pricing_timer(monkeypatch, costs))
+    picked = [m for m in net.modules() if isinstance(m, BsrConv2d)]
+    assert picked
+    out = net(x)
+    assert (out - ticket.build()(x)).abs().max().item() <= 1e-5
+    out.square().mean().backward()
+    assert all(m.values.grad is not None and bool((m.values.grad[~m.elem_mask] == 0).all()) for m in picked)

@@ -1,0 +1,369 @@
+"""Whole-network GPU benchmark: the paper's DIP network, dense vs masked vs compacted vs Triton-sparse.
+
+``python -m lipdeploy.bench.gpu.network -o bench/results/h100.json``
+
+For each image size, mask kind and sparsity it times (median ms, ``triton.testing.do_bench``) one forward pass and one
+fitting step (MSE loss, backward, Adam) of:
+
+- ``dense``: the unpruned network, PyTorch defaults (cuDNN, TF32 allowed as PyTorch allows it by default) -- the
+  baseline users actually run; speedups are relative to it, measured in the same run;
+- ``masked``: the same network with the mask's zeros (what a LIP fit runs today; the fitting step includes the
+  gradient-masking hooks that keep pruned weights at zero);
+- ``compact``: :func:`lipdeploy.compaction.compact` (exact channel compaction, dense cuDNN convs);
+- ``sparse``: :func:`lipdeploy.backends.sparsify` with ``backend="triton-csr"`` (every conv on the sparse kernels);
+- ``auto``: :func:`lipdeploy.backends.sparsify` with ``backend="auto"`` (per layer, the fastest of cuDNN and the
+  sparse kernels in both formats x a few kernel configs, tuned for the forward pass for the forward rows and for
+  forward + backward for the fitting-step rows; ``build_s`` includes that one-off tuning).
+
+Masks: ``imp`` = global L1 magnitude pruning over all conv weights, as the paper's IMP prunes, applied to the
+*initial* weights (a stand-in: real IMP prunes fitted weights after each round; ``--fit-steps N`` fits the dense
+network N Adam steps on a random image first, then prunes by magnitude of those weights); ``random`` = uniform random
+at the same density in every layer. BatchNorm: per-image statistics (DIP's semantics). Without CUDA it prints one
+line and exits with status 2. Nothing runs at import (Triton is imported only when a kernel runs).
+
+``--fit-step`` (``--sizes 256 512 --sparsities 0.5 0.8 0.9``) times the engine's whole fitting step instead
+(:func:`lipdeploy.fit.fit`: forward, backward, Adam, output average, PSNR tracking, backtracking): dense, masked and
+sparse (``--fit-backend``), each eager and captured in a CUDA graph (``lipdeploy.captured``), with the convolutions'
+ms vs the other kernels' ms and the launches per step from torch.profiler (:func:`run_fit_step`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from lipdeploy.backends import sparse_layers, sparsify
+from lipdeploy.compaction import analyze_compaction, compact
+from lipdeploy.kernels import SparseConv2d
+from lipdeploy.masks import Mask, freeze_pruned, prunable_shapes
+from lipdeploy.networks import SkipSpec, make_input
+from lipdeploy.patterns import PATTERNS
+from lipdeploy.ticket import ticket_from_model
+
+from ..script import Results, needs_gpu, parser, refuse, script_environment
+from ..timing import device_ms
+
+VARIANTS = ("dense", "masked", "compact", "sparse", "auto")
+
+
+def _masks(model, kind: str, sparsity: float, seed: int) -> Mask:
+    """The network's masks: all ones at sparsity 0; ``imp``: one global magnitude-pruning step of the unstructured
+    pattern; ``random``: an independent coin flip per weight (density about ``1 - sparsity`` in every layer)."""
+    if sparsity <= 0:
+        return Mask.ones_like(model)
+    weights = {n: p.detach() for n, p in model.named_parameters() if n in prunable_shapes(model)}
+    unstructured = PATTERNS["unstructured"]
+    if kind == "imp":
+        return unstructured.magnitude_masks(weights, sparsity)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    masks = unstructured.random_masks(prunable_shapes(model), sparsity, gen, protect=(), exact=False)
+    return Mask({n: m.to(weights[n].device) for n, m in masks.items()})
+
+
+def _fit_dense(model, x, steps: int, seed: int) -> None:
+    if steps <= 0:
+        return
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    target = torch.rand((1, 3, *x.shape[2:]), generator=gen).to(x.device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), target).backward()
+        opt.step()
+
+
+def _step_fn(net, x, target, hooks_masks=None):
+    if hooks_masks is not None:
+        freeze_pruned(net, hooks_masks)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(net(x), target).backward()
+        opt.step()
+
+    return step
+
+
+def _bench(fn, rep: int, dev) -> float:
+    return device_ms(fn, dev, rep_ms=rep, warmup_ms=max(25, rep // 4))
+
+
+def run(args: argparse.Namespace) -> Results:
+    """Every size x mask x sparsity x variant; the results file is rewritten after every row."""
+    dev = torch.device(getattr(args, "device", "cuda"))
+    gpu = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (smoke test only)"
+    settings = {k: getattr(args, k, None) for k in ("fit_steps", "rep", "seed", "channels")}
+    results = Results(args.output, script_environment(gpu=gpu, **settings), printer=_print)
+    c = getattr(args, "channels", None)
+    # --channels: the same network, narrower (smoke tests on CPU, where the Triton interpreter is slow)
+    spec = SkipSpec(channels_down=(c,) * 5, channels_up=(c,) * 5) if c else SkipSpec()
+    for size in args.sizes:
+        torch.manual_seed(args.seed)
+        base = spec.build().to(dev).train()
+        x = make_input(spec, size, size, seed=args.seed).to(dev)
+        target = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(1)).to(dev)
+        _fit_dense(base, x, args.fit_steps, args.seed)
+        init_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+
+        def fresh(init_sd=init_sd):
+            m = spec.build().to(dev).train()
+            m.load_state_dict(init_sd)
+            return m
+
+        with torch.no_grad():
+            dense = fresh()
+            t_dense_fwd = _bench(lambda dense=dense, x=x: dense(x), args.rep, dev)
+        t_dense_step = _bench(_step_fn(fresh(), x, target), args.rep, dev)
+        results.add(_row(size, "-", 0.0, "dense", t_dense_fwd, t_dense_step, t_dense_fwd, t_dense_step))
+        for kind in args.masks:
+            for sp in args.sparsities:
+                masks = _masks(base, kind, sp, args.seed)
+                ticket = ticket_from_model(base.cpu(), spec, {k: v.cpu() for k, v in masks.items()})
+                base.to(dev)
+                rep = analyze_compaction(ticket, size, size)
+                extra = {"density": ticket.density, "compaction": rep.totals()}
+                for variant in args.variants:
+                    if variant == "dense":
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        fwd_net, step_net, hook_masks = _variant(variant, ticket, dev, x)
+                    except Exception as exc:  # one failing variant must not lose the others' numbers
+                        results.add({"size": size, "mask": kind, "sparsity": sp, "variant": variant,
+                                     "error": f"{type(exc).__name__}: {exc}"[:300]})  # fmt: skip
+                        continue
+                    build_s = time.perf_counter() - t0
+                    with torch.no_grad():
+                        t_fwd = _bench(lambda n=fwd_net, x=x: n(x), args.rep, dev)
+                    if any(p.requires_grad for p in step_net.parameters()):
+                        t_step = _bench(_step_fn(step_net, x, target, hook_masks), args.rep, dev)
+                    else:  # compaction proved the output constant: nothing left to fit
+                        t_step = None
+                    row = _row(size, kind, sp, variant, t_fwd, t_step, t_dense_fwd, t_dense_step)
+                    row.update(extra, build_s=round(build_s, 3))
+                    if variant in ("sparse", "auto"):
+                        row["sparse_layers"] = len(sparse_layers(fwd_net))
+                        row["sparse_layers_fit"] = len(sparse_layers(step_net))
+                        row["sparse_choices_fit"] = _choices(step_net)
+                    results.add(row)  # saved at once: a cut-off run keeps what it measured
+                    del fwd_net, step_net
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+    return results
+
+
+def _variant(variant: str, ticket, dev, x):
+    if variant == "masked":
+        return ticket.build().to(dev), ticket.build().to(dev), {k: v.to(dev) for k, v in ticket.masks.items()}
+    if variant == "compact":
+        return compact(ticket).to(dev), compact(ticket).to(dev), None
+    if variant == "sparse":
+        net = sparsify(compact(ticket).to(dev), backend="triton-csr")
+        return net, sparsify(compact(ticket).to(dev), backend="triton-csr"), None
+    if variant == "auto":
+        fwd = sparsify(compact(ticket).to(dev), backend="auto", example_input=x, workload="forward")
+        return fwd, sparsify(compact(ticket).to(dev), backend="auto", example_input=x, workload="fit"), None
+    raise ValueError(variant)
+
+
+def _choices(net) -> dict[str, str]:
+    """Layer -> "format:config" for each conv that runs on the sparse kernels (what the dispatcher picked)."""
+    return {
+        name: f"{m.format}:{m.config.tag if m.config is not None else 'default'}"
+        for name, m in net.named_modules()
+        if isinstance(m, SparseConv2d)
+    }
+
+
+def _row(size, kind, sp, variant, t_fwd, t_step, d_fwd, d_step) -> dict:
+    return {
+        "size": size,
+        "mask": kind,
+        "sparsity": sp,
+        "variant": variant,
+        "forward_ms": round(t_fwd, 4),
+        "step_ms": None if t_step is None else round(t_step, 4),
+        "forward_speedup": round(d_fwd / t_fwd, 3),
+        "step_speedup": None if t_step is None else round(d_step / t_step, 3),
+    }
+
+
+def _print(row: dict) -> None:
+    if "error" in row:
+        print(f"{row['size']:>5} {row['mask']:>7} {row['sparsity']:>6.0%} {row['variant']:>8}  error: {row['error']}")
+        return
+    if not getattr(_print, "head", False):
+        print(
+            f"{'size':>5} {'mask':>7} {'sparse':>6} {'variant':>8} {'fwd ms':>9} {'x dense':>8} "
+            f"{'step ms':>9} {'x dense':>8}"
+        )
+        _print.head = True  # type: ignore[attr-defined]
+    step = "        -        -" if row["step_ms"] is None else f"{row['step_ms']:>9.3f} {row['step_speedup']:>8.2f}"
+    print(
+        f"{row['size']:>5} {row['mask']:>7} {row['sparsity']:>6.0%} {row['variant']:>8} {row['forward_ms']:>9.3f} "
+        f"{row['forward_speedup']:>8.2f} {step}",
+        flush=True,
+    )
+
+
+# ---- the engine's fitting step, eager vs captured (issue 13 part 3): ``--fit-step`` ----
+
+_CONV_KERNEL = ("conv", "cudnn", "xmma", "implicit", "gemm", "dgrad", "wgrad", "winograd", "sparse", "csr", "bsr")
+_LAUNCH_API = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+               "cudaMemcpyAsync", "cudaMemsetAsync")  # fmt: skip
+
+
+def _profile_fit(fit_once, cuda: bool) -> dict[str, float]:
+    """Launches and conv / other time of one call of ``fit_once`` under torch.profiler.
+
+    CUDA: launches = host calls that put work on the GPU (kernel launches, graph launches: a replayed graph is one),
+    times = device time of the kernels, split by name into convolutions (cuDNN, GEMM, the sparse kernels) and the
+    rest. CPU (smoke mode): launches = top-level aten ops (what would each be a launch), times = their self CPU time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        fit_once()
+    conv = other = 0.0
+    launches = 0
+    for e in prof.events():
+        name = e.name
+        if cuda:
+            if name in _LAUNCH_API:
+                launches += 1
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                t = e.device_time_total / 1000.0  # us -> ms
+                if any(k in name.lower() for k in _CONV_KERNEL):
+                    conv += t
+                else:
+                    other += t
+        elif e.device_type == torch.autograd.DeviceType.CPU and name.startswith("aten::"):
+            parent = e.cpu_parent
+            if parent is None or not parent.name.startswith("aten::"):
+                launches += 1
+            t = e.self_cpu_time_total / 1000.0
+            if "conv" in name.lower():
+                conv += t
+            else:
+                other += t
+    return {"launches": launches, "conv_ms": conv, "other_ms": other}
+
+
+def run_fit_step(args: argparse.Namespace) -> Results:
+    """The engine's whole fitting step (``lipdeploy.fit.fit``: forward, backward, Adam, average, PSNR tracking,
+    backtracking) per size x sparsity: dense / masked / sparse network, eager (``capture="off"``) vs captured
+    (``capture="cuda-graph"``; ``"sync-free"`` on CPU, where nothing is captured).
+
+    ``step_ms`` is the fit's own per-step time (``FitResult.step_ms``: loop time over iterations, setup and capture
+    excluded). Per-step launches and conv / other ms come from the profiler as the difference between a fit of
+    ``W + P`` and one of ``W`` iterations, divided by ``P``: setup, warm-up and capture cancel out.
+    ``max_abs_diff_vs_eager`` checks that the captured fit restored the same image.
+    """
+    from lipdeploy.fit import FitConfig, fit, simulate
+    from lipdeploy.tasks import Denoise
+
+    dev = torch.device(getattr(args, "device", "cuda"))
+    cuda = dev.type == "cuda"
+    gpu = torch.cuda.get_device_name() if cuda else "cpu (smoke test only)"
+    settings = {k: getattr(args, k, None) for k in ("fit_iters", "seed", "channels", "fit_backend")}
+    results = Results(args.output, script_environment(gpu=gpu, mode="fit-step", **settings), printer=_print_fit)
+    c = getattr(args, "channels", None)
+    spec = SkipSpec(channels_down=(c,) * 5, channels_up=(c,) * 5) if c else SkipSpec()
+    captured = "cuda-graph" if cuda else "sync-free"
+    warm, prof_steps = 2, 3
+
+    def measure(ticket, obs, clean, backend: str, capture: str) -> dict:
+        def cfg(iters: int) -> FitConfig:
+            return FitConfig(iters=iters, log_every=iters, device=str(dev), backend=backend, capture=capture)
+
+        res = fit(ticket, obs, cfg(args.fit_iters), gt=clean)
+        short = _profile_fit(lambda: fit(ticket, obs, cfg(warm), gt=clean), cuda)
+        long = _profile_fit(lambda: fit(ticket, obs, cfg(warm + prof_steps), gt=clean), cuda)
+        per_step = {k: max(0.0, (long[k] - short[k]) / prof_steps) for k in short}
+        return {"step_ms": res.step_ms, "step_ms_median": res.step_ms_median, **per_step, "output": res.output}
+
+    for size in args.sizes:
+        torch.manual_seed(args.seed)
+        base = spec.build().train()
+        clean = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(1))
+        obs = simulate(Denoise(), clean, seed=0)
+        dense_ticket = ticket_from_model(base, spec, dict(Mask.ones_like(base).items()))
+        ref: dict[str, dict] = {}
+        for sp in sorted(set(args.sparsities) | {0.0}):
+            if sp <= 0:
+                cases = [("dense", dense_ticket, "dense")]
+            else:
+                ticket = ticket_from_model(base, spec, dict(_masks(base, args.masks[0], sp, args.seed).items()))
+                cases = [("masked", ticket, "dense"), ("sparse", ticket, args.fit_backend)]
+            for variant, ticket, backend in cases:
+                eager_out = None
+                for capture in ("off", captured):
+                    label = f"{variant}_{'eager' if capture == 'off' else 'captured'}"
+                    try:
+                        m = measure(ticket, obs, clean, backend, capture)
+                    except Exception as exc:  # one failing variant must not lose the others' numbers
+                        results.add({"size": size, "sparsity": sp, "variant": label, "capture": capture,
+                                     "error": f"{type(exc).__name__}: {exc}"[:300]})  # fmt: skip
+                        continue
+                    out = m.pop("output")
+                    if sp <= 0:
+                        ref[label] = m
+                    row = {"size": size, "mask": "-" if sp <= 0 else args.masks[0], "sparsity": sp,
+                           "variant": label, "backend": backend, "capture": capture}  # fmt: skip
+                    row.update({k: round(v, 4) for k, v in m.items()})
+                    for base_label in ("dense_eager", "dense_captured"):
+                        if base_label in ref:
+                            row[f"speedup_vs_{base_label}"] = round(ref[base_label]["step_ms"] / m["step_ms"], 3)
+                    if eager_out is None:
+                        eager_out = out
+                    else:
+                        row["max_abs_diff_vs_eager"] = float((out - eager_out).abs().max())
+                    results.add(row)
+                    if cuda:
+                        torch.cuda.empty_cache()
+    return results
+
+
+def _print_fit(row: dict) -> None:
+    if "error" in row:
+        print(f"{row['size']:>5} {row['sparsity']:>6.0%} {row['variant']:>16}  error: {row['error']}")
+        return
+    print(
+        f"{row['size']:>5} {row['sparsity']:>6.0%} {row['variant']:>16} step {row['step_ms']:>9.3f} ms  "
+        f"conv {row['conv_ms']:>8.3f}  other {row['other_ms']:>8.3f}  launches {row['launches']:>7.1f}  "
+        f"x dense eager {row.get('speedup_vs_dense_eager', float('nan')):>6.2f}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("lipdeploy.bench.gpu.network", __doc__, device="cuda", channels=True)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256])
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.98])
+    p.add_argument("--masks", nargs="+", default=["imp", "random"], choices=["imp", "random"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--fit-steps", type=int, default=0, help="fit the dense network this many Adam steps before pruning")
+    p.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement (ms)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--fit-step",
+        action="store_true",
+        help="instead: the engine's fitting step, eager vs captured (CUDA graph), with launch counts",
+    )
+    p.add_argument("--fit-iters", type=int, default=100, help="--fit-step: iterations per timed fit")
+    p.add_argument("--fit-backend", default="auto", help="--fit-step: the sparse variant's backend (fit's backend=)")
+    args = p.parse_args(argv)
+    why = needs_gpu("gpu.network", args.device)
+    if why:
+        return refuse(why)
+    (run_fit_step(args) if args.fit_step else run(args)).finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""``lipdeploy bench``: dense DIP vs deep decoder vs LIPs (quality, latency, memory), resumable and shardable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from .options import bundled_ticket, examples, json_option, quiet_option
+
+EXAMPLES = examples(
+    "lipdeploy bench --preset ci -o bench_ci            # a smoke test: minutes, numbers meaningless",
+    "lipdeploy bench --preset cpu --list-jobs -o bench_cpu",
+    "lipdeploy bench --preset cpu --shard 0/2 --threads 1 -o bench_cpu > shard0.log",
+    "lipdeploy bench --report-only -o bench_cpu",
+)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+@click.command("bench", epilog=EXAMPLES)
+@click.option(
+    "--preset",
+    "preset_name",
+    type=click.Choice(["ci", "cpu", "paper", "fidelity"]),
+    default="ci",
+    show_default=True,
+    help="Settings bundle (bench/harness/presets.py; printed in the report). ci is a smoke test.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["denoise", "inpaint", "sr"]),
+    default=None,
+    show_default="the preset's",
+    help="Inverse problem.",
+)
+@click.option(
+    "--images", multiple=True, show_default="the preset's", help="scikit-image photograph names, comma-separated."
+)
+@click.option(
+    "--sparsities",
+    multiple=True,
+    help="LIP/random sparsities, comma-separated fractions; each is rounded to the nearest IMP round "
+    "(sparsity 1 - 0.8^k).",
+)
+@click.option(
+    "--ticket",
+    "tickets",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Also benchmark this ticket file (repeatable).",
+)
+@click.option("--example", is_flag=True, help="Also benchmark the bundled example ticket.")
+@click.option("--iters", type=int, default=None, show_default="the preset's", help="Iterations per quality fit.")
+@click.option("--imp-iters", type=int, default=None, show_default="the preset's", help="Iterations per IMP round.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    show_default="torch's",
+    help="torch (and ONNX Runtime) CPU threads. On a loaded machine 1 avoids OpenMP "
+    "oversubscription, which can slow 2-thread fits ten-fold.",
+)
+@click.option("--shard", default="0/1", show_default=True, help="Run jobs with index % n == i (i/n).")
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "ray"]),
+    default="serial",
+    show_default=True,
+    help="Who runs the jobs: this process, one after the other; or Ray tasks on a cluster (pip install "
+    "'lipdeploy[ray]'), one CPU each (--threads N: N), whose rows and files come back into OUT.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --executor ray: the cluster's head HOST:PORT, or 'auto' (the one `ray start` made here). "
+    "Default: a local Ray instance for this run.",
+)
+@click.option(
+    "--jobs",
+    "job_patterns",
+    multiple=True,
+    help="Only jobs whose key matches one of these globs, comma-separated (e.g. 'quality/*/coffee,find/coffee/*'); "
+    "processes with different filters may share a results folder. See --list-jobs for the keys.",
+)
+@click.option("--list-jobs", is_flag=True, help="Print this shard's job keys (done or to do) and exit.")
+@click.option("-o", "--output", "--out", "out", required=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option("--report-only", is_flag=True, help="Only rebuild the report from the rows files in the folder.")
+@quiet_option(help="No progress bar: one line per job (with an ETA) on stderr instead.")
+@click.option("--no-progress", is_flag=True, hidden=True, help="No progress bar (kept for old scripts).")
+@json_option("the run's statistics")
+def bench_command(
+    preset_name,
+    task,
+    images,
+    sparsities,
+    tickets,
+    example,
+    iters,
+    imp_iters,
+    threads,
+    shard,
+    executor,
+    address,
+    job_patterns,
+    list_jobs,
+    out,
+    report_only,
+    quiet,
+    no_progress,
+    as_json,
+) -> None:
+    """Benchmark the dense DIP, deep decoders and LIP tickets: PSNR/SSIM, latency, memory, time to quality.
+
+    Resumable: finished jobs (rows in OUT/rows-*.jsonl) are skipped. Shards written into one folder merge; the report
+    (rows.csv, rows.json, report.md, PNG plots) is rebuilt from all rows files every time. On a terminal a progress
+    bar runs; with the log redirected each job prints one line with an ETA. Latency rows record the load average
+    and are flagged when it exceeded the core count.
+    """
+    no_progress = no_progress or quiet
+    # the harness imports torch and the whole library: loaded to run, not for `lipdeploy bench --help`
+    from ..bench.harness import Bench, parse_shard, shard_jobs
+    from ..bench.harness.presets import get_preset, rounds_for
+    from ..bench.report import build_report
+
+    outp = Path(out)
+    if report_only:
+        if not outp.is_dir():
+            raise InputError(outp, "no such results folder")
+        info = build_report(outp)
+        click.echo(f"report rebuilt: {info['rows']} rows from {info['jobs']} jobs -> {outp / 'report.md'}")
+        return
+    preset = get_preset(preset_name)
+    changes = {}
+    if task:
+        changes["task"] = task
+    if images:
+        changes["images"] = tuple(_split(images))
+    if sparsities:
+        try:
+            rounds = sorted({rounds_for(float(s)) for s in _split(sparsities)})
+        except ValueError as exc:
+            raise InputError(None, f"--sparsities: {exc}") from None
+        changes["rounds"] = tuple(rounds)
+    if iters:
+        changes["iters"] = iters
+    if imp_iters:
+        changes["imp_iters"] = imp_iters
+    if changes:
+        preset = preset.replace(**changes)
+    if example:
+        tickets = (*tickets, str(bundled_ticket()))
+    for t in tickets:
+        if not Path(t).exists():
+            raise InputError(t, "no such ticket file")
+    if threads is not None:
+        if threads < 1:
+            raise InputError(None, f"--threads must be >= 1, got {threads}")
+        import torch  # module level would load it for `lipdeploy bench --help`; the harness has loaded it by now
+
+        torch.set_num_threads(threads)
+    shard_t = parse_shard(shard)
+    if address and executor != "ray":
+        raise InputError(None, "--address needs --executor ray")
+    from ..bench.harness.executor import make_executor
+
+    runner = make_executor(executor, address, threads or 1)
+    patterns = _split(job_patterns)
+    bench = Bench(preset, outp, shard_t, tuple(tickets), log=lambda m: click.echo(m, err=True), executor=runner)
+    only = None
+    if patterns:
+        keys = [j.key for j in bench.jobs()]
+        for pat in patterns:
+            if not any(fnmatchcase(k, pat) for k in keys):
+                raise InputError(None, f"--jobs {pat!r} matches no job of this run (see --list-jobs)")
+
+        def only(job) -> bool:
+            return any(fnmatchcase(job.key, pat) for pat in patterns)
+
+    if list_jobs:
+        done = bench.store.done() if outp.is_dir() else set()
+        for job in shard_jobs(bench.jobs(), shard_t):
+            if only is None or only(job):
+                click.echo(f"{'done' if job.key in done else 'todo'}  {job.key}")
+        return
+    stats = bench.run(progress=not no_progress, only=only)
+    if as_json:
+        click.echo(json.dumps({**asdict(stats), "shard": shard, "report": str(outp / "report.md")}, indent=2))
+        return
+    click.echo(
+        f"shard {shard}: {stats.in_shard} of {stats.planned} jobs; ran {stats.ran}, skipped {stats.skipped} "
+        f"(already done), {len(stats.failed)} failed; {stats.fits} fits; {stats.seconds:.1f} s"
+    )
+    for f in stats.failed:
+        click.echo(f"  failed: {f}", err=True)
+    click.echo(f"report: {outp / 'report.md'}")

@@ -1,0 +1,254 @@
+"""``lipdeploy find``: find lottery image priors by iterative magnitude pruning, one ticket file per round."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InputError
+from ..fit import FitConfig
+from ..images import check_min_side, crop_to_multiple, image_name, load_image
+from ..imp import ImpConfig, find_ticket
+from ..limits import activation_bytes, check_lr, check_memory
+from ..priors import PriorSpec
+from ..runlock import check_output_folder
+from .options import (
+    RegistryChoice,
+    Reporter,
+    TaskSpec,
+    check_image_size,
+    device_options,
+    ema_options,
+    estimate_fit,
+    examples,
+    format_duration,
+    image_size_options,
+    json_option,
+    make_prior,
+    pattern_names,
+    prior_options,
+    quiet_option,
+    shrink_image,
+    task_options,
+)
+
+EXAMPLES = examples(
+    "lipdeploy find skimage:astronaut --task denoise --crop 64x64 --iters 300 --rounds 3 -o tickets",
+    "lipdeploy find skimage:astronaut --task denoise --crop 64x64 --iters 300 --rounds 5 -o tickets  # continues",
+    "lipdeploy find photo.png --task inpaint --drop 0.5 --granularity channel -o channel_tickets",
+    "lipdeploy find photo.png --task denoise --crop 128x128 --granularity block --block 32x16 -o block_tickets",
+    "lipdeploy find a.png b.png c.png --task denoise --crop 128x128 --iters 300 -o multi  # one ticket for 3 images",
+)
+
+
+@click.command("find", epilog=EXAMPLES)
+@click.argument("images", nargs=-1, required=True, type=str)
+@task_options
+@prior_options
+@image_size_options
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path, readable=False),
+    required=True,
+    help="Folder for tickets.",
+)
+@click.option(
+    "--common-size",
+    "common",
+    type=click.Choice(["crop", "resize"]),
+    default="crop",
+    show_default=True,
+    help="Several IMAGES: how they are brought to one size, the smallest height and width among them rounded down to "
+    "a multiple of the network's stride: crop = the centre of each (no resampling), resize = each resampled to it.",
+)
+@click.option("--rounds", type=int, default=5, show_default=True, help="Pruning rounds (density 0.8^rounds).")
+@click.option("--rate", type=float, default=0.2, show_default=True, help="Fraction of remaining weights per round.")
+@click.option("--iters", type=int, default=3000, show_default=True, help="Fitting iterations per round.")
+@click.option(
+    "--scope",
+    type=click.Choice(["global", "layer"]),
+    default="global",
+    show_default=True,
+    help="Rank weights across all layers (the paper's) or prune each layer by --rate.",
+)
+@click.option(
+    "--granularity",
+    type=RegistryChoice(pattern_names),
+    default="unstructured",
+    show_default=True,
+    help="Sparsity pattern: what one pruning step removes (any pattern registered in lipdeploy.patterns).",
+)
+@click.option(
+    "--block",
+    "block",
+    default=None,
+    metavar="BOxBI",
+    help="With --granularity block: the block of output x input channels per tap, 16x16 (default), 32x16 or 16x8.",
+)
+@click.option(
+    "--rewind-iter", type=int, default=0, show_default=True, help="Rewind to this iteration of the dense fit."
+)
+@click.option(
+    "--target",
+    type=click.Choice(["paper", "clean", "observation"]),
+    default="paper",
+    show_default=True,
+    help="What each round fits: paper = clean image for denoising, the observation otherwise.",
+)
+@click.option("--random", "random_", is_flag=True, help="Random pruning baseline at the same densities.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@ema_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the network, input and observation.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pt", "safetensors"]),
+    default="pt",
+    show_default=True,
+    help="Ticket file format.",
+)
+@device_options
+@quiet_option
+@json_option("the run's summary (imp.json)")
+def find_command(
+    images: tuple[str, ...],
+    task_spec: TaskSpec,
+    prior: PriorSpec,
+    out_dir: Path,
+    rounds: int,
+    rate: float,
+    iters: int,
+    scope: str,
+    granularity: str,
+    block: str | None,
+    rewind_iter: int,
+    target: str,
+    random_: bool,
+    lr: float,
+    ema: float,
+    ema_mode: str,
+    seed: int,
+    fmt: str,
+    device: str,
+    backend: str,
+    quiet: bool,
+    as_json: bool,
+    crop: str | None,
+    resize: str | None,
+    common: str,
+) -> None:
+    """Find tickets for IMAGES (clean images; the observations are simulated, seeded) by IMP into folder -o DIR.
+
+    Several IMAGES: one network and one noise input fit them all at once (the paper's multi-image IMP: the loss is
+    the sum of the per-image MSEs; PSNR reported as the mean over images), one mask per round; they are brought to
+    one size first (--common-size), and each ticket records their names and content hashes.
+
+    Writes round_00 (the dense fit) .. round_R, each a ticket with its masks, rewind-point weights, fitted weights
+    and provenance, plus imp.json. Rerunning with more --rounds continues after the last complete round. Each round
+    is a full fit (--iters): the expected time is printed before starting; --crop / --resize make it minutes.
+    """
+    log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
+    if not 0 <= ema < 1:
+        raise InputError(None, f"--ema must be in [0, 1), got {ema}")
+    if iters < 1:
+        raise InputError(None, f"--iters must be >= 1, got {iters}")
+    check_lr(lr, "--lr")
+    granularity = _with_block(granularity, block)
+    check_output_folder(out_dir)  # before the first fit, not after it (a read-only folder would waste the round)
+    imp = ImpConfig(
+        rounds=rounds,
+        rate=rate,
+        scope=scope,
+        granularity=granularity,
+        rewind_iter=rewind_iter,
+        target=target,
+        random=random_,
+    )
+    start, prior_label = make_prior(prior, seed)
+    if len(images) > 1 and task_spec.mask_path is not None:
+        raise InputError(task_spec.mask_path, "a mask file is for one image; several images draw their masks (--drop)")
+    prepared = [_clean_image(image, task_spec, start, crop, resize, log) for image in images]
+    task = prepared[0][1]
+    names = [image_name(image) for image in images]
+    cleans = [clean for clean, _ in prepared]
+    if len(cleans) > 1:
+        from ..multi_image import common_size  # imports torch: only when a command runs
+
+        cleans, msg = common_size(cleans, task.clean_multiple(start.arch.stride), common, names)
+        if msg:
+            log(msg)
+    clean = cleans[0]
+    config = FitConfig(iters=iters, lr=lr, ema=ema, ema_mode=ema_mode, seed=seed, device=device, backend=backend)
+    eta = ""
+    if not (quiet or as_json) and iters >= 50:
+        step_s = estimate_fit(start, clean.shape[2], clean.shape[3], device, "dense", seed)
+        eta = f"; expected up to {format_duration(step_s * iters * (rounds + 1))} ({1e3 * step_s:.0f} ms/step measured)"
+    log(f"IMP on {', '.join(names)} ({task_spec.name}), {prior_label}: rounds 0-{rounds}, into {out_dir}{eta}")
+    paths = find_ticket(
+        start,
+        cleans if len(cleans) > 1 else clean,
+        task,
+        out_dir,
+        imp,
+        config,
+        image_name=names if len(names) > 1 else names[0],
+        ext=f".{fmt}",
+        progress=not (quiet or as_json) and sys.stderr.isatty(),
+        log=log,
+    )
+    if as_json:
+        summary = out_dir / "imp.json"
+        click.echo(summary.read_text() if summary.is_file() else json.dumps({"rounds": [str(p) for p in paths]}))
+        return
+    click.echo(f"{len(paths)} round tickets in {out_dir} (summary: {out_dir / 'imp.json'})")
+
+
+def _clean_image(
+    image: str, task_spec: TaskSpec, start: Any, crop: str | None, resize: str | None, log: Reporter
+) -> tuple[Any, Any]:
+    """One IMAGE loaded, shrunk by --crop / --resize, cropped to the network's stride and checked; with the task
+    (holding the --mask, sized alike, for inpainting)."""
+    img = load_image(image)
+    mask = task_spec.load_mask(like=img)
+    if crop or resize:
+        img, box, shrink_msg = shrink_image(image, img, crop, resize)
+        if mask is not None:
+            mask, _, _ = shrink_image(image, mask.expand(-1, 3, -1, -1), crop, resize)
+            mask = (mask[:, :1] > 0.5).float()
+        if shrink_msg:
+            log(shrink_msg)
+    task = task_spec.build(None)
+    mult = task.clean_multiple(start.arch.stride)
+    clean, msg = crop_to_multiple(img, mult)
+    check_image_size(image, clean, mult)
+    check_min_side(image, clean.shape[2], clean.shape[3], start.arch.min_side)
+    check_memory(activation_bytes(start.arch, clean.shape[2], clean.shape[3], training=True), "this fit")
+    if msg:
+        log(msg)
+    if mask is not None:
+        mask, _ = crop_to_multiple(mask, mult)
+        task = task_spec.build(mask)
+    return clean, task
+
+
+def _with_block(granularity: str, block: str | None) -> str:
+    """``--granularity block --block 32x16`` -> the registered pattern ``block32x16`` (the pattern names carry the
+    block size, so tickets and resume settings name it)."""
+    if block is None:
+        return granularity
+    if not granularity.startswith("block"):
+        raise InputError(None, f"--block goes with --granularity block, not {granularity!r}")
+    from ..patterns import block_name, block_pattern, parse_block  # imports torch: only when a command runs
+
+    try:
+        bo, bi = parse_block(block)
+    except ValueError as exc:
+        raise InputError(None, f"--block: {exc}") from None
+    block_pattern(bo, bi)
+    return block_name(bo, bi)

@@ -1,0 +1,294 @@
+"""``lipdeploy restore``: restore an image with the dense DIP, the deep decoder or any ticket, through one engine.
+
+One command for the three priors, so that their results compare directly (same loop, same settings, same metrics).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from ..environment import environment
+from ..errors import InputError
+from ..fileio import atomic_output_set, check_output_path, dumps_record
+from ..fit import FitConfig, fit, simulate
+from ..images import (
+    centre_crop,
+    check_min_side,
+    crop_offsets,
+    crop_to_multiple,
+    image_name,
+    load_image,
+    resize_image,
+    write_png,
+)
+from ..limits import activation_bytes, check_lr, check_memory
+from ..priors import PriorSpec
+from ..tasks import Task
+from .options import (
+    Reporter,
+    TaskSpec,
+    check_image_size,
+    device_options,
+    ema_options,
+    estimate_fit,
+    examples,
+    force_option,
+    format_duration,
+    image_size_options,
+    json_option,
+    make_prior,
+    prior_options,
+    quiet_option,
+    shrink_image,
+    task_options,
+)
+
+EXAMPLES = examples(
+    "lipdeploy restore skimage:coffee --simulate --task denoise --crop 128x128 --iters 500 -o coffee.png",
+    "lipdeploy restore skimage:coffee --simulate --task denoise --crop 128x128 --iters 500 --example -o lip.png",
+    "lipdeploy restore noisy.png --task denoise --ticket masks.pt --weights init.pt -o out.png",
+)
+
+
+@click.command("restore", epilog=EXAMPLES)
+@click.argument("image", type=str)
+@task_options
+@prior_options
+@image_size_options
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, readable=False), required=True, help="Restored image (PNG)."
+)
+@click.option("--gt", type=str, default=None, help="Clean image (file or skimage:NAME) for PSNR/SSIM.")
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="IMAGE is the clean image: degrade it with the task (seeded) and measure against it.",
+)
+@click.option("--iters", type=int, default=3000, show_default=True, help="Fitting iterations (the paper's 3000).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--input-noise",
+    type=float,
+    default=None,
+    show_default="the task's: 1/30 denoise, 0.03 otherwise",
+    help="Std of the noise added to the network input each step.",
+)
+@ema_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the network, the input and --simulate.")
+@device_options
+@quiet_option
+@json_option("the record written to OUT.json")
+@force_option
+def restore_command(
+    image: str,
+    task_spec: TaskSpec,
+    prior: PriorSpec,
+    output: Path,
+    gt: str | None,
+    simulate: bool,
+    iters: int,
+    lr: float,
+    input_noise: float | None,
+    ema: float,
+    ema_mode: str,
+    seed: int,
+    device: str,
+    backend: str,
+    quiet: bool,
+    as_json: bool,
+    force: bool,
+    crop: str | None,
+    resize: str | None,
+) -> None:
+    """Restore IMAGE (the observation) with a deep image prior: --ticket T, or a dense --arch dip|dd.
+
+    Writes OUT (PNG) and OUT.json (settings, timings, PSNR/SSIM). With --gt (or --simulate) PSNR and SSIM are
+    reported twice: the best over iterations (the paper's oracle number) and at the final iteration (what you get
+    without ground truth). With --simulate it also writes OUT.observation.png, the degraded image the prior was fitted
+    to (for super-resolution the low-resolution input). A fit costs about the pixel count times the iterations: the
+    expected time is printed before it starts; --crop / --resize make it minutes on a laptop CPU.
+    """
+    log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
+    if iters < 1:
+        raise InputError(None, f"--iters must be >= 1, got {iters}")
+    if not 0 <= ema < 1:
+        raise InputError(None, f"--ema must be in [0, 1), got {ema}")
+    check_lr(lr, "--lr")
+    out_png = check_output_path(output, force)
+    out_json = check_output_path(output.with_suffix(".json"), force)
+    out_obs = check_output_path(output.with_suffix(".observation.png"), force) if simulate else None
+    _check_distinct(out_png, out_json, out_obs)
+    if simulate and gt is not None:
+        raise InputError(None, "--simulate uses IMAGE as the ground truth; do not also give --gt")
+
+    task_name = task_spec.name
+    ticket, prior_label = make_prior(prior, seed)
+    stride = ticket.arch.stride
+    img = load_image(image)
+    mask = task_spec.load_mask(like=img)
+    gt_full = load_image(gt) if gt is not None else None
+    f_gt = int(task_spec.factor) if task_name == "sr" else 1
+    if gt_full is not None and tuple(gt_full.shape[2:]) != (img.shape[2] * f_gt, img.shape[3] * f_gt):
+        raise InputError(
+            gt,
+            f"ground truth is {gt_full.shape[3]}x{gt_full.shape[2]}, "
+            f"the observation needs {img.shape[3] * f_gt}x{img.shape[2] * f_gt}",
+        )
+    shrink_msg = None
+    original_size = [img.shape[3], img.shape[2]]
+    if crop or resize:
+        cropped, box, shrink_msg = shrink_image(image, img, crop, None)
+        if box is not None:  # the same window of the mask, and of the ground truth (f times larger for sr)
+            h, w = cropped.shape[2], cropped.shape[3]
+            if mask is not None:
+                mask, _ = centre_crop(mask, h, w)
+            if gt_full is not None:
+                gt_full = gt_full[:, :, box[0] * f_gt : (box[0] + h) * f_gt, box[1] * f_gt : (box[1] + w) * f_gt]
+        img, _, resize_msg = shrink_image(image, cropped, None, resize)
+        shrink_msg = "; ".join(m for m in (shrink_msg, resize_msg) if m) or None
+        h, w = img.shape[2], img.shape[3]
+        if mask is not None and tuple(mask.shape[2:]) != (h, w):
+            mask = (resize_image(mask.expand(-1, 3, -1, -1), h, w)[:, :1] > 0.5).float()
+        if gt_full is not None and tuple(gt_full.shape[2:]) != (h * f_gt, w * f_gt):
+            gt_full = resize_image(gt_full, h * f_gt, w * f_gt)
+        if shrink_msg:
+            log(shrink_msg)
+    task = task_spec.build(mask)
+    if task_name == "inpaint" and mask is None and not simulate:
+        raise InputError(image, "inpainting an observation needs --mask (white = known pixels); or use --simulate")
+
+    crop_msg = None
+    gt_img = None
+    if simulate:
+        img_c, crop_msg = crop_to_multiple(img, task.clean_multiple(stride))
+        check_image_size(image, img_c, stride)
+        if mask is not None:
+            mask_c, _ = crop_to_multiple(mask, task.clean_multiple(stride))
+            task = task_spec.build(mask_c)
+        observation = simulate_obs(task, img_c, seed)
+        gt_img = img_c
+    else:
+        mult = task.obs_multiple(stride)
+        top, left, nh, nw = crop_offsets(img.shape[2], img.shape[3], mult)
+        img_c, crop_msg = crop_to_multiple(img, mult)
+        check_image_size(image, img_c, stride if task_name != "sr" else mult)
+        observation = task.observe(img_c, None if mask is None else mask[:, :, top : top + nh, left : left + nw])
+        if gt_full is not None:  # checked against the observation's size above
+            f = f_gt
+            gt_img = gt_full[:, :, top * f : (top + nh) * f, left * f : (left + nw) * f].contiguous()
+    check_min_side(image, img_c.shape[2], img_c.shape[3], _min_obs_side(ticket.arch.min_side, img_c, observation))
+    check_memory(activation_bytes(ticket.arch, *observation.out_size, training=True), "this fit")
+    if crop_msg:
+        log(crop_msg)
+
+    config = FitConfig(
+        iters=iters,
+        lr=lr,
+        input_noise_std=input_noise,
+        ema=ema,
+        ema_mode=ema_mode,
+        seed=seed,
+        device=device,
+        backend=backend,
+    )
+    progress = not quiet and not as_json and sys.stderr.isatty()
+    out_h, out_w = observation.out_size
+    eta = ""
+    if not (quiet or as_json) and iters >= 50:  # a few measured steps; not worth it for a short test fit
+        step_s = estimate_fit(ticket, out_h, out_w, device, backend, seed)
+        eta = f"; expected {format_duration(step_s * iters)} ({1e3 * step_s:.0f} ms/step measured)"
+    log(f"{task_name}: {prior_label}, output {out_w}x{out_h}, {iters} iterations{eta}")
+    result = fit(ticket, observation, config, gt=gt_img, task=task, progress=progress, description=task_name)
+    if result.initial_output_weight > 0.1:
+        log(
+            f"warning: {result.initial_output_weight:.0%} of the output is the untrained network's (paper average "
+            f"after {iters} iterations); --ema-mode debiased or more --iters avoid it"
+        )
+
+    if not bool(torch.isfinite(result.output).all()):
+        raise InputError(None, "the fit diverged (its output is not finite): nothing written; lower --lr")
+    record = {
+        "command": "lipdeploy restore",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "image": image_name(image),
+        "ground_truth": ("IMAGE (simulated observation)" if simulate else (image_name(gt) if gt else None)),
+        "output": out_png.name,
+        "observation_image": out_obs.name if out_obs else None,
+        "task": {"name": task_name, **observation.params},
+        "prior": {
+            "label": prior_label,
+            "ticket": str(prior.ticket) if prior.ticket else None,
+            "arch": ticket.arch.to_dict(),
+            "density": round(ticket.density, 6),
+            "kept_weights": ticket.kept_count,
+            "prunable_weights": ticket.prunable_count,
+        },
+        "image_size": {"original": original_size, "cropped_observation": [img_c.shape[3], img_c.shape[2]]},
+        "crop": crop_msg,
+        "shrink": shrink_msg,
+        "output_size": [observation.out_size[1], observation.out_size[0]],
+        "settings": {**config.to_dict(), "input_noise_std": result.input_noise_std},
+        "timing": {
+            "seconds": round(result.seconds, 3),
+            "iterations": result.iterations,
+            "ms_per_step": round(result.step_ms, 3),
+            "ms_per_step_median": round(result.step_ms_median, 3),
+        },
+        "metrics": result.metrics_record() if gt_img is not None else None,
+        "history": result.history,
+        "environment": environment(),
+    }
+    # the PNG (and observation), then the record naming the PNG's sha256, as one output set: a reader never finds a
+    # record beside an image it does not describe
+    outputs = [out_png] + ([out_obs] if out_obs is not None else []) + [out_json]
+    with atomic_output_set(*outputs) as tmps:
+        write_png(result.output, tmps[0])
+        if out_obs is not None:
+            write_png(observation.image, tmps[1])
+        record["output_sha256"] = hashlib.sha256(tmps[0].read_bytes()).hexdigest()
+        tmps[-1].write_text(dumps_record(record, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+
+    click.echo(f"restored in {result.seconds:.1f} s ({result.step_ms:.1f} ms/step, {result.backtracks} backtracks)")
+    if gt_img is not None:
+        inp = f" (observation: {result.input_psnr:.2f} dB)" if result.input_psnr is not None else ""
+        click.echo(
+            f"PSNR best over iterations (oracle): {result.psnr_best:.2f} dB at iteration {result.best_iter}, "
+            f"SSIM {result.ssim_best:.4f}"
+        )
+        click.echo(f"PSNR at the final iteration: {result.psnr_final:.2f} dB, SSIM {result.ssim_final:.4f}{inp}")
+    click.echo(f"wrote {out_png} and {out_json}")
+
+
+def _check_distinct(*paths: Path | None) -> None:
+    """Refuse output names that collide (``-o out.json`` would write the PNG and then the record over it)."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if p is None:
+            continue
+        key = p.resolve()
+        if key in seen:
+            raise InputError(p, f"the outputs collide: {seen[key]} and {p} are the same file; give -o a .png name")
+        seen[key] = p
+
+
+def _min_obs_side(net_min: int, obs_img: torch.Tensor, observation) -> int:
+    """The network's minimum side expressed on the observation (smaller than the output for super-resolution)."""
+    factor = max(1, observation.out_size[0] // max(1, obs_img.shape[2]))
+    return -(-net_min // factor)
+
+
+def simulate_obs(task: Task, clean: torch.Tensor, seed: int):
+    try:
+        return simulate(task, clean, seed)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None

@@ -1,0 +1,137 @@
+"""Every resource limit of the toolkit in one place, each with the reason for its number.
+
+A small hostile file (an expanded tensor, a PNG that decompresses to gigapixels, a header asking for a million
+levels) must be refused *before* anything is allocated, with one line that says what is wrong. The numbers are far
+above any real use of a deep image prior (the paper fits 512 x 512 images with a 5-level, 128-channel network) and far
+below what would exhaust a workstation; the helpers here compare against them and raise :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+# An image's pixel count (width x height), checked from the file header before decoding. 4096 x 4096: DIP fits images
+# of at most a few megapixels (every pixel is a network output that is fitted thousands of times), and 16.8 Mpixel as
+# float32 RGB is 200 MB, which any machine that runs the network holds. Pillow's own decompression-bomb limit is set to
+# the same number while we decode, so that a lying header cannot slip past either.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+# One side of an image or of a requested size (--size, --embed-input, --test-size): the pixel limit above, plus a side
+# limit so that 1 x 16M strips (which no network here can decode: the smaller side must reach twice the stride) are
+# refused by the same rule.
+MAX_IMAGE_SIDE = 16384
+
+# Threads for ONNX Runtime or torch: 4x the cores still covers hyper-threading experiments; 100000 threads ran for
+# minutes thrashing the scheduler.
+MAX_THREADS_PER_CORE = 4
+
+# Network size read from a ticket header. Levels: each one halves the image, so 16 levels already need 65536-pixel
+# sides (beyond MAX_IMAGE_SIDE); the CLI's own dense networks stop at 8. Channels: the paper uses 128 and the widest
+# published DIP 512; 4096 is the CLI's limit for dense networks too. Deep decoder depth: same reason as levels.
+MAX_LEVELS = 16
+MAX_CHANNELS = 4096
+MAX_DD_DEPTH = 16
+MAX_FILTER_SIZE = 15  # kernels larger than 15 x 15 appear in no DIP variant; a bigger one is a corrupt header
+
+# A tensor may not describe more elements than its file can hold: element_size x numel <= file size (+ this slack for
+# the few bytes a 0-d or empty tensor reports). Expanded (stride-0) tensors are refused outright: torch.save writes
+# them as a tiny storage that any reduction would materialise at full size.
+TENSOR_SLACK_BYTES = 64
+
+# Learning rate: Adam with lr > 1 on a DIP diverges at once (weights go to Inf and the ticket cannot be written).
+MAX_LR = 1.0
+
+# Share of the available memory a fit or export may plan to use: the estimate is rough (activations only), so keep a
+# margin for the framework, the optimizer state and whatever else runs.
+MEMORY_FRACTION = 0.8
+
+
+def max_threads() -> int:
+    """The largest thread count accepted: :data:`MAX_THREADS_PER_CORE` per CPU core."""
+    return MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int, what: str = "threads") -> int:
+    """Refuse a negative thread count or one beyond :func:`max_threads` (0 = the runtime's default)."""
+    limit = max_threads()
+    if threads < 0 or threads > limit:
+        raise InputError(
+            None, f"{what} must be between 0 and {limit} ({MAX_THREADS_PER_CORE} per CPU core), got {threads}"
+        )
+    return threads
+
+
+def check_image_pixels(path: str | Path | None, width: int, height: int) -> None:
+    """Refuse an image (or a requested size) beyond :data:`MAX_IMAGE_PIXELS` or :data:`MAX_IMAGE_SIDE`."""
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            path,
+            f"image of {width}x{height} pixels is too large (at most {MAX_IMAGE_PIXELS:,} pixels and "
+            f"{MAX_IMAGE_SIDE} per side)",
+        )
+
+
+def check_size(height: int, width: int, what: str = "size") -> tuple[int, int]:
+    """Refuse a requested output size beyond the image limits (the message names ``what``)."""
+    if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE or height * width > MAX_IMAGE_PIXELS:
+        raise InputError(
+            None,
+            f"{what} {height}x{width} is too large (at most {MAX_IMAGE_PIXELS:,} pixels and {MAX_IMAGE_SIDE} per side)",
+        )
+    return height, width
+
+
+def check_lr(lr: float, what: str = "learning rate") -> float:
+    """A finite learning rate in (0, :data:`MAX_LR`]."""
+    if not math.isfinite(lr) or lr <= 0 or lr > MAX_LR:
+        raise InputError(None, f"{what} must be a finite number in (0, {MAX_LR:g}], got {lr}")
+    return lr
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to a new allocation (``MemAvailable`` on Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def activation_bytes(arch, height: int, width: int, training: bool) -> int:
+    """A rough upper bound of the activation memory of one forward pass (and backward when ``training``) at
+    ``height`` x ``width``: every layer's output as float32, summed over the levels, times a factor for the layers
+    within a level (conv, norm, activation each keep one tensor) and for the gradients."""
+    if getattr(arch, "kind", "dip") == "dd":
+        widest = arch.k
+        levels = arch.depth + 1
+        per_pixel = sum(widest * 3 / 4**i for i in range(levels))  # the code grows to the image size
+    else:
+        per_pixel = 0.0
+        for i in range(arch.depth):
+            ch = arch.channels_down[i] + arch.channels_up[i] + arch.channels_skip[i]
+            per_pixel += ch * 3 / 4**i
+        per_pixel += arch.in_channels
+    factor = 4 if training else 1
+    return int(per_pixel * height * width * 4 * factor)
+
+
+def check_memory(needed_bytes: int, what: str) -> None:
+    """Refuse work whose rough memory estimate exceeds :data:`MEMORY_FRACTION` of the available memory."""
+    avail = available_memory_bytes()
+    if avail is None or needed_bytes <= MEMORY_FRACTION * avail:
+        return
+    raise InputError(
+        None,
+        f"{what} needs about {needed_bytes / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB of memory is available: "
+        "use a smaller image or network",
+    )

@@ -1,0 +1,23 @@
+"""Kernel sparsity: whole k x k kernels (one per output, input channel pair) are the units. Stored by the kernel-
+granular kernels, which skip whole zero kernels and keep the taps of the others dense."""
+
+from __future__ import annotations
+
+import torch
+
+from . import register_pattern
+from .base import Pattern
+
+
+class Kernel(Pattern):
+    name = "kernel"
+    description = "whole k x k kernels (output, input pairs)"
+    unit = "kernel"
+    rank = 1
+    kernel_format = "kernel"
+
+    def units(self, t: torch.Tensor, layer_name: str, is_output_layer: bool) -> torch.Tensor:
+        return t.reshape(t.shape[0] * t.shape[1], -1)
+
+
+register_pattern(Kernel())

@@ -1,0 +1,269 @@
+"""The launch-free fitting step (lipdeploy/captured.py): the sync-free step equals the eager fit; capture replays it.
+
+On CPU the sync-free step (the code a CUDA graph captures, run eagerly) is checked against ``fit``'s eager step: the
+same history, backtracking events, output and weights within float tolerance, dense and masked. The GPU tests capture
+and replay it; they skip without CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from lipdeploy.captured import CAPTURE_MODES, flatten_parameters, resolve_capture
+from lipdeploy.errors import InputError
+from lipdeploy.fit import FitConfig, fit, simulate
+from lipdeploy.imp import prune
+from lipdeploy.tasks import Denoise, Inpaint, SuperResolution
+from lipdeploy.testing import tiny_skip
+from lipdeploy.ticket import ticket_from_model
+
+
+def _ticket(sparsity: float = 0.0, seed: int = 0):
+    spec = tiny_skip()
+    torch.manual_seed(seed)
+    model = spec.build()
+    masks = {n: torch.ones_like(p) for n, p in model.named_parameters() if n.endswith(".weight") and p.dim() == 4}
+    ticket = ticket_from_model(model, spec, masks)
+    if sparsity > 0:
+        w = {n: ticket.init[n] for n in ticket.masks}
+        gen = torch.Generator().manual_seed(seed)
+        ticket = ticket.replace(masks=prune(w, ticket.masks, sparsity, random=True, generator=gen))
+    return ticket
+
+
+def _clean(size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_fit(a, b, atol: float = 1e-4, weights: bool = True) -> None:
+    """Two fits agree: history, backtracking events, outputs, weights and bookkeeping within float tolerance."""
+    assert a.backtracks == b.backtracks
+    assert [h["iter"] for h in a.history] == [h["iter"] for h in b.history]
+    for ha, hb in zip(a.history, b.history, strict=True):
+        for key in ("loss", "psnr_obs", "psnr", "psnr_now"):
+            if key in ha or key in hb:
+                va, vb = ha[key], hb[key]
+                assert (va is None) == (vb is None), key
+                if va is not None:
+                    assert va == pytest.approx(vb, rel=1e-4, abs=1e-4), (key, ha["iter"])
+    assert (a.output - b.output).abs().max() < atol
+    if a.best_output is not None:
+        assert (a.best_output - b.best_output).abs().max() < atol
+        assert a.best_iter == b.best_iter
+        assert a.psnr_best == pytest.approx(b.psnr_best, abs=1e-3)
+    assert a.psnr_observation_final == pytest.approx(b.psnr_observation_final, abs=1e-3)
+    assert a.initial_output_weight == pytest.approx(b.initial_output_weight, rel=1e-6, abs=1e-9)
+    assert a.state_dict.keys() == b.state_dict.keys()
+    for k, v in a.state_dict.items() if weights else ():
+        assert torch.allclose(v.float(), b.state_dict[k].float(), atol=atol, rtol=1e-4), k
+    assert len(a.step_times) == len(b.step_times) == a.iterations
+
+
+@pytest.mark.parametrize("ema_mode", ["paper", "debiased"])
+def test_sync_free_step_matches_the_eager_fit_dense(ema_mode):
+    clean = _clean()
+    obs = simulate(Denoise(), clean, seed=0)
+    cfg = dict(iters=8, log_every=3, ema=0.9, ema_mode=ema_mode)
+    eager = fit(_ticket(), obs, FitConfig(**cfg), gt=clean)
+    sync_free = fit(_ticket(), obs, FitConfig(capture="sync-free", **cfg), gt=clean)
+    assert_same_fit(eager, sync_free)
+    assert [h["iter"] for h in sync_free.history] == [3, 6, 8]
+
+
+def test_sync_free_step_matches_the_eager_fit_masked_and_keeps_pruned_weights_zero():
+    ticket = _ticket(sparsity=0.6)
+    clean = _clean(seed=3)
+    obs = simulate(Denoise(), clean, seed=0)
+    cfg = dict(iters=6, log_every=2)
+    eager = fit(ticket, obs, FitConfig(**cfg), gt=clean, snapshot_at={0, 3})
+    sync_free = fit(ticket, obs, FitConfig(capture="sync-free", **cfg), gt=clean, snapshot_at={0, 3})
+    assert_same_fit(eager, sync_free)
+    assert set(sync_free.snapshots) == {0, 3}
+    for k, v in eager.snapshots[3].items():
+        assert torch.allclose(v, sync_free.snapshots[3][k], atol=1e-5), k
+    for name, m in ticket.masks.items():
+        assert torch.count_nonzero(sync_free.state_dict[name][m == 0]) == 0, name
+
+
+def test_sync_free_step_matches_the_eager_fit_on_the_compacted_network():
+    ticket = _ticket(sparsity=0.7)
+    clean = _clean(seed=4)
+    obs = simulate(Denoise(), clean, seed=0)
+    cfg = dict(iters=5, log_every=5, backend="sparse")
+    assert_same_fit(
+        fit(ticket, obs, FitConfig(**cfg), gt=clean), fit(ticket, obs, FitConfig(capture="sync-free", **cfg), gt=clean)
+    )
+
+
+@pytest.mark.parametrize("task", [Inpaint(), SuperResolution(factor=2)], ids=["inpaint", "sr"])
+def test_sync_free_step_matches_the_eager_fit_for_the_other_tasks(task):
+    clean = _clean(seed=5)
+    obs = simulate(task, clean, seed=0)
+    cfg = dict(iters=4, log_every=2)
+    eager = fit(_ticket(), obs, FitConfig(**cfg), gt=clean)
+    assert_same_fit(eager, fit(_ticket(), obs, FitConfig(capture="sync-free", **cfg), gt=clean))
+
+
+class _Direct(nn.Module):
+    """A 'network' whose output is its own parameter, blown up at chosen calls: forces backtracking events."""
+
+    def __init__(self, shape, blow_up_at=(30,)):
+        super().__init__()
+        self.img = nn.Parameter(torch.full(shape, 0.5))
+        self.calls = 0
+        self.blow_up_at = set(blow_up_at)
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls in self.blow_up_at:
+            with torch.no_grad():
+                self.img.fill_(40.0)  # the PSNR to the observation collapses
+        return torch.sigmoid(self.img * 4 - 2)
+
+
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_sync_free_backtracking_matches_the_eager_fit(check_every):
+    target = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    obs = Denoise().observe(target)
+    x = torch.zeros(1, 1, 16, 16)
+    cfg = dict(iters=40, lr=0.05, ema=0.0, check_every=check_every, log_every=10)
+    blow = (12, 31)
+    eager_model, sync_model = _Direct(target.shape, blow), _Direct(target.shape, blow)
+    eager = fit(eager_model, obs, FitConfig(**cfg), net_input=x, gt=target)
+    sync_free = fit(sync_model, obs, FitConfig(capture="sync-free", **cfg), net_input=x, gt=target)
+    assert eager.backtracks >= 1
+    assert_same_fit(eager, sync_free)
+    assert torch.allclose(eager_model.img.detach(), sync_model.img.detach(), atol=1e-5)
+    off = fit(_Direct(target.shape, blow), obs, FitConfig(capture="sync-free", backtrack_db=0, **cfg), net_input=x)
+    assert off.backtracks == 0
+
+
+def test_capture_modes_resolve_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_capture("auto", cpu) == "off" and resolve_capture("auto", cuda) == "cuda-graph"
+    assert resolve_capture("off", cuda) == "off" and resolve_capture("compile", cpu) == "compile"
+    assert FitConfig().capture == "off" and "auto" in CAPTURE_MODES
+    with pytest.raises(InputError, match="CUDA"):
+        resolve_capture("cuda-graph", cpu)
+    with pytest.raises(InputError, match="capture must be one of"):
+        fit(_ticket(), simulate(Denoise(), _clean(), 0), FitConfig(iters=1, capture="graph"))
+
+
+def test_flatten_parameters_keeps_values_and_makes_views():
+    model = tiny_skip().build()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = list(model.parameters())
+    flat = flatten_parameters(params)
+    assert flat.numel() == sum(p.numel() for p in params)
+    for n, p in model.named_parameters():
+        assert (
+            torch.equal(p.detach(), before[n]) and p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        )
+    flat.zero_()
+    assert all(float(p.detach().abs().sum()) == 0 for p in params)
+
+
+@pytest.mark.skipif(not os.environ.get("LIPDEPLOY_SLOW_TESTS"), reason="torch.compile on CPU: minutes on one core")
+def test_compiled_step_matches_the_eager_fit_on_cpu():
+    clean = _clean()
+    obs = simulate(Denoise(), clean, seed=0)
+    cfg = dict(iters=5, log_every=5)
+    assert_same_fit(
+        fit(_ticket(), obs, FitConfig(**cfg), gt=clean),
+        fit(_ticket(), obs, FitConfig(capture="compile", **cfg), gt=clean),
+        atol=1e-3,  # inductor's fused kernels round differently, and Adam turns a gradient that is zero up to
+        weights=False,  # rounding (a conv bias before BatchNorm) into steps of ~lr either way: outputs are compared
+    )
+
+
+# ---- GPU: capture + replay equals eager (skipped without CUDA, see conftest.py) ----
+
+
+def _gpu_pair(capture: str, sparsity: float, backend: str = "dense", iters: int = 12):
+    clean = _clean(64, seed=7)
+    obs = simulate(Denoise(), clean, seed=0)
+    cfg = dict(iters=iters, log_every=4, device="cuda", backend=backend)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # the comparison is about the step, not TF32 rounding
+    try:
+        eager = fit(_ticket(sparsity), obs, FitConfig(**cfg), gt=clean)
+        captured = fit(_ticket(sparsity), obs, FitConfig(capture=capture, **cfg), gt=clean)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    return eager, captured
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])
+def test_cuda_graph_fit_equals_eager_fit(sparsity):
+    eager, captured = _gpu_pair("cuda-graph", sparsity)
+    assert_same_fit(eager, captured, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_fit_equals_eager_fit_on_the_sparse_kernels():
+    eager, captured = _gpu_pair("cuda-graph", 0.8, backend="triton-csr", iters=6)
+    assert_same_fit(eager, captured, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_backtracking_equals_eager():
+    target = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    obs = Denoise().observe(target)
+    x = torch.zeros(1, 1, 16, 16)
+
+    class Spiky(nn.Module):  # a blow-up driven by the data, not the call count (a graph replays no Python)
+        def __init__(self):
+            super().__init__()
+            self.img = nn.Parameter(torch.full(target.shape, 0.5))
+
+        def forward(self, x):
+            return torch.sigmoid(self.img * 4 - 2)
+
+    cfg = dict(iters=20, lr=5.0, ema=0.0, log_every=5, device="cuda")  # lr 5: Adam overshoots, PSNR drops
+    eager = fit(Spiky(), obs, FitConfig(**cfg), net_input=x, gt=target)
+    captured = fit(Spiky(), obs, FitConfig(capture="cuda-graph", **cfg), net_input=x, gt=target)
+    assert_same_fit(eager, captured, atol=1e-4)
+    assert math.isfinite(captured.psnr_final)
+
+
+@pytest.mark.gpu
+def test_compiled_fit_equals_eager_fit():
+    eager, captured = _gpu_pair("compile", 0.0, iters=6)
+    assert_same_fit(eager, captured, atol=1e-3)
+
+
+def test_gpu_network_fit_step_rows_run_on_cpu(tmp_path):
+    """bench/gpu/network.py --fit-step in its CPU smoke mode: every row (dense / masked / sparse, eager / captured),
+    launch counts and conv / other times from the profiler, and the captured fit restoring the eager fit's image."""
+    import json
+
+    from lipdeploy.bench.gpu import network as gpu_network
+
+    out = tmp_path / "fit_step.json"
+    argv = ["--device", "cpu", "--channels", "4", "--sizes", "64", "--sparsities", "0.5", "--masks", "random"]
+    argv += ["--fit-step", "--fit-iters", "3", "--fit-backend", "sparse", "-o", str(out)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert gpu_network.main(argv) == 0
+    finally:
+        torch.set_num_threads(before)
+    data = json.loads(out.read_text())
+    assert data["complete"] is True and data["meta"]["mode"] == "fit-step"
+    rows = data["rows"]
+    assert not [r for r in rows if "error" in r]
+    assert [(r["sparsity"], r["variant"]) for r in rows] == [
+        (0.0, "dense_eager"), (0.0, "dense_captured"), (0.5, "masked_eager"), (0.5, "masked_captured"),
+        (0.5, "sparse_eager"), (0.5, "sparse_captured"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["step_ms"] > 0 and r["launches"] > 10 and r["conv_ms"] > 0 and r["other_ms"] > 0
+        assert r["speedup_vs_dense_eager"] > 0
+        if r["variant"].endswith("captured"):
+            assert r["capture"] == "sync-free" and r["max_abs_diff_vs_eager"] < 1e-4
