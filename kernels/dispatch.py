@@ -6,7 +6,8 @@ of ``lipdeploy.backends.BACKENDS`` with one of its kernel configs (the sparse ke
 :func:`choose_fastest` times them all with the same timer and returns the winner's name; a non-baseline candidate must
 beat the baseline by ``margin`` (timing noise must not turn a tie into a slower layer). Verdicts and every candidate's
 time are cached in ``$LIPDEPLOY_CACHE/backend_choice.json`` (default ``~/.cache/lipdeploy``), keyed by the device name
-and the caller's layer key, so tuning a network costs once per GPU, layer shape, input size and sparsity pattern.
+and the caller's layer key, so tuning a network costs once per GPU, layer shape, input size and sparsity pattern
+-- and once more when a candidate appears that the cached verdict never timed (a backend added since).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def choose_fastest(
     ``baseline`` wins unless another candidate is faster by ``margin`` (``t * margin < t_baseline``). ``timer`` defaults
     to ``triton.testing.do_bench`` (median) on CUDA; without CUDA (or triton) and without an explicit ``timer`` nothing
     is timed and the baseline is returned. A cached verdict is reused only if the cached winner is still among the
-    candidates and the baseline is unchanged; otherwise everything is timed again.
+    candidates, the baseline is unchanged and every current candidate was timed for it (:func:`_reusable`: a layer
+    tuned before a backend existed is timed again once that backend is offered); otherwise everything is timed again.
     """
     if baseline not in candidates:
         raise ValueError(f"baseline {baseline!r} is not among the candidates {sorted(candidates)}")
@@ -89,13 +91,26 @@ def choose_fastest(
         return baseline
     key = f"{_device_name()}|{layer_key}"
     entry = _load().get(key)
-    if not (isinstance(entry, dict) and entry.get("choice") in candidates and entry.get("baseline") == baseline):
+    if not _reusable(entry, candidates, baseline):
         ms = {name: timer(fn) for name, fn in candidates.items()}
         best = min((n for n in ms if n != baseline), key=ms.__getitem__, default=baseline)
         choice = best if ms[best] * margin < ms[baseline] else baseline
-        entry = {"choice": choice, "baseline": baseline, "margin": margin, "ms": ms}
+        entry = {"choice": choice, "baseline": baseline, "margin": margin, "candidates": sorted(ms), "ms": ms}
         _store(key, entry)
     return entry["choice"]
+
+
+def _reusable(entry: object, candidates: Mapping[str, object], baseline: str) -> bool:
+    """Whether a cached ``entry`` still answers for ``candidates``: same baseline, its winner still offered, and no
+    candidate it never timed. The timed set is the entry's ``"candidates"`` list; entries written before that field
+    existed name it by their ``"ms"`` keys (they timed every candidate), so old cache files stay valid."""
+    if not (isinstance(entry, dict) and entry.get("choice") in candidates and entry.get("baseline") == baseline):
+        return False
+    timed = entry.get("candidates")
+    if not isinstance(timed, list):
+        ms = entry.get("ms")
+        timed = list(ms) if isinstance(ms, dict) else []
+    return set(candidates) <= set(timed)
 
 
 def cached_times(layer_key: str) -> dict[str, float]:

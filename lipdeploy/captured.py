@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .fit_result import FitResult, progress_bar, state_copy
 from .tasks import Observation, Task
 
 CaptureMode = Literal["off", "cuda-graph", "compile", "auto", "sync-free"]
@@ -352,8 +353,6 @@ def fit_captured(
     Per-step times: on CUDA the host does not wait for each step, so the time between two log steps (where it reads
     the device) is spread evenly over their steps; on CPU each step is timed.
     """
-    from .fit import FitResult, _progress, _state_copy
-
     device = net_input.device
     obs = observation.to(device)
     gt_d = gt.to(device) if gt is not None else None
@@ -362,7 +361,7 @@ def fit_captured(
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     history: list[dict[str, float]] = []
     step_times: list[float] = []
-    bar = _progress(progress, description, config.iters)
+    bar = progress_bar(progress, description, config.iters)
     bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
     is_cuda = device.type == "cuda"
     try:
@@ -381,7 +380,7 @@ def fit_captured(
         for i in range(config.iters):
             t0 = time.perf_counter()
             if i in snapshot_at:
-                snapshots[i] = _state_copy(model)
+                snapshots[i] = state_copy(model)
             runner.run()
             if is_cuda:
                 pending += 1
@@ -409,7 +408,7 @@ def fit_captured(
             elif bar:
                 bar.update(bar_task, completed=i + 1)
         if config.iters in snapshot_at:
-            snapshots[config.iters] = _state_copy(model)
+            snapshots[config.iters] = state_copy(model)
         if is_cuda:
             torch.cuda.synchronize(device)
     finally:
@@ -447,7 +446,7 @@ def fit_captured(
         step_ms=1000.0 * seconds / config.iters,
         step_ms_median=1000.0 * sorted_steps[len(sorted_steps) // 2],
         backtracks=int(step.backtracks),
-        state_dict=_state_copy(model, cpu=True),
+        state_dict=state_copy(model, cpu=True),
         snapshots=snapshots,
         metric_label=task.metric_label,
         input_noise_std=input_noise_std,

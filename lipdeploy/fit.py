@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ from torch import nn
 from .backends import AUTO, BACKENDS, sparsify
 from .captured import fit_captured, resolve_capture
 from .errors import InputError
+from .fit_result import BEST_LABEL, FINAL_LABEL, FitResult, progress_bar, state_copy
 from .masks import Masks, apply_masks_, freeze_pruned, validate_masks
 from .networks import ArchSpec, make_input, prunable_names
 from .tasks import Observation, Task, make_task
@@ -58,9 +59,6 @@ SPARSE = "sparse"
 
 EMA_MODES = ("paper", "debiased")
 """How the output average starts: see the module docstring and :attr:`FitConfig.ema_mode`."""
-
-BEST_LABEL = "best over iterations (oracle early stop: needs the ground truth; the paper's number)"
-FINAL_LABEL = "at the final iteration (what a user without ground truth gets)"
 
 
 @dataclass
@@ -92,63 +90,6 @@ class FitConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit`. Images are ``[1, 3, H, W]`` CPU tensors in [0, 1]; PSNR in dB.
-
-    ``output`` is the (exponentially averaged) output at the final iteration; ``best_output`` the one with the best
-    PSNR to the ground truth (None without it). ``ssim_best`` is the SSIM of ``best_output``: the oracle stopping point
-    is chosen by PSNR, and both numbers describe that one output.
-    """
-
-    output: torch.Tensor
-    best_output: torch.Tensor | None
-    psnr_best: float | None
-    psnr_final: float | None
-    ssim_best: float | None
-    ssim_final: float | None
-    best_iter: int | None
-    psnr_observation_final: float
-    input_psnr: float | None
-    history: list[dict[str, float]]
-    seconds: float
-    iterations: int
-    step_ms: float
-    step_ms_median: float
-    backtracks: int
-    state_dict: dict[str, torch.Tensor]
-    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
-    metric_label: str = ""
-    input_noise_std: float = 0.0
-    step_times: list[float] = field(default_factory=list, repr=False)
-    ema_mode: str = "paper"
-    initial_output_weight: float = 0.0
-    """Weight of the first (untrained) network output in ``output``: large (say > 0.1) means a short fit under the
-    paper's average, whose output is then mostly the untrained network."""
-
-    def metrics_record(self) -> dict[str, Any]:
-        """PSNR/SSIM with their labels, for JSON records."""
-        return {
-            "measured_on": self.metric_label,
-            "psnr_best": _r(self.psnr_best),
-            "psnr_best_label": BEST_LABEL,
-            "best_iteration": self.best_iter,
-            "ssim_best": _r(self.ssim_best),
-            "psnr_final": _r(self.psnr_final),
-            "psnr_final_label": FINAL_LABEL,
-            "ssim_final": _r(self.ssim_final),
-            "psnr_observation_input": _r(self.input_psnr),
-            "psnr_to_observation_final": _r(self.psnr_observation_final),
-            "backtracks": self.backtracks,
-            "ema_mode": self.ema_mode,
-            "initial_output_weight": _r(self.initial_output_weight),
-        }
-
-
-def _r(x: float | None, nd: int = 4) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
 
 def _prepare_model(
@@ -204,35 +145,6 @@ def _compacted_network(
             m = layer.mask.to(conv.weight.device, conv.weight.dtype)
             handles.append(conv.weight.register_hook(lambda grad, m=m: grad * m))
     return net.train(), handles
-
-
-def _progress(enabled: bool, description: str, total: int):
-    """A rich progress bar with loss and PSNR, or None when disabled or not on a terminal."""
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        return None
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def fit(
@@ -329,7 +241,7 @@ def fit(
     backtracks = 0
     history: list[dict[str, float]] = []
     step_times: list[float] = []
-    bar = _progress(progress, description, config.iters)
+    bar = progress_bar(progress, description, config.iters)
     bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
     t_start = time.perf_counter()
     try:
@@ -338,7 +250,7 @@ def fit(
         for i in range(config.iters):
             t0 = time.perf_counter()
             if i in snapshot_at:
-                snapshots[i] = _state_copy(model)
+                snapshots[i] = state_copy(model)
             x = torch.add(x0, noise.normal_(generator=gen), alpha=std) if std > 0 else x0
             out = model(x)
             loss = obs.loss(out)
@@ -395,7 +307,7 @@ def fit(
             elif bar:
                 bar.update(bar_task, completed=i + 1)
         if config.iters in snapshot_at:
-            snapshots[config.iters] = _state_copy(model)
+            snapshots[config.iters] = state_copy(model)
         if device.type == "cuda":
             torch.cuda.synchronize()
     finally:
@@ -434,7 +346,7 @@ def fit(
         step_ms=1000.0 * seconds / config.iters,
         step_ms_median=1000.0 * sorted_steps[len(sorted_steps) // 2],
         backtracks=backtracks,
-        state_dict=_state_copy(model, cpu=True),
+        state_dict=state_copy(model, cpu=True),
         snapshots=snapshots,
         metric_label=task.metric_label,
         input_noise_std=std,
@@ -457,10 +369,6 @@ def _adam(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> 
         return torch.optim.Adam(params, lr=lr)
 
 
-def _state_copy(model: nn.Module, cpu: bool = False) -> dict[str, torch.Tensor]:
-    return {k: (v.detach().cpu().clone() if cpu else v.detach().clone()) for k, v in model.state_dict().items()}
-
-
 def gt_psnr_t(task: Task, output: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """The task's PSNR of ``output`` to the ground truth; for several images (``gt`` ``[n, 3, H, W]``, one output: a
     multi-image fit, lipdeploy/multi_image.py) the mean over images of each one's PSNR, not that of their mean MSE."""
@@ -479,3 +387,6 @@ def gt_ssim(task: Task, output: torch.Tensor, gt: torch.Tensor) -> float:
 def simulate(task: Task, clean: torch.Tensor, seed: int = 0) -> Observation:
     """The seeded synthetic observation of ``clean`` for ``task`` (same seed, same observation)."""
     return task.degrade(clean, torch.Generator().manual_seed(seed))
+
+
+__all__ = ["BEST_LABEL", "EMA_MODES", "FINAL_LABEL", "FitConfig", "FitResult", "fit", "fit_backends", "simulate"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def test_bsr_backends_support_any_conv_but_offer_configs_only_where_blocks_are_e
     assert all(bsr16.configs(la, 64, cpu) == [] for la in unstructured.convs.values())
     with_empty = [la for la in blocky.convs.values() if bsr16.empty_fraction(la) >= MIN_EMPTY_BLOCKS]
     assert with_empty and all(la.pattern.startswith("block") for la in with_empty)
-    if __import__("importlib").util.find_spec("triton") is not None:
+    if importlib.util.find_spec("triton") is not None:
         assert all(len(bsr16.configs(la, 64, cpu)) == 1 for la in with_empty)  # CPU: the interpreter's default
 
 

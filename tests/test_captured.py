@@ -247,7 +247,8 @@ def test_gpu_network_fit_step_rows_run_on_cpu(tmp_path):
 
     out = tmp_path / "fit_step.json"
     argv = ["--device", "cpu", "--channels", "4", "--sizes", "64", "--sparsities", "0.5", "--masks", "random"]
-    argv += ["--fit-step", "--fit-iters", "3", "--fit-backend", "sparse", "-o", str(out)]
+    argv += ["--fit-step", "--fit-iters", "3", "--fit-backend", "sparse", "--fit-variants", "masked", "sparse"]
+    argv += ["-o", str(out)]
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -263,7 +264,51 @@ def test_gpu_network_fit_step_rows_run_on_cpu(tmp_path):
         (0.5, "sparse_eager"), (0.5, "sparse_captured"),
     ]  # fmt: skip
     for r in rows:
-        assert r["step_ms"] > 0 and r["launches"] > 10 and r["conv_ms"] > 0 and r["other_ms"] > 0
+        # times come from a profiled step on a shared CPU: only their presence and sign are facts, not their size
+        assert r["step_ms"] > 0 and r["launches"] > 10 and r["conv_ms"] >= 0 and r["other_ms"] >= 0
+        assert r["conv_ms"] + r["other_ms"] > 0
         assert r["speedup_vs_dense_eager"] > 0
         if r["variant"].endswith("captured"):
             assert r["capture"] == "sync-free" and r["max_abs_diff_vs_eager"] < 1e-4
+
+
+def test_gpu_network_fit_step_block_rows_run_on_cpu(tmp_path):
+    """--fit-step's bsr rows (issue 13): a 16x16 block ticket fitted on backend "triton-bsr", eager and captured, at
+    the sparsities given in their order, rows that gpu.verdict counts as block rows. The network is the paper's with
+    one scale and 4 channels at 8x8 (the interpreter's cost is per kernel launch: the 5-scale network takes minutes)."""
+    import json
+
+    from lipdeploy.bench.gpu import network as gpu_network
+    from lipdeploy.bench.gpu import verdict as gpu_verdict
+
+    pytest.importorskip("triton")
+    out = tmp_path / "fit_step.json"
+    argv = ["--device", "cpu", "--channels", "4", "--levels", "1", "--sizes", "8", "--sparsities", "0.9", "0.8"]
+    argv += ["--fit-step", "--fit-iters", "1", "--fit-variants", "bsr", "-o", str(out)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert gpu_network.main(argv) == 0
+    finally:
+        torch.set_num_threads(before)
+    data = json.loads(out.read_text())
+    assert data["complete"] is True and data["meta"]["fit_variants"] == ["bsr"]
+    rows = data["rows"]
+    assert not [r for r in rows if "error" in r]
+    assert [(r["sparsity"], r["variant"]) for r in rows] == [
+        (0.0, "dense_eager"), (0.0, "dense_captured"), (0.9, "bsr_eager"), (0.9, "bsr_captured"),
+        (0.8, "bsr_eager"), (0.8, "bsr_captured"),
+    ]  # fmt: skip
+    block = [r for r in rows if r["sparsity"] > 0]
+    assert all(r["mask"] == "block-random" and r["backend"] == "triton-bsr" for r in block)
+    for r in block:
+        # no conv_ms on CPU: the interpreter's kernels are no aten ops
+        assert r["step_ms"] > 0 and r["launches"] > 10 and r["other_ms"] >= 0
+        assert r["speedup_vs_dense_eager"] > 0 and r["speedup_vs_dense_captured"] > 0
+        if r["variant"].endswith("captured"):
+            assert r["capture"] == "sync-free" and r["max_abs_diff_vs_eager"] < 1e-4
+    # gpu.verdict reads them as issue 13's fitting-step rows (at the target size they are no longer MISSING)
+    at_target = [{**r, "size": 256} for r in rows]
+    got = {v["target"]: v for v in gpu_verdict.block_verdicts([], at_target)}
+    line = got["fitting step @256, >=80% block vs dense eager"]
+    assert line["status"] != "MISSING" and "vs dense captured" in line["detail"]

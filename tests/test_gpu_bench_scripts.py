@@ -51,6 +51,32 @@ def test_gpu_layers_runs_on_cpu_and_writes_every_case(tmp_path):
     assert {r["cin"] - r["cout"] for r in rows if r["layer"] == "conv3x3_132_s1"} == {4}
 
 
+def test_gpu_layers_blocks_rows_on_cpu(tmp_path):
+    """``--blocks`` (issue 13): dense TF32 / fp32 once, then per block sparsity csr, bsr16 and bsr32, each forward and
+    forward+backward, on a block32x16 mask; every sparse row checked against the exact fp32 layer."""
+    out = tmp_path / "bsr.json"
+    argv = ["--device", "cpu", "--channels", "4", "--sizes", "8", "--layers", "conv3x3_128_s1", "--blocks"]
+    assert gpu_layers.main([*argv, "--block-sparsities", "0.75", "0", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert data["complete"] is True
+    assert [(r["backend"], r["pass"]) for r in rows[:4]] == [
+        ("dense", "fwd"), ("dense", "fwd+bwd"), ("dense_fp32", "fwd"), ("dense_fp32", "fwd+bwd")
+    ]  # fmt: skip
+    cases = {(r["sparsity"], r["backend"], r["pass"]) for r in rows[4:]}
+    sparse = ("triton_csr", "triton_bsr16", "triton_bsr32")
+    assert cases == {(sp, b, p) for sp in (0.75, 0.0) for b in sparse for p in ("fwd", "fwd+bwd")}
+    dense = {r["pass"]: r["ms"] for r in rows if r["backend"] == "dense"}
+    for r in rows:
+        assert r["mask"] == "block32x16" and r["ms"] > 0 and r["max_abs_err"] < 1e-5
+        assert r["speedup_vs_dense"] == pytest.approx(dense[r["pass"]] / r["ms"])
+    bsr = [r for r in rows if r["backend"].startswith("triton_bsr")]
+    assert {r["block"] for r in bsr} == {"16x16", "32x16"} and all(r["precision"] == "tf32" for r in bsr)
+    at75 = {r["block_density"] for r in rows[4:] if r["sparsity"] == 0.75}
+    assert len(at75) == 1 and 0.2 <= at75.pop() <= 0.3  # 4-channel layer: one block per tap, 2 of 9 taps kept
+    assert {r["block_density"] for r in rows[4:] if r["sparsity"] == 0.0} == {1.0}
+
+
 def test_gpu_network_runs_on_cpu_with_every_variant(tmp_path):
     out = tmp_path / "network.json"
     argv = ["--device", "cpu", "--channels", "4", "--sizes", "64", "--sparsities", "0.5", "--masks", "random"]
@@ -159,8 +185,55 @@ def test_gpu_verdict_checks_each_target_and_reports_missing_cases(tmp_path, caps
     (tmp_path / "gpu_network_H200.json").write_text(json.dumps({"rows": nets, "complete": False}))
     assert gpu_verdict.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "== H200" in out and out.count("PASS") == 3 and out.count("FAIL") == 2 and out.count("MISSING") == 1
+    assert "== H200" in out and out.count("PASS") == 3 and out.count("FAIL") == 2
+    assert out.count("MISSING") == 1 + 5  # + issue 13's five block targets: no gpu_bsr / fitting-step files here
     assert gpu_verdict.main([str(tmp_path / "empty")]) == 2
+
+
+def _bsr_row(backend, speedup, hw=256, sparsity=0.9, pass_="fwd"):
+    return {"layer": "conv3x3_128_s1", "hw": hw, "mask": "block32x16", "sparsity": sparsity, "pass": pass_,
+            "backend": backend, "speedup_vs_dense": speedup, "ms": 0.1}  # fmt: skip
+
+
+def _step_row(size, sparsity, variant, eager, captured=None, mask="block"):
+    row = {"size": size, "sparsity": sparsity, "variant": variant, "mask": mask, "step_ms": 1.0, "capture": "off",
+           "speedup_vs_dense_eager": eager}  # fmt: skip
+    if captured is not None:
+        row["speedup_vs_dense_captured"] = captured
+    return row
+
+
+def test_gpu_verdict_checks_issue_13s_block_targets(tmp_path, capsys):
+    from lipdeploy.bench.gpu import verdict as gpu_verdict
+
+    bsr = [_bsr_row("triton_bsr16", 2.4), _bsr_row("triton_bsr32", 2.6), _bsr_row("dense_fp32", 9.0),
+           _bsr_row("triton_bsr16", 9.0, hw=512), _bsr_row("triton_bsr16", 9.0, pass_="fwd+bwd")]  # fmt: skip
+    steps = [
+        _step_row(256, 0.8, "bsr_eager", 1.8, 1.1), _step_row(256, 0.8, "bsr_captured", 2.2, 1.4),  # best at 80%: 2.2
+        _step_row(256, 0.9, "bsr_captured", 3.0, 2.0), _step_row(256, 0.8, "dense_captured", 1.5),  # dense: no count
+        _step_row(512, 0.8, "sparse_captured", 5.0, mask="imp"),  # unstructured: not a block row
+        _step_row(256, 0.5, "bsr_eager", 0.98), _step_row(256, 0.5, "bsr_captured", 1.3),
+        _step_row(512, 0.5, "bsr_eager", 0.9),
+    ]  # fmt: skip
+    got = gpu_verdict.block_verdicts(bsr, steps)
+    assert [v["target"] for v in got] == [
+        "bsr layer 128->128 3x3 @256, 90% block, forward",
+        "fitting step @256, >=80% block vs dense eager",
+        "fitting step @512, >=80% block vs dense eager",
+        "nothing slower @256, 50% block (fitting step)",
+        "nothing slower @512, 50% block (fitting step)",
+    ]
+    assert [v["status"] for v in got] == ["PASS", "PASS", "MISSING", "PASS", "FAIL"]
+    assert got[0]["ratio"] == 2.6 and "triton_bsr32" in got[0]["detail"]  # the better packing counts
+    assert got[1]["ratio"] == 2.2 and "x1.40 vs dense captured" in got[1]["detail"]  # the slowest >= 80% level
+    assert got[3]["ratio"] == 0.98 and got[4]["ratio"] == 0.9  # every sparse variant must not be slower
+    # the command reads gpu_bsr_* and gpu_fitstep_* files (and fitting-step rows inside a network file)
+    (tmp_path / "gpu_bsr_H100.json").write_text(json.dumps({"rows": bsr}))
+    (tmp_path / "gpu_network_H100.json").write_text(json.dumps({"rows": steps}))
+    assert gpu_verdict.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== H100" in out and "PASS    bsr layer 128->128 3x3 @256, 90% block, forward" in out
+    assert "PASS    fitting step @256, >=80% block vs dense eager" in out
 
 
 def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
@@ -179,13 +252,28 @@ def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
     r = subprocess.run(["bash", "bench/gpu/session.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     steps = [line for line in r.stdout.splitlines() if " rc=" in line]
-    assert [s.split(":")[0] for s in steps] == ["gpu_target", "gpu_network", "gpu_tests", "gpu_tune", "gpu_layers"]
+    assert [s.split(":")[0] for s in steps] == [
+        "gpu_target", "gpu_bsr", "gpu_fitstep", "gpu_network", "gpu_tests", "gpu_tune", "gpu_layers"
+    ]  # fmt: skip
     assert all(" rc=0 " in s for s in steps), steps
-    for name in ("gpu_target", "gpu_network", "gpu_tune", "gpu_layers"):
+    for name in ("gpu_target", "gpu_bsr", "gpu_fitstep", "gpu_network", "gpu_tune", "gpu_layers"):
         data = json.loads((res / f"{name}_cpu-smoke.json").read_text())
         assert data["complete"] is True and data["rows"], name
+    bsr = json.loads((res / "gpu_bsr_cpu-smoke.json").read_text())["rows"]
+    assert {r["backend"] for r in bsr} == {"dense", "dense_fp32", "triton_csr", "triton_bsr16", "triton_bsr32"}
+    assert {r["sparsity"] for r in bsr if r["backend"] == "triton_bsr16"} == {0.9, 0.5}
+    # the fitting step's block rows (what the verdict's issue-13 fitting-step lines read): dense, then bsr at 80%
+    fit = json.loads((res / "gpu_fitstep_cpu-smoke.json").read_text())["rows"]
+    assert [(r["sparsity"], r["variant"]) for r in fit] == [
+        (0.0, "dense_eager"), (0.0, "dense_captured"), (0.8, "bsr_eager"), (0.8, "bsr_captured")
+    ]  # fmt: skip
+    block = [r for r in fit if r["sparsity"] > 0]
+    assert all(r["mask"].startswith("block") and r["backend"] == "triton-bsr" and "error" not in r for r in block)
+    assert all("speedup_vs_dense_eager" in r and "speedup_vs_dense_captured" in r for r in block)
     verdict = (res / "gpu_verdict_cpu-smoke.txt").read_text()
-    assert verdict.count("MISSING") == 6  # the smoke sizes are not the targets' 256x256
+    assert verdict.count("MISSING") == 11  # the smoke sizes are not the targets' 256x256 / 512x512
+    assert "bsr layer 128->128 3x3 @256, 90% block, forward" in verdict
     with tarfile.open(out / "gpu_session_cpu-smoke.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
     assert {"gpu_target_cpu-smoke.json", "gpu_network_cpu-smoke.json", "gpu_verdict_cpu-smoke.txt"} <= names
+    assert {"gpu_bsr_cpu-smoke.json", "gpu_fitstep_cpu-smoke.json"} <= names

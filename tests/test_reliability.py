@@ -468,3 +468,27 @@ def test_arch_from_dict_refuses_non_mapping():
         arch_from_dict([1, 2])  # type: ignore[arg-type]
     assert isinstance(arch_from_dict(tiny_skip().to_dict()), SkipSpec)
     assert Ticket  # the public type stays importable here
+
+
+# ----------------------------------------------------------------------------------------------- bench leftovers
+
+
+def test_bench_refuses_zero_iters_and_read_only_folder(tmp_path, monkeypatch):
+    one_line_error(run("bench", "--preset", "ci", "--iters", 0, "-o", tmp_path / "b0"), "--iters must be >= 1")
+    one_line_error(run("bench", "--preset", "ci", "--imp-iters", 0, "-o", tmp_path / "b1"), "--imp-iters must be >= 1")
+    assert not (tmp_path / "b0").exists() and not (tmp_path / "b1").exists()
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == out else real(p, m, *a, **k))
+    one_line_error(run("bench", "--preset", "ci", "-o", out), "not writable")
+    assert list(out.iterdir()) == []
+
+
+def test_rejected_bench_run_leaves_no_folder(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a ticket")
+    out = tmp_path / "bench"
+    result = run("bench", "--preset", "ci", "--ticket", broken, "--jobs", "quality/ticket-broken/*", "-o", out, "-q")
+    one_line_error(result, "broken.pt")
+    assert not out.exists()

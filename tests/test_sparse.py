@@ -317,3 +317,46 @@ def test_auto_dispatch_fit_workload_trains_the_picked_bsr_layers(tmp_path, monke
     assert (out - ticket.build()(x)).abs().max().item() <= 1e-5
     out.square().mean().backward()
     assert all(m.values.grad is not None and bool((m.values.grad[~m.elem_mask] == 0).all()) for m in picked)
+
+
+def test_auto_dispatch_times_a_backend_added_after_a_layer_was_tuned(tmp_path, monkeypatch):
+    """A verdict cached before bsr was a candidate must not hide it: the layers are timed again once bsr is offered
+    (the cache stores which candidates it timed), and then reused; an old entry without that list counts its timed
+    candidates by its ``ms`` keys."""
+    pytest.importorskip("triton")
+    import json
+
+    from lipdeploy.backends import BACKENDS
+    from lipdeploy.backends.bsr import MIN_EMPTY_BLOCKS
+    from lipdeploy.backends.sparsify import _dispatch
+    from lipdeploy.kernels import BsrConv2d
+
+    monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path))
+    ticket = _block_ticket("block", 0.7, seed=2)
+    x = make_input(BLOCKY, 8, 8)
+    layers = compact(ticket).convs
+    worth = {k for k, la in layers.items() if BACKENDS["triton-bsr"].empty_fraction(la) >= MIN_EMPTY_BLOCKS}
+    assert worth
+    costs = {"dense": 2.0, "csr": 1.5, "bsr16x16": 1.0}
+    csr, both = [BACKENDS["triton-csr"]], [BACKENDS["triton-csr"], BACKENDS["triton-bsr"]]
+
+    before = _dispatch(compact(ticket), x, csr, "forward", timer=_pricing_timer(monkeypatch, costs))
+    assert len(sparse_layers(before)) == len(layers)  # csr everywhere, the only sparse candidate then
+    cache = tmp_path / "backend_choice.json"
+    assert all(not any("bsr" in n for n in e["candidates"]) for e in json.loads(cache.read_text()).values())
+
+    # bsr registered since: the layers with empty blocks are timed on it too, and it wins there
+    after = _dispatch(compact(ticket), x, both, "forward", timer=_pricing_timer(monkeypatch, costs))
+    assert {k for k, m in after.ops.items() if isinstance(m, BsrConv2d)} == worth
+    entries = json.loads(cache.read_text())
+    assert sum(any(n.startswith("triton-bsr:") for n in e["candidates"]) for e in entries.values()) >= 1
+
+    # the same candidates again: cached, nothing timed (a timer that would keep everything dense is never asked)
+    timed: list[str] = []
+    slow = _pricing_timer(monkeypatch, {"dense": 0.1, "csr": 9.0, "bsr16x16": 9.0})
+    again = _dispatch(compact(ticket), x, both, "forward", timer=lambda fn: (timed.append("x"), slow(fn))[1])
+    assert not timed and {k for k, m in again.ops.items() if isinstance(m, BsrConv2d)} == worth
+    # an entry written before the "candidates" field: its "ms" keys say what was timed, so it is still reused
+    cache.write_text(json.dumps({k: {f: v for f, v in e.items() if f != "candidates"} for k, e in entries.items()}))
+    old = _dispatch(compact(ticket), x, both, "forward", timer=lambda fn: (timed.append("x"), slow(fn))[1])
+    assert not timed and {k for k, m in old.ops.items() if isinstance(m, BsrConv2d)} == worth

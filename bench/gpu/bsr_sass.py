@@ -23,7 +23,7 @@ import os
 import sys
 
 from ..script import Results, parser, script_environment
-from .kernel_sass import _mix, inner_loops, sass_instructions, sass_row
+from .sass import inner_loops, mix, sass_instructions, sass_row
 
 MMA_OPS = ("HGMMA", "HMMA")
 
@@ -87,9 +87,9 @@ def mma_loop(cubin: bytes) -> dict:
 
     whole = counts(ins)
     bodies = [[i for i in ins if a <= i[0] <= b] for a, b in inner] or [[]]
-    best = max(bodies, key=lambda body: (counts(body)["hgmma"] + counts(body)["hmma"], _mix(body)["fp"]))
+    best = max(bodies, key=lambda body: (counts(body)["hgmma"] + counts(body)["hmma"], mix(body)["fp"]))
     return {
-        **_mix(best),
+        **mix(best),
         **counts(best),
         "loops": len(inner),
         "kernel_hgmma": whole["hgmma"],

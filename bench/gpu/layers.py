@@ -293,13 +293,14 @@ def bench_blocks(args, name, cin, cout, k, stride, hw, gen, dev, emit: Callable[
         for backend, block in BSR_BLOCKS.items():
             bp = pack_bsr_weight(w, mask, block)
             vb = bp.values.clone().requires_grad_(True)
+            bpg = bp.with_values(vb)
 
             def bsr(xi, p, bi):  # + LeakyReLU: the dense rows time it too (the bsr kernels fuse bias, not the slope)
                 return F.leaky_relu(bsr_conv2d(xi, p, bi, stride, pad, PAD_MODE, "tf32"), SLOPE)
 
             with torch.no_grad():
                 err = (bsr(x, bp, b) - want).abs().max().item()
-            t = timed(lambda p=bp: bsr(x, p, b), lambda p=bp.with_values(vb): bsr(xg, p, bg), vb)
+            t = timed(lambda p=bp: bsr(x, p, b), lambda p=bpg: bsr(xg, p, bg), vb)
             extra = dict(block=f"{block[0]}x{block[1]}", blocks=bp.num_blocks, block_density=density, precision="tf32")
             out += rows(sp, backend, t, bp.nnz, err, config=default_bsr_config(ho * ho, dev).tag, **extra)
         emit(*out)

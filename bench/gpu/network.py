@@ -18,13 +18,17 @@ fitting step (MSE loss, backward, Adam) of:
 Masks: ``imp`` = global L1 magnitude pruning over all conv weights, as the paper's IMP prunes, applied to the
 *initial* weights (a stand-in: real IMP prunes fitted weights after each round; ``--fit-steps N`` fits the dense
 network N Adam steps on a random image first, then prunes by magnitude of those weights); ``random`` = uniform random
-at the same density in every layer. BatchNorm: per-image statistics (DIP's semantics). Without CUDA it prints one
-line and exits with status 2. Nothing runs at import (Triton is imported only when a kernel runs).
+at the same density in every layer; ``block-imp`` / ``block-random``: the same on whole 16 x 16 blocks of one kernel
+tap (the ``block`` pattern, what the tensor-core bsr kernels skip). BatchNorm: per-image statistics (DIP's semantics).
+Without CUDA it prints one line and exits with status 2. Nothing runs at import (Triton is imported only when a
+kernel runs).
 
 ``--fit-step`` (``--sizes 256 512 --sparsities 0.5 0.8 0.9``) times the engine's whole fitting step instead
-(:func:`lipdeploy.fit.fit`: forward, backward, Adam, output average, PSNR tracking, backtracking): dense, masked and
-sparse (``--fit-backend``), each eager and captured in a CUDA graph (``lipdeploy.captured``), with the convolutions'
-ms vs the other kernels' ms and the launches per step from torch.profiler (:func:`run_fit_step`).
+(:func:`lipdeploy.fit.fit`: forward, backward, Adam, output average, PSNR tracking, backtracking): dense, then per
+sparsity the ``--fit-variants``: ``masked`` and ``sparse`` (``--fit-backend``) on the first ``--masks`` kind, ``bsr``
+on a ``--block-mask`` ticket fitted on the 16 x 16 tensor-core kernels (backend "triton-bsr"; issue 13's rows), each
+eager and captured in a CUDA graph (``lipdeploy.captured``), with the convolutions' ms vs the other kernels' ms and the
+launches per step from torch.profiler (:func:`run_fit_step`).
 """
 
 from __future__ import annotations
@@ -47,20 +51,50 @@ from ..script import Results, needs_gpu, parser, refuse, script_environment
 from ..timing import device_ms
 
 VARIANTS = ("dense", "masked", "compact", "sparse", "auto")
+MASK_KINDS = ("imp", "random", "block-imp", "block-random")
+FIT_VARIANTS = ("masked", "sparse", "bsr")
+BSR_BACKEND = "triton-bsr"
+"""The fitting step's ``bsr`` rows: the 16 x 16 packing, the block masks' own block size."""
 
 
 def _masks(model, kind: str, sparsity: float, seed: int) -> Mask:
     """The network's masks: all ones at sparsity 0; ``imp``: one global magnitude-pruning step of the unstructured
-    pattern; ``random``: an independent coin flip per weight (density about ``1 - sparsity`` in every layer)."""
+    pattern; ``random``: an independent coin flip per weight (density about ``1 - sparsity`` in every layer);
+    ``block-imp`` / ``block-random``: the same with the ``block`` pattern's 16 x 16 blocks as units (block RMS
+    scores; ``block-random`` keeps exactly ``1 - sparsity`` of each layer's blocks, so every layer has empty blocks
+    for the bsr kernels to skip)."""
     if sparsity <= 0:
         return Mask.ones_like(model)
     weights = {n: p.detach() for n, p in model.named_parameters() if n in prunable_shapes(model)}
+    if kind.startswith("block"):
+        pattern = PATTERNS["block"]
+        if kind == "block-imp":
+            return pattern.magnitude_masks(weights, sparsity)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        masks = pattern.random_masks(prunable_shapes(model), sparsity, gen)
+        return Mask({n: m.to(weights[n].device) for n, m in masks.items()})
     unstructured = PATTERNS["unstructured"]
     if kind == "imp":
         return unstructured.magnitude_masks(weights, sparsity)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     masks = unstructured.random_masks(prunable_shapes(model), sparsity, gen, protect=(), exact=False)
     return Mask({n: m.to(weights[n].device) for n, m in masks.items()})
+
+
+def _spec(args: argparse.Namespace) -> SkipSpec:
+    """The paper's network, or for smoke tests on CPU (where the Triton interpreter is slow) the same network narrower
+    (``--channels``: every level's width) and shallower (``--levels``: fewer scales, so images as small as
+    ``2**levels`` pixels fit)."""
+    c, levels = getattr(args, "channels", None), getattr(args, "levels", None)
+    if not c and not levels:
+        return SkipSpec()
+    paper = SkipSpec()
+    n = levels or len(paper.channels_down)
+    return SkipSpec(
+        channels_down=(c or paper.channels_down[0],) * n,
+        channels_up=(c or paper.channels_up[0],) * n,
+        channels_skip=(paper.channels_skip[0],) * n,
+    )
 
 
 def _fit_dense(model, x, steps: int, seed: int) -> None:
@@ -96,11 +130,9 @@ def run(args: argparse.Namespace) -> Results:
     """Every size x mask x sparsity x variant; the results file is rewritten after every row."""
     dev = torch.device(getattr(args, "device", "cuda"))
     gpu = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (smoke test only)"
-    settings = {k: getattr(args, k, None) for k in ("fit_steps", "rep", "seed", "channels")}
+    settings = {k: getattr(args, k, None) for k in ("fit_steps", "rep", "seed", "channels", "levels")}
     results = Results(args.output, script_environment(gpu=gpu, **settings), printer=_print)
-    c = getattr(args, "channels", None)
-    # --channels: the same network, narrower (smoke tests on CPU, where the Triton interpreter is slow)
-    spec = SkipSpec(channels_down=(c,) * 5, channels_up=(c,) * 5) if c else SkipSpec()
+    spec = _spec(args)
     for size in args.sizes:
         torch.manual_seed(args.seed)
         base = spec.build().to(dev).train()
@@ -222,7 +254,8 @@ def _profile_fit(fit_once, cuda: bool) -> dict[str, float]:
 
     CUDA: launches = host calls that put work on the GPU (kernel launches, graph launches: a replayed graph is one),
     times = device time of the kernels, split by name into convolutions (cuDNN, GEMM, the sparse kernels) and the
-    rest. CPU (smoke mode): launches = top-level aten ops (what would each be a launch), times = their self CPU time.
+    rest. CPU (smoke mode): launches = top-level aten ops (what would each be a launch), times = their self CPU time
+    (kernels run by the Triton interpreter are no aten ops: the bsr kernels' time counts nowhere there).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -256,8 +289,13 @@ def _profile_fit(fit_once, cuda: bool) -> dict[str, float]:
 
 def run_fit_step(args: argparse.Namespace) -> Results:
     """The engine's whole fitting step (``lipdeploy.fit.fit``: forward, backward, Adam, average, PSNR tracking,
-    backtracking) per size x sparsity: dense / masked / sparse network, eager (``capture="off"``) vs captured
+    backtracking) per size x sparsity: dense / masked / sparse / bsr network, eager (``capture="off"``) vs captured
     (``capture="cuda-graph"``; ``"sync-free"`` on CPU, where nothing is captured).
+
+    Sparsities run in the order given (most important first: rows are saved as they come), after the dense rows
+    every speedup is measured against. ``masked`` (the masked reference network) and ``sparse`` (``--fit-backend``)
+    fit the first ``--masks`` kind; ``bsr`` fits a ``--block-mask`` ticket on backend "triton-bsr" (mask
+    ``block-*``, backend ``triton-bsr``: the rows ``gpu.verdict`` reads for issue 13's fitting-step targets).
 
     ``step_ms`` is the fit's own per-step time (``FitResult.step_ms``: loop time over iterations, setup and capture
     excluded). Per-step launches and conv / other ms come from the profiler as the difference between a fit of
@@ -270,10 +308,10 @@ def run_fit_step(args: argparse.Namespace) -> Results:
     dev = torch.device(getattr(args, "device", "cuda"))
     cuda = dev.type == "cuda"
     gpu = torch.cuda.get_device_name() if cuda else "cpu (smoke test only)"
-    settings = {k: getattr(args, k, None) for k in ("fit_iters", "seed", "channels", "fit_backend")}
+    keys = ("fit_iters", "seed", "channels", "levels", "fit_backend", "fit_variants", "block_mask")
+    settings = {k: getattr(args, k, None) for k in keys}
     results = Results(args.output, script_environment(gpu=gpu, mode="fit-step", **settings), printer=_print_fit)
-    c = getattr(args, "channels", None)
-    spec = SkipSpec(channels_down=(c,) * 5, channels_up=(c,) * 5) if c else SkipSpec()
+    spec = _spec(args)
     captured = "cuda-graph" if cuda else "sync-free"
     warm, prof_steps = 2, 3
 
@@ -294,13 +332,21 @@ def run_fit_step(args: argparse.Namespace) -> Results:
         obs = simulate(Denoise(), clean, seed=0)
         dense_ticket = ticket_from_model(base, spec, dict(Mask.ones_like(base).items()))
         ref: dict[str, dict] = {}
-        for sp in sorted(set(args.sparsities) | {0.0}):
+        variants = getattr(args, "fit_variants", None) or FIT_VARIANTS
+        block_kind = getattr(args, "block_mask", "block-random")
+        for sp in dict.fromkeys([0.0, *(s for s in args.sparsities if s > 0)]):  # dense first, then as given
+            cases: list[tuple[str, str, object, str]] = []
             if sp <= 0:
-                cases = [("dense", dense_ticket, "dense")]
-            else:
-                ticket = ticket_from_model(base, spec, dict(_masks(base, args.masks[0], sp, args.seed).items()))
-                cases = [("masked", ticket, "dense"), ("sparse", ticket, args.fit_backend)]
-            for variant, ticket, backend in cases:
+                cases = [("dense", "-", dense_ticket, "dense")]
+            if sp > 0 and ("masked" in variants or "sparse" in variants):
+                kind = args.masks[0]
+                ticket = ticket_from_model(base, spec, dict(_masks(base, kind, sp, args.seed).items()))
+                cases += [(v, kind, ticket, b) for v, b in (("masked", "dense"), ("sparse", args.fit_backend))
+                          if v in variants]  # fmt: skip
+            if sp > 0 and "bsr" in variants:
+                blocks = ticket_from_model(base, spec, dict(_masks(base, block_kind, sp, args.seed).items()))
+                cases.append(("bsr", block_kind, blocks, BSR_BACKEND))
+            for variant, kind, ticket, backend in cases:
                 eager_out = None
                 for capture in ("off", captured):
                     label = f"{variant}_{'eager' if capture == 'off' else 'captured'}"
@@ -313,8 +359,8 @@ def run_fit_step(args: argparse.Namespace) -> Results:
                     out = m.pop("output")
                     if sp <= 0:
                         ref[label] = m
-                    row = {"size": size, "mask": "-" if sp <= 0 else args.masks[0], "sparsity": sp,
-                           "variant": label, "backend": backend, "capture": capture}  # fmt: skip
+                    row = {"size": size, "mask": kind, "sparsity": sp, "variant": label, "backend": backend,
+                           "capture": capture}  # fmt: skip
                     row.update({k: round(v, 4) for k, v in m.items()})
                     for base_label in ("dense_eager", "dense_captured"):
                         if base_label in ref:
@@ -344,8 +390,9 @@ def _print_fit(row: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser("lipdeploy.bench.gpu.network", __doc__, device="cuda", channels=True)
     p.add_argument("--sizes", type=int, nargs="+", default=[256])
+    p.add_argument("--levels", type=int, default=None, help="smoke tests: the network with this many scales (paper: 5)")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.98])
-    p.add_argument("--masks", nargs="+", default=["imp", "random"], choices=["imp", "random"])
+    p.add_argument("--masks", nargs="+", default=["imp", "random"], choices=list(MASK_KINDS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--fit-steps", type=int, default=0, help="fit the dense network this many Adam steps before pruning")
     p.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement (ms)")
@@ -357,6 +404,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fit-iters", type=int, default=100, help="--fit-step: iterations per timed fit")
     p.add_argument("--fit-backend", default="auto", help="--fit-step: the sparse variant's backend (fit's backend=)")
+    p.add_argument(
+        "--fit-variants",
+        nargs="+",
+        default=list(FIT_VARIANTS),
+        choices=list(FIT_VARIANTS),
+        help="--fit-step: what runs at each sparsity besides the dense reference (bsr: a block ticket on triton-bsr)",
+    )
+    p.add_argument(
+        "--block-mask",
+        default="block-random",
+        choices=[k for k in MASK_KINDS if k.startswith("block")],
+        help="--fit-step: the bsr variant's 16x16 block mask",
+    )
     args = p.parse_args(argv)
     why = needs_gpu("gpu.network", args.device)
     if why:

@@ -1,14 +1,28 @@
-"""Issue 4's GPU targets, checked against the benchmark JSON of one GPU session (no GPU needed to read them).
+"""Issue 4's and issue 13's GPU targets, checked against the benchmark JSON of one GPU session (no GPU needed).
 
 ``python -m lipdeploy.bench.gpu.verdict bench/results/gpu_session`` reads ``gpu_target_*.json``, ``gpu_tune_*.json``,
-``gpu_layers_*.json`` (layer rows) and ``gpu_network_*.json`` (network rows) from that folder and prints, per card,
-one line per target:
+``gpu_layers_*.json`` (layer rows), ``gpu_bsr_*.json`` (block-ticket layer rows: ``gpu.layers --blocks``),
+``gpu_network_*.json`` (network rows) and ``gpu_fitstep_*.json`` (the engine's fitting step, eager vs captured:
+``gpu.network --fit-step``) from that folder and prints, per card, one line per target:
 
 1. a 128 -> 128 3x3 layer at 256x256 and 90% sparsity runs >= 2.5x faster than dense (forward; the better of the two
    packing formats, per mask kind);
 2. the whole fitting step at 90% sparsity runs >= 2x faster than dense (the ``auto`` dispatcher's network, per mask);
 3. at 50% sparsity nothing is slower than dense (the ``auto`` network, forward and fitting step; a 3% allowance for
    timing noise, stated in the line).
+
+Issue 13 (block tickets, the tensor-core bsr kernels, the captured fitting step):
+
+4. at 90% block sparsity the 128 -> 128 3x3 layer at 256x256 runs >= 2.5x faster than TF32 cuDNN (forward; the
+   better of the bsr16 / bsr32 packings);
+5. the fitting step at >= 80% block sparsity runs >= 2x faster than dense eager (256 and 512 px; the slowest of the
+   measured sparsities >= 80%, each its fastest sparse variant, eager or captured); the line also gives the ratio
+   against dense captured;
+6. at 50% block sparsity nothing is slower than dense (the fitting step's sparse variants against dense eager, with
+   the same 3% allowance).
+
+Fitting-step rows count as block rows when their ``mask`` names a block pattern or their ``backend`` a bsr one; rows
+of unstructured masks do not stand in for them (MISSING).
 
 Each line says PASS, FAIL or MISSING (the run did not reach that case) with the measured ratio, so a session with a
 GPU turns its numbers into the issue's verdict, and the README's, in one command.
@@ -71,6 +85,62 @@ def verdicts(layer_rows: list[dict], network_rows: list[dict]) -> list[dict]:
     return out
 
 
+BLOCK_TARGET_SIZES = (256, 512)
+
+
+def _is_block(row: dict) -> bool:
+    """A row measured on a block ticket (mask ``block*``) or on the bsr kernels (backend ``*bsr*``)."""
+    return str(row.get("mask", "")).startswith("block") or "bsr" in str(row.get("backend", ""))
+
+
+def block_verdicts(bsr_rows: list[dict], fit_rows: list[dict]) -> list[dict]:
+    """Issue 13's targets (module docstring, 4-6) from ``gpu.layers --blocks`` rows and fitting-step rows."""
+    out = []
+    cand = [
+        r
+        for r in bsr_rows
+        if r["layer"] == "conv3x3_128_s1"
+        and r["hw"] == 256
+        and r["sparsity"] == 0.9
+        and r["pass"] == "fwd"
+        and r["backend"].startswith("triton_bsr")
+    ]
+    best = max(cand, key=lambda r: r["speedup_vs_dense"], default=None)
+    detail = f"{best['backend']} {best.get('config', '')} {best['ms']:.4f} ms".strip() if best else "no rows"
+    out.append(_line("bsr layer 128->128 3x3 @256, 90% block, forward", best and best["speedup_vs_dense"], 2.5, detail))
+
+    steps = [r for r in fit_rows if "error" not in r and "step_ms" in r and _is_block(r)]
+    sparse = [r for r in steps if not str(r.get("variant", "")).startswith(("dense", "masked"))]
+
+    def fastest(size: int, sp: float) -> dict | None:
+        rows = [r for r in sparse if r["size"] == size and r["sparsity"] == sp and "speedup_vs_dense_eager" in r]
+        return max(rows, key=lambda r: r["speedup_vs_dense_eager"], default=None)
+
+    for size in BLOCK_TARGET_SIZES:
+        levels = sorted({r["sparsity"] for r in sparse if r["size"] == size and r["sparsity"] >= 0.8})
+        picks = [(sp, fastest(size, sp)) for sp in levels]
+        picks = [(sp, r) for sp, r in picks if r is not None]
+        sp, worst = min(picks, key=lambda p: p[1]["speedup_vs_dense_eager"], default=(None, None))
+        if worst is None:
+            detail = "no row"
+        else:
+            cap = worst.get("speedup_vs_dense_captured")
+            detail = f"at {sp:.0%}: {worst['variant']} {worst['step_ms']:.3f} ms" + (
+                f", x{cap:.2f} vs dense captured" if cap is not None else ", no dense captured row"
+            )
+        ratio = worst and worst["speedup_vs_dense_eager"]
+        out.append(_line(f"fitting step @{size}, >=80% block vs dense eager", ratio, 2.0, detail))
+    for size in BLOCK_TARGET_SIZES:
+        rows = [r for r in sparse if r["size"] == size and r["sparsity"] == 0.5 and "speedup_vs_dense_eager" in r]
+        slow = min(rows, key=lambda r: r["speedup_vs_dense_eager"], default=None)
+        detail = f"slowest: {slow['variant']} (>= {NOISE} counts as a tie)" if slow else "no row"
+        out.append(
+            _line(f"nothing slower @{size}, 50% block (fitting step)", slow and slow["speedup_vs_dense_eager"], NOISE,
+                  detail)
+        )  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lipdeploy.bench.gpu.verdict", description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="a gpu_session results folder")
@@ -80,15 +150,23 @@ def main(argv: list[str] | None = None) -> int:
         for card, rows in _rows(args.folder, pattern).items():
             layers.setdefault(card, []).extend(rows)
     networks = _rows(args.folder, "gpu_network_*.json")
-    cards = sorted(set(layers) | set(networks))
+    bsr = _rows(args.folder, "gpu_bsr_*.json")
+    fit_steps = _rows(args.folder, "gpu_fitstep_*.json")
+    for card, rows in networks.items():  # fitting-step rows written into a network file count too
+        fit_steps.setdefault(card, []).extend(r for r in rows if "capture" in r)
+    cards = sorted(set(layers) | set(networks) | set(bsr) | set(fit_steps))
     if not cards:
-        print(f"gpu_verdict: {args.folder}: no gpu_layers/gpu_target/gpu_network JSON files", file=sys.stderr)
+        print(
+            f"gpu_verdict: {args.folder}: no gpu_layers/gpu_target/gpu_bsr/gpu_network/gpu_fitstep JSON files",
+            file=sys.stderr,
+        )
         return 2
     for card in cards:
         print(f"== {card}")
-        for v in verdicts(layers.get(card, []), networks.get(card, [])):
+        issue4 = verdicts(layers.get(card, []), networks.get(card, []))
+        for v in issue4 + block_verdicts(bsr.get(card, []), fit_steps.get(card, [])):
             ratio = "-" if v["ratio"] is None else f"x{v['ratio']:.2f}"
-            print(f"{v['status']:<7} {v['target']:<48} {ratio:>7} (need x{v['need']})  {v['detail']}")
+            print(f"{v['status']:<7} {v['target']:<50} {ratio:>7} (need x{v['need']})  {v['detail']}")
     return 0
 
 

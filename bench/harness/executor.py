@@ -28,17 +28,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_write_bytes, atomic_write_text
 
 from ..rows import RowStore
 from .backends import LATENCY_RUNNERS
+from .execution import Executor
 from .jobs import Job
-
-if TYPE_CHECKING:
-    from .runner import Bench, RunStats
+from .runner import Bench, RunStats, job_line, run_environment
 
 EXECUTORS = ("serial", "ray")
 
@@ -48,19 +47,6 @@ JobRunner = Callable[["Bench", Job], None]
 
 # bookkeeping files of a worker's temporary results folder, never shipped back
 _INPUT_ROWS = "rows-inputs.jsonl"
-
-
-class Executor:
-    """Who runs the unfinished jobs of a :class:`Bench` run. ``in_process``: Bench runs them itself, one after the
-    other in this process (the serial loop, with its progress bar); otherwise :meth:`run` does."""
-
-    name = "executor"
-    in_process = False
-
-    def run(self, bench: Bench, jobs: list[Job], stats: RunStats) -> None:
-        """Run ``jobs`` (unfinished, in plan order), record each finished one in ``bench.store``, and count into
-        ``stats`` (ran, failed, fits)."""
-        raise NotImplementedError
 
 
 class SerialExecutor(Executor):
@@ -105,8 +91,6 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def _run(self, ray: Any, bench: Bench, jobs: list[Job], stats: RunStats) -> None:
-        from .runner import job_line
-
         done = bench.store.done()
         wanted = {j.key for j in jobs}
         queue = list(jobs)
@@ -303,8 +287,6 @@ _WORKER_ENV: dict[str, dict[str, Any]] = {}
 
 def _worker_environment(preset: Any) -> dict[str, Any]:
     """:func:`run_environment` of this worker process (shard ``ray``), with its own ``env_id``."""
-    from .runner import run_environment
-
     if preset.name not in _WORKER_ENV:
         env = run_environment(preset, (0, 1))
         env.pop("env_id")
@@ -332,7 +314,6 @@ def run_job_on_worker(
     import torch
 
     from . import engine
-    from .runner import Bench
 
     torch.set_num_threads(max(1, threads))
     with tempfile.TemporaryDirectory(prefix="lipdeploy-job-") as tmp:

@@ -29,7 +29,7 @@ from ..report import build_report
 from ..rows import RowStore
 from . import engine, measure
 from .backends import available_backends
-from .executor import Executor
+from .execution import Executor
 from .jobs import Job, plan, shard_jobs
 from .presets import Preset
 from .workspace import Workspace

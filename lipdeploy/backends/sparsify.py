@@ -95,12 +95,13 @@ def sparsify(
     "triton-kernel" (the Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``), "reference" (the kernels' dense
     PyTorch reference: same module and parameters, for testing and CPU fitting), "dense" (the compacted network as
     it is), "triton-bsr" / "triton-bsr32x16" (the block-sparse tensor-core kernels, 16x16 / 32x16 channel blocks per
-    tap: exact for any mask, fast for block tickets); or "auto" (see the module docstring; ``example_input`` gives the input size to time at on CUDA, default the
-    paper's 256 x 256; the network must already be on the GPU or is moved there). Deprecated spellings: "triton"
-    (-> "triton-csr", or "triton-<format>"), "torch" (-> "reference"). ``format``: the sparse packing ("csr"
-    unstructured, "kernel" whole-kernel granular) of "reference", or the only packing "auto" tries. ``workload`` (for
-    "auto"): what the layers are timed on, "fit" (forward + backward, for fitting the ticket) or "forward"
-    (inference). Output equals the masked network's up to float rounding; gradients flow to the kept weights only.
+    tap: exact for any mask, fast for block tickets; TF32 products on CUDA, as PyTorch's dense conv); or "auto" (see
+    the module docstring; ``example_input`` gives the input size to time at on CUDA, default the paper's 256 x 256;
+    the network must already be on the GPU or is moved there). Deprecated spellings: "triton" (-> "triton-csr", or
+    "triton-<format>"), "torch" (-> "reference"). ``format``: the sparse packing ("csr" unstructured, "kernel"
+    whole-kernel granular) of "reference", or the only packing "auto" tries. ``workload`` (for "auto"): what the
+    layers are timed on, "fit" (forward + backward, for fitting the ticket) or "forward" (inference). Output equals
+    the masked network's up to float rounding; gradients flow to the kept weights only.
     """
     name = resolve(backend, format)
     if format is not None and format not in packing_formats():

@@ -93,7 +93,15 @@ def _split(values: tuple[str, ...]) -> list[str]:
     "processes with different filters may share a results folder. See --list-jobs for the keys.",
 )
 @click.option("--list-jobs", is_flag=True, help="Print this shard's job keys (done or to do) and exit.")
-@click.option("-o", "--output", "--out", "out", required=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option(
+    "-o",
+    "--output",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, readable=False),
+    help="Results folder.",
+)
 @click.option("--report-only", is_flag=True, help="Only rebuild the report from the rows files in the folder.")
 @quiet_option(help="No progress bar: one line per job (with an ETA) on stderr instead.")
 @click.option("--no-progress", is_flag=True, hidden=True, help="No progress bar (kept for old scripts).")
@@ -139,6 +147,12 @@ def bench_command(
         info = build_report(outp)
         click.echo(f"report rebuilt: {info['rows']} rows from {info['jobs']} jobs -> {outp / 'report.md'}")
         return
+    from ..runlock import check_output_folder  # imports torch: loaded to run, not for --help
+
+    check_output_folder(outp)  # a read-only or impossible folder is refused before any work
+    for name, value in (("--iters", iters), ("--imp-iters", imp_iters)):
+        if value is not None and value < 1:
+            raise InputError(None, f"{name} must be >= 1, got {value}")
     preset = get_preset(preset_name)
     changes = {}
     if task:
@@ -151,9 +165,9 @@ def bench_command(
         except ValueError as exc:
             raise InputError(None, f"--sparsities: {exc}") from None
         changes["rounds"] = tuple(rounds)
-    if iters:
+    if iters is not None:
         changes["iters"] = iters
-    if imp_iters:
+    if imp_iters is not None:
         changes["imp_iters"] = imp_iters
     if changes:
         preset = preset.replace(**changes)
@@ -192,7 +206,13 @@ def bench_command(
             if only is None or only(job):
                 click.echo(f"{'done' if job.key in done else 'todo'}  {job.key}")
         return
-    stats = bench.run(progress=not no_progress, only=only)
+    created = not outp.exists()
+    try:
+        stats = bench.run(progress=not no_progress, only=only)
+    except InputError:
+        if created:
+            _remove_if_no_results(outp)  # a rejected run leaves no folder holding only preset.json
+        raise
     if as_json:
         click.echo(json.dumps({**asdict(stats), "shard": shard, "report": str(outp / "report.md")}, indent=2))
         return
@@ -203,3 +223,12 @@ def bench_command(
     for f in stats.failed:
         click.echo(f"  failed: {f}", err=True)
     click.echo(f"report: {outp / 'report.md'}")
+
+
+def _remove_if_no_results(folder: Path) -> None:
+    """Delete a results folder this run created if no job finished in it (no rows file has a line)."""
+    import shutil
+
+    if any(p.stat().st_size for p in folder.glob("rows-*.jsonl")):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
