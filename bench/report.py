@@ -383,17 +383,53 @@ def resource_table(rows: list[dict[str, Any]]) -> list[str]:
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 
 
-def series_styles(names: list[str]) -> dict[str, dict[str, Any]]:
-    """One colour and one marker per series, the same in every plot and facet: colours from the 20-colour
-    ``tab20`` map (matplotlib's default cycle has 10, so 12 series used to share colours), markers cycling at a
-    different period so that no two of the first 240 series look alike."""
+# Every plot gives a series the same look: a family keeps its colour and marker whatever else a plot shows. Known
+# families first (fixed order), names the report does not know after them (a stable hash of the name).
+_FAMILY_ORDER = (
+    "dense", "dd", "dd-matched", "unstructured", "random", "kernel", "channel", "channel-norm", "block",
+    "random-block", "dip-narrow", "transfer",
+)  # fmt: skip
+_FAMILY_ALIASES = {"lip": "unstructured", "lip-unstructured": "unstructured", "lip-kernel": "kernel"}
+
+
+def _palette() -> list[Any]:
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab20"]
-    return {
-        name: {"color": cmap(i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
-        for i, name in enumerate(sorted(dict.fromkeys(names)))
-    }
+    # tab10 then Dark2: 18 colours, no two alike (tab20 pairs light and dark shades of one hue)
+    return [matplotlib.colormaps["tab10"](i) for i in range(10)] + [matplotlib.colormaps["Dark2"](i) for i in range(8)]
+
+
+def _family(name: str) -> str:
+    """The family a series name stands for: "onnxruntime-cpu lip" -> "unstructured" (runtime, then family),
+    "channel (earlier rule: ...)" -> "channel", "lip-kernel" -> "kernel"; else the name itself."""
+    for word in (name, name.split(" ")[-1], name.split(" ")[0]):
+        word = _FAMILY_ALIASES.get(word, word).removeprefix("lip-")
+        if word in _FAMILY_ORDER:
+            return word
+    return name
+
+
+def style_of(name: str) -> dict[str, Any]:
+    """The colour and marker of series ``name`` in every plot (see :data:`_FAMILY_ORDER`)."""
+    import zlib
+
+    palette = _palette()
+    base = _family(name)
+    if base in _FAMILY_ORDER:
+        i = _FAMILY_ORDER.index(base)
+    else:
+        i = len(_FAMILY_ORDER) + zlib.crc32(base.encode()) % (len(palette) - len(_FAMILY_ORDER))
+    return {"color": palette[i % len(palette)], "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def series_styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour and one marker per series, the same in every plot and facet (:func:`style_of`) when the series are
+    families; per-method series (many per family) get distinct styles in sorted order."""
+    names = sorted(dict.fromkeys(names))
+    if all(_family(n) in _FAMILY_ORDER for n in names):
+        return {n: style_of(n) for n in names}
+    palette = _palette()
+    return {n: {"color": palette[i % len(palette)], "marker": _MARKERS[i % len(_MARKERS)]} for i, n in enumerate(names)}
 
 
 def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
@@ -668,17 +704,8 @@ def _sparsity_of(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def distinct_styles(names: list[str]) -> dict[str, dict[str, Any]]:
-    """One colour and one marker shape per name, for plots with few series: colours from ``tab10`` (no two alike,
-    where ``tab20`` pairs light and dark shades of one hue), then ``Dark2``; markers from :data:`_MARKERS`."""
-    import matplotlib
-
-    colours = [matplotlib.colormaps["tab10"](i) for i in range(10)] + [
-        matplotlib.colormaps["Dark2"](i) for i in range(8)
-    ]
-    return {
-        name: {"color": colours[i % len(colours)], "marker": _MARKERS[i % len(_MARKERS)]}
-        for i, name in enumerate(dict.fromkeys(names))
-    }
+    """Family styles for plots with few series: the same colour and marker as in every other plot."""
+    return series_styles(list(names))
 
 
 def frontier_lines(rows: list[dict[str, Any]]) -> list[str]:

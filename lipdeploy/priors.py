@@ -16,14 +16,16 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .limits import MAX_CHANNELS
 from .masks import Mask
 from .networks import ArchSpec, DeepDecoderSpec, SkipSpec
 from .ticket import Ticket, load_ticket, ticket_from_model
 
-DD_K_RANGE = (1, 4096)  # deep decoder channels
+DD_K_RANGE = (1, MAX_CHANNELS)  # deep decoder channels
+# Dense priors built from options are held tighter than file headers (lipdeploy.limits: 16): 8 levels already need
+# images of at least 2 * 2^8 = 512 px a side, the largest DIP/deep decoder configurations in use have 5-6.
 DD_DEPTH_RANGE = (0, 8)  # deep decoder upsampling blocks
 MAX_LEVELS = 8  # DIP skip net levels
-MAX_CHANNELS = 4096  # DIP skip net channels per level
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,41 @@ def main(argv: list[str] | None = None) -> int:
     for pattern, random in chains:
         results.add(*chain_rows(pattern, random, args, args.work))
     results.finish(summary=frontier(results.rows))
+    if args.output is not None:
+        print(f"plot: {plot(results.rows, args.output.with_suffix('.png'), settings)}")
     return 0
+
+
+def plot(rows: list[dict], path: Path, settings: dict) -> Path:
+    """PSNR vs sparsity, one line per chain (the report's family colours), dense and dense - 0.5 dB as references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report import style_of
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    dense = next(r["psnr_best"] for r in rows if r["round"] == 0)
+    for chain in dict.fromkeys(r["chain"] for r in rows):
+        mine = sorted((r for r in rows if r["chain"] == chain), key=lambda r: r["sparsity"])
+        st = style_of(chain)
+        xs = [100 * r["sparsity"] for r in mine]
+        ax.plot(xs, [r["psnr_best"] for r in mine], marker=st["marker"], color=st["color"], label=chain, ms=4)
+    ax.axhline(dense, color="grey", lw=1, label="dense")
+    ax.axhline(dense - 0.5, color="grey", lw=1, ls=":", label="dense - 0.5 dB")
+    ax.set_xlabel("sparsity (% of conv weights pruned)")
+    ax.set_ylabel("denoising PSNR, best over iterations (dB)")
+    ax.set_title(
+        f"IMP per pattern: {settings['image']} {settings['size']}x{settings['size']}, {settings['iters']} its/round"
+    )
+    ax.set_ylim(max(min(r["psnr_best"] for r in rows) - 0.5, dense - 6), None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def frontier(rows: list[dict], margin_db: float = 0.5) -> dict[str, dict]:
