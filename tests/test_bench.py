@@ -479,3 +479,28 @@ def test_frontier_and_tasks_run_end_to_end(tmp_path):
     assert multi_row["source_image"] == "chelsea+rocket"
     t = load_ticket(tmp_path / "m" / "tickets" / "chelsea_rocket" / "unstructured_denoise" / "round_02.pt")
     assert [i["name"] for i in t.provenance["images"]] == ["chelsea", "rocket"]
+
+
+def test_structured_imp_and_ticket_latency_scripts_run(tmp_path):
+    """The two structured-ticket scripts end to end at a toy scale: one IMP round per pattern (and the random block
+    baseline), the frontier summary and plot; then ONNX Runtime latency of the resulting tickets vs the dense one."""
+    import json
+
+    from lipdeploy.bench.cpu import structured_imp, ticket_latency
+
+    out = tmp_path / "simp.json"
+    argv = ["--patterns", "block", "channel", "--random", "block", "--rounds", "1", "--iters", "2"]
+    assert structured_imp.main([*argv, "--work", str(tmp_path / "work"), "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (
+        data["complete"]
+        and [r["chain"] for r in data["rows"]] == ["block"] * 2 + ["channel"] * 2 + ["random-block"] * 2
+    )
+    assert all(abs(r["sparsity"] - 0.2) < 0.01 for r in data["rows"] if r["round"] == 1)
+    assert set(data["summary"]) == {"block", "channel", "random-block"} and out.with_suffix(".png").exists()
+    lat = tmp_path / "lat.json"
+    tickets = [str(tmp_path / "work" / "block" / f"round_0{r}.pt") for r in (0, 1)]
+    assert ticket_latency.main([*tickets, "--size", "64", "--rounds", "2", "--warmup", "1", "-o", str(lat)]) == 0
+    rows = json.loads(lat.read_text())["rows"]
+    assert [r["density"] for r in rows][0] == 1.0 and rows[0]["speedup_vs_first"] == 1.0
+    assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)

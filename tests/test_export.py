@@ -201,4 +201,3 @@ def test_bad_input_and_atomic_write(tickets, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(InputError, match="not writable"):
         export_onnx(ticket, tmp_path / "other.onnx")
-

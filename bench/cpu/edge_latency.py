@@ -80,8 +80,9 @@ def _compact_macs(ticket: Ticket, h: int, w: int) -> tuple[int, int]:
     return rep.macs_before, rep.macs_after
 
 
-def time_sessions(sessions: dict[str, Any], feeds: dict[str, dict], warmup: int, rounds: int) -> dict[str, float]:
-    """Median latency (ms) per session; rounds alternate between sessions."""
+def session_times(sessions: dict[str, Any], feeds: dict[str, dict], warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Per-run latencies (ms) per session after ``warmup`` runs; rounds alternate between sessions, so background
+    load hits all alike."""
     for name, sess in sessions.items():
         for _ in range(warmup):
             sess.run(None, feeds[name])
@@ -90,8 +91,13 @@ def time_sessions(sessions: dict[str, Any], feeds: dict[str, dict], warmup: int,
         for name, sess in sessions.items():
             t = time.perf_counter()
             sess.run(None, feeds[name])
-            times[name].append(time.perf_counter() - t)
-    return {name: 1e3 * statistics.median(v) for name, v in times.items()}
+            times[name].append(1e3 * (time.perf_counter() - t))
+    return times
+
+
+def time_sessions(sessions: dict[str, Any], feeds: dict[str, dict], warmup: int, rounds: int) -> dict[str, float]:
+    """Median latency (ms) per session (:func:`session_times`)."""
+    return {name: statistics.median(v) for name, v in session_times(sessions, feeds, warmup, rounds).items()}
 
 
 def run(spec: SkipSpec, sizes: list[int], warmup: int, rounds: int, workdir: Path) -> dict[str, Any]:

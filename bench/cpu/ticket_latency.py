@@ -25,21 +25,7 @@ from lipdeploy.networks import make_input
 from lipdeploy.ticket import load_ticket
 
 from ..script import Results, parser, script_environment
-
-
-def _times(sessions: dict, feeds: dict, warmup: int, rounds: int) -> dict[str, list[float]]:
-    import time
-
-    for name, sess in sessions.items():
-        for _ in range(warmup):
-            sess.run(None, feeds[name])
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            t = time.perf_counter()
-            sess.run(None, feeds[name])
-            times[name].append(1e3 * (time.perf_counter() - t))
-    return times
+from .edge_latency import session_times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             feeds[name] = {sessions[name].get_inputs()[0].name: x}
             info[name] = {"ticket": str(path), "density": round(ticket.density, 6), "onnx_bytes": summary.file_bytes}
         load = os.getloadavg()
-        times = _times(sessions, feeds, args.warmup, args.rounds)
+        times = session_times(sessions, feeds, args.warmup, args.rounds)
     base = statistics.median(times[next(iter(times))])
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=4)
