@@ -64,7 +64,7 @@ import triton.language as tl
 from .bsr_format import BsrConvWeight
 from .bsr_reference import check_precision
 from .reference import check_conv_args
-from .sparse_conv import _check_device, _fold_reflect, _out_size, _source_index
+from .sparse_conv import _check_device, _out_size, _source_index, _unpad_input_grad
 
 __all__ = [
     "BsrConfig",
@@ -550,13 +550,7 @@ def bsr_conv2d_input_grad(
             BLOCK_P=cfg.block_p_dgrad,
             num_warps=cfg.num_warps,
         )
-    if padding == 0:
-        gx = gxp
-    elif padding_mode == "reflect":
-        gx = _fold_reflect(gxp, padding)
-    else:
-        gx = gxp[:, :, padding : padding + h, padding : padding + w]
-    return gx.to(grad_out.dtype).contiguous()
+    return _unpad_input_grad(gxp, padding, padding_mode, h, w).to(grad_out.dtype).contiguous()
 
 
 def bsr_conv2d_weight_grad(

@@ -477,6 +477,16 @@ def sparse_conv2d_forward(
     return out
 
 
+def _unpad_input_grad(gxp: torch.Tensor, padding: int, padding_mode: str, h: int, w: int) -> torch.Tensor:
+    """The input gradient from the gradient w.r.t. the padded input: reflected borders folded back, zero borders
+    dropped (shared by the csr/kernel and the bsr input-gradient wrappers)."""
+    if padding == 0:
+        return gxp
+    if padding_mode == "reflect":
+        return _fold_reflect(gxp, padding)
+    return gxp[:, :, padding : padding + h, padding : padding + w]
+
+
 def _fold_reflect(gxp: torch.Tensor, pad: int) -> torch.Tensor:
     """Fold the gradient of a reflect-padded tensor back onto the unpadded input (adjoint of F.pad(mode='reflect'))."""
     # rows: padded row p-k (k=1..pad) is a copy of input row k; padded row p+H-1+k is a copy of input row H-1-k
@@ -537,13 +547,7 @@ def sparse_conv2d_input_grad(
             BLOCK_J=cfg.block_j,
             num_warps=cfg.num_warps,
         )
-    if padding == 0:
-        gx = gxp
-    elif padding_mode == "reflect":
-        gx = _fold_reflect(gxp, padding)
-    else:
-        gx = gxp[:, :, padding : padding + h, padding : padding + w]
-    return gx.to(grad_out.dtype).contiguous()
+    return _unpad_input_grad(gxp, padding, padding_mode, h, w).to(grad_out.dtype).contiguous()
 
 
 def sparse_conv2d_weight_grad(

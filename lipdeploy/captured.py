@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .fit_result import FitResult, progress_bar, state_copy
+from .fit_result import finish_result, progress_bar, state_copy
 from .tasks import Observation, Task
 
 CaptureMode = Literal["off", "cuda-graph", "compile", "auto", "sync-free"]
@@ -418,39 +418,22 @@ def fit_captured(
             h.remove()
     seconds = time.perf_counter() - t_start
 
-    output = step.ema_out.detach().cpu().clamp(0, 1)
-    result_best = step.best_img.detach().cpu().clamp(0, 1) if step.best_img is not None else None
-    psnr_best = psnr_final = ssim_best = ssim_final = None
-    best_iter = None
-    if gt is not None:
-        gt_c = gt.cpu()
-        psnr_final = float(task.psnr_t(output, gt_c))
-        ssim_final = task.ssim(output, gt_c)
-        psnr_best = float(step.best_psnr)
-        best_iter = int(torch.argmax(step.curve).item()) + 1
-        ssim_best = task.ssim(result_best, gt_c)
-    sorted_steps = sorted(step_times[1:] or step_times)
-    return FitResult(
-        output=output,
-        best_output=result_best,
-        psnr_best=psnr_best,
-        psnr_final=psnr_final,
-        ssim_best=ssim_best,
-        ssim_final=ssim_final,
-        best_iter=best_iter,
-        psnr_observation_final=float(obs.fidelity_psnr_t(step.ema_out)),
-        input_psnr=observation.input_psnr(gt) if gt is not None else None,
+    return finish_result(
+        task=task,
+        config=config,
+        observation=observation,
+        obs=obs,
+        gt=gt,
+        ema_out=step.ema_out,
+        best_img=step.best_img,
+        best_psnr=step.best_psnr,
+        curve=step.curve,
         history=history,
         seconds=seconds,
-        iterations=config.iters,
-        step_ms=1000.0 * seconds / config.iters,
-        step_ms_median=1000.0 * sorted_steps[len(sorted_steps) // 2],
-        backtracks=int(step.backtracks),
-        state_dict=state_copy(model, cpu=True),
-        snapshots=snapshots,
-        metric_label=task.metric_label,
-        input_noise_std=input_noise_std,
         step_times=step_times,
-        ema_mode=config.ema_mode,
+        backtracks=step.backtracks,
+        model=model,
+        snapshots=snapshots,
+        input_noise_std=input_noise_std,
         initial_output_weight=step.initial_output_weight(),
     )

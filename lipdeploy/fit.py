@@ -44,7 +44,7 @@ from torch import nn
 from .backends import AUTO, BACKENDS, sparsify
 from .captured import fit_captured, resolve_capture
 from .errors import InputError
-from .fit_result import BEST_LABEL, FINAL_LABEL, FitResult, progress_bar, state_copy
+from .fit_result import BEST_LABEL, FINAL_LABEL, FitResult, finish_result, gt_psnr_t, progress_bar, state_copy
 from .masks import Masks, apply_masks_, freeze_pruned, validate_masks
 from .networks import ArchSpec, make_input, prunable_names
 from .tasks import Observation, Task, make_task
@@ -317,41 +317,23 @@ def fit(
             h.remove()
     seconds = time.perf_counter() - t_start
 
-    output = ema_out.detach().cpu().clamp(0, 1)
-    result_best = best_img.detach().cpu().clamp(0, 1) if best_img is not None else None
-    psnr_best = psnr_final = ssim_best = ssim_final = None
-    best_iter = None
-    if gt is not None:
-        gt_c = gt.cpu()
-        psnr_final = float(gt_psnr_t(task, output, gt_c))
-        ssim_final = gt_ssim(task, output, gt_c)
-        if result_best is not None:
-            psnr_best = float(best_psnr)
-            best_iter = int(torch.argmax(curve).item()) + 1
-            ssim_best = gt_ssim(task, result_best, gt_c)
-    sorted_steps = sorted(step_times[1:] or step_times)
-    return FitResult(
-        output=output,
-        best_output=result_best,
-        psnr_best=psnr_best,
-        psnr_final=psnr_final,
-        ssim_best=ssim_best,
-        ssim_final=ssim_final,
-        best_iter=best_iter,
-        psnr_observation_final=float(obs.fidelity_psnr_t(ema_out)),
-        input_psnr=observation.input_psnr(gt) if gt is not None else None,
+    return finish_result(
+        task=task,
+        config=config,
+        observation=observation,
+        obs=obs,
+        gt=gt,
+        ema_out=ema_out,
+        best_img=best_img,
+        best_psnr=best_psnr,
+        curve=curve,
         history=history,
         seconds=seconds,
-        iterations=config.iters,
-        step_ms=1000.0 * seconds / config.iters,
-        step_ms_median=1000.0 * sorted_steps[len(sorted_steps) // 2],
-        backtracks=backtracks,
-        state_dict=state_copy(model, cpu=True),
-        snapshots=snapshots,
-        metric_label=task.metric_label,
-        input_noise_std=std,
         step_times=step_times,
-        ema_mode=config.ema_mode,
+        backtracks=backtracks,
+        model=model,
+        snapshots=snapshots,
+        input_noise_std=std,
         initial_output_weight=init_weight,
     )
 
@@ -367,21 +349,6 @@ def _adam(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> 
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr)
-
-
-def gt_psnr_t(task: Task, output: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """The task's PSNR of ``output`` to the ground truth; for several images (``gt`` ``[n, 3, H, W]``, one output: a
-    multi-image fit, lipdeploy/multi_image.py) the mean over images of each one's PSNR, not that of their mean MSE."""
-    if gt.shape[0] == 1:
-        return task.psnr_t(output, gt)
-    return torch.stack([task.psnr_t(output, gt[i : i + 1]) for i in range(gt.shape[0])]).mean()
-
-
-def gt_ssim(task: Task, output: torch.Tensor, gt: torch.Tensor) -> float:
-    """The task's SSIM of ``output`` to the ground truth; for several images the mean over images (see gt_psnr_t)."""
-    if gt.shape[0] == 1:
-        return task.ssim(output, gt)
-    return sum(task.ssim(output, gt[i : i + 1]) for i in range(gt.shape[0])) / gt.shape[0]
 
 
 def simulate(task: Task, clean: torch.Tensor, seed: int = 0) -> Observation:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lipdeploy.errors import InputError
 from lipdeploy.export import export_onnx, ort_session
 from lipdeploy.networks import make_input
 from lipdeploy.ticket import load_ticket
 
-from ..script import Results, parser, script_environment
+from ..script import Results, parser, refuse, script_environment
 from .edge_latency import session_times
 
 
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     sessions, feeds, info = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, path in enumerate(args.tickets):
-            ticket = load_ticket(path)
+            try:
+                ticket = load_ticket(path)
+            except InputError as exc:
+                return refuse(f"error: {exc}")
             name = f"{i}:{path.parent.name}/{path.stem}"
             model = Path(tmp) / f"m{i}.onnx"
             summary = export_onnx(ticket, model, weights_format="dense", test_size=(args.size, args.size))
