@@ -20,6 +20,7 @@ from typing import Any
 
 from lipdeploy.fileio import atomic_output, atomic_write_text
 
+from .paper_claims import claims_markdown
 from .rows import RowStore, curve_path
 
 TTQ_MARGIN_DB = 0.5  # time to quality: seconds until PSNR >= dense DIP best - this
@@ -566,12 +567,26 @@ def build_report(out: str | Path) -> dict[str, Any]:
     pngs += quality_latency_plot(out, all_rows)
     task_lines, task_pngs = task_section(out, all_rows)
     pngs += task_pngs
+    table = claims_markdown(_task_quality(all_rows), claims_setting(preset))
+    if table and preset.get("name") not in NO_VERDICT_PRESETS:
+        atomic_write_text(out / "claims.md", table)
+        task_lines = ["", "## The paper's claims at these settings", "", *table.rstrip("\n").split("\n"), *task_lines]
     front = frontier_lines(all_rows) if preset.get("name") not in NO_VERDICT_PRESETS else []
     front_md = ["", "## Structured tickets: quality vs latency", "", *front] if front else []
     md = markdown(all_rows, jobs, envs, preset, pngs).rstrip("\n") + "\n" + "\n".join([*front_md, *task_lines, ""])
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "headline.md", headline(all_rows, preset) + "".join(f"{ln}\n" for ln in front))
     return {"rows": len(all_rows), "jobs": len(jobs), "plots": pngs}
+
+
+def claims_setting(preset: dict[str, Any]) -> str:
+    """Where a claims table was measured, in words: preset, crops, images, iterations."""
+    crop = preset.get("crop")
+    size = f"{crop}x{crop} crops" if crop else "full images"
+    return (
+        f"preset `{preset.get('name', '?')}`, {size} of {', '.join(preset.get('images', []))}, "
+        f"{preset.get('iters')} iterations per fit, {preset.get('imp_iters')} per IMP round"
+    )
 
 
 def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:

@@ -475,6 +475,12 @@ def test_frontier_and_tasks_run_end_to_end(tmp_path):
     assert (tmp_path / "m" / "psnr_vs_sparsity_per_task.png").exists()
     md = (tmp_path / "m" / "report.md").read_text()
     assert "## Per task" in md and "xtask-36-from-denoise" in md
+    claims_md = (tmp_path / "m" / "claims.md").read_text()
+    assert "## The paper's claims at these settings" in md
+    for task in ("denoise", "sr"):
+        assert f"| LIP within 0.5 dB of dense up to 89% | {task} |" in claims_md
+    assert "| a ticket found on another task within 0.5 dB of the image's own | sr |" in claims_md
+    assert "| a ticket found on several other images at once" in claims_md
     multi_row = q[("multi-36-from-chelsea+rocket@denoise", "astronaut")]
     assert multi_row["source_image"] == "chelsea+rocket"
     t = load_ticket(tmp_path / "m" / "tickets" / "chelsea_rocket" / "unstructured_denoise" / "round_02.pt")
