@@ -39,8 +39,13 @@ class Comparison:
     def mean(self) -> float:
         return statistics.fmean(self.diffs.values())
 
+    @property
+    def label(self) -> str:
+        """The LIP's sparsity label ("89") or the transferred ticket's name."""
+        return self.a.removeprefix("lip-unstructured-")
+
     def text(self) -> str:
-        return f"{self.a.removeprefix('lip-unstructured-')}: {self.mean:+.2f}"
+        return f"{self.label}: {self.mean:+.2f}"
 
 
 def _diff(ms: dict[str, dict[str, Any]], a: str, b: str) -> Comparison | None:
@@ -49,16 +54,24 @@ def _diff(ms: dict[str, dict[str, Any]], a: str, b: str) -> Comparison | None:
     return Comparison(a, b, {i: pa[i] - pb[i] for i in imgs}) if imgs else None
 
 
+def _one(c: Comparison, ok: Callable[[float], bool]) -> str:
+    if all(ok(d) for d in c.diffs.values()):
+        return "holds"
+    return "mixed" if ok(c.mean) else "does not hold"
+
+
 def verdict(comparisons: list[Comparison], ok: Callable[[float], bool]) -> str:
-    """'holds' when every image of every comparison passes ``ok``; 'mixed' when every mean passes but some image does
-    not; 'does not hold' otherwise; 'not measured yet' without comparisons."""
+    """'holds' when every image of every comparison passes ``ok``; 'mixed' for a comparison whose mean passes but
+    some image does not; 'does not hold' otherwise; 'not measured yet' without comparisons. Where the comparisons
+    (sparsities, transferred tickets) disagree, each verdict names where it applies: "holds at 59, 89; does not hold
+    at 99.5"."""
     if not comparisons:
         return "not measured yet"
-    if all(ok(d) for c in comparisons for d in c.diffs.values()):
-        return "holds"
-    if all(ok(c.mean) for c in comparisons):
-        return "mixed (holds on the mean, not on every image)"
-    return "does not hold"
+    each = [(c.label, _one(c, ok)) for c in comparisons]
+    kinds = list(dict.fromkeys(v for _, v in each))
+    if len(kinds) == 1:
+        return kinds[0] if kinds[0] != "mixed" else "mixed (holds on the mean, not on every image)"
+    return "; ".join(f"{k} at {', '.join(lbl for lbl, v in each if v == k)}" for k in kinds)
 
 
 def _lips(ms: dict[str, dict[str, Any]], keep: Callable[[float], bool]) -> list[str]:

@@ -53,3 +53,11 @@ def test_unmeasured_claims_and_missing_transfers():
     md = claims_markdown(_tq({"a": 29.8, "b": 27.9}, {"a": 27.5, "b": 25.9}), "preset `t`")
     assert "baby: 74.0% +0.06 vs dense" in md  # the paper's figure beside the measured gap
     assert "89: -0.15 dB (2 image(s))" in md
+
+
+def test_a_claim_that_holds_at_some_sparsities_says_where():
+    tq = _tq({"a": 29.8, "b": 27.9}, {"a": 27.5, "b": 25.9})
+    ms = tq["denoise"]
+    ms["dd-matched-95.6"] = {"family": "dd-matched", "sparsity": 0.956, "psnr": {"a": 30.0, "b": 28.0}}
+    v = _verdicts(tq)
+    assert v["LIP beats the deep decoder of equal size"] == "holds at 89; does not hold at 95.6"
