@@ -272,6 +272,9 @@ PRESETS: dict[str, Preset] = {
     # - so 3 tasks x 2 images x ~55 min = ~5.5 h, transfers across tasks (4 directions x 2 points x 2 images) and
     #   across images (3 tasks x 2 points x 2 images) ~1 h; the multi-image chain (denoising, 25 rounds of one
     #   network fitted to three images) and its 4 held-out fits ~0.7 h: ~7.2 core-hours in all.
+    # Measured (2-core AMD EPYC, two single-thread processes, 2026-11-27): a fitting step costs ~0.14 s, not the 0.25 s
+    # assumed above: a 24-round chain took 1003-1009 s, a 500-iteration DIP fit 66-77 s, a matched deep decoder up to
+    # 105 s; the whole preset ~4.5 core-hours (job times summed, rows files), 2.4 hours of wall time.
     # Numbers at 500 iterations and 96 px are not the paper's (3000 iterations, full images): the report compares
     # methods on the same crops and budgets, it does not reproduce the paper's absolute PSNRs.
     "fidelity": Preset(
