@@ -934,11 +934,15 @@ def _task_plot(out: Path, tq: dict[str, dict[str, dict[str, Any]]]) -> list[str]
         ticks: set[float] = set()
         for fam in fams:
             # x = IMP rounds k (sparsity 1 - 0.8^k), labelled in sparsity: 95.6, 98.8 and 99.5% stay apart
-            pts = sorted(
-                (_rounds_of(e["sparsity"]), _mean(list(e["psnr"].values())))
-                for e in ms.values()
-                if e["family"] == fam and e["sparsity"] is not None and e["sparsity"] < 1
-            )
+            # one point per sparsity: the mean over images of the family's fits there, so that a transfer family
+            # whose tickets each land on one image (astronaut's on coffee, coffee's on astronaut) is compared on
+            # the same images as the LIP's mean, not as two single-image points
+            per: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for e in ms.values():
+                if e["family"] == fam and e["sparsity"] is not None and e["sparsity"] < 1:
+                    for img, v in e["psnr"].items():
+                        per[_rounds_of(e["sparsity"])][img].append(v)
+            pts = sorted((k, _mean([_mean(vs) for vs in by_img.values()])) for k, by_img in per.items())
             ticks |= {x for x, _ in pts}
             if pts:
                 st = styles[fam]
