@@ -42,10 +42,15 @@ class Comparison:
     @property
     def label(self) -> str:
         """The LIP's sparsity label ("89") or the transferred ticket's name."""
-        return self.a.removeprefix("lip-unstructured-")
+        return _label(self.a)
 
     def text(self) -> str:
         return f"{self.label}: {self.mean:+.2f}"
+
+
+def _label(method: str) -> str:
+    """``lip-unstructured-89`` -> ``89``, the suffix its random / matched rivals share; other names unchanged."""
+    return method.removeprefix("lip-unstructured-")
 
 
 def _diff(ms: dict[str, dict[str, Any]], a: str, b: str) -> Comparison | None:
@@ -111,15 +116,14 @@ def claim_rows(tq: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
 
     for task in sorted(tq):
         ms = tq[task]
-        tail = lambda m: m.removeprefix("lip-unstructured-")  # noqa: E731
         near = [c for m in _lips(ms, lambda s: s <= MODERATE) if (c := _diff(ms, m, "dense"))]
         add(f"LIP within {NEAR_DB} dB of dense up to 89%", task, _paper_near_dense(task), near,
             lambda d: d >= -NEAR_DB)  # fmt: skip
         extreme = _lips(ms, lambda s: s >= EXTREME)
-        above = [c for m in extreme if (c := _diff(ms, m, f"random-{tail(m)}"))]
+        above = [c for m in extreme if (c := _diff(ms, m, f"random-{_label(m)}"))]
         add(f"LIP >= {ABOVE_RANDOM_DB:g} dB above random pruning at >= 95%", task, "LIP above random (curves)",
             above, lambda d: d >= ABOVE_RANDOM_DB)  # fmt: skip
-        dd = [c for m in _lips(ms, lambda s: True) if (c := _diff(ms, m, f"dd-matched-{tail(m)}"))]
+        dd = [c for m in _lips(ms, lambda s: True) if (c := _diff(ms, m, f"dd-matched-{_label(m)}"))]
         add("LIP beats the deep decoder of equal size", task, "LIP above deep decoder", dd, lambda d: d > 0)
         drop = [c for m in extreme[-1:] if (c := _diff(ms, m, "dense"))]
         add("LIP at the most extreme sparsity vs dense", task, _paper_extreme(task), drop, None)

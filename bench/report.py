@@ -173,15 +173,20 @@ NO_VERDICT_PRESETS = ("ci",)  # smoke-test presets: their numbers carry no evide
 def claims(rows: list[dict[str, Any]], preset: dict[str, Any] | None = None) -> list[str]:
     """The paper's three claims with a verdict computed from the measured PSNRs (paired by image; "beats" needs a
     lead on every image, so a mean lead driven by one photograph is reported as mixed). A smoke-test preset
-    (:data:`NO_VERDICT_PRESETS`) gets one line saying why there is no verdict instead."""
+    (:data:`NO_VERDICT_PRESETS`) gets one line saying why there is no verdict instead, a multi-task preset one line
+    pointing to its per-task claims table."""
     if preset and preset.get("name") in NO_VERDICT_PRESETS:
         return [
             f"- no verdicts: the `{preset['name']}` preset is a smoke test (tiny images, few iterations); its "
             "numbers say nothing about the paper's claims. Use `--preset cpu` or `paper`."
         ]
+    if preset and len(preset.get("tasks") or ()) > 1:
+        # method names carry "@task" there and each task has its own dense DIP: the per-task claims table
+        # (paper_claims) pairs them; these one-task verdicts would compare across tasks or find no dense
+        return ["- per task: see the table of the paper's claims (claims.md, and its section below)"]
     q = _q(rows)
     sp = {r["method"]: r.get("sparsity") for r in rows if r["metric"] == "psnr_best"}
-    lips = sorted({m for m, _ in q if m.startswith("lip-unstructured-")}, key=lambda m: sp.get(m) or 0)
+    lips = sorted({m for m, _ in q if m.startswith("lip-unstructured-")}, key=lambda m: (sp.get(m) or 0, m))
     lines = []
     # 1. LIP at 80-90% within 0.5 dB of dense
     band = [m for m in lips if sp.get(m) is not None and CLAIM_BAND[0] <= sp[m] <= CLAIM_BAND[1]]
@@ -828,7 +833,8 @@ def _task_quality(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
 def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Issue 16's report of a multi-task preset: per task, PSNR vs sparsity of LIP, random pruning and the matched
     deep decoder with the dense DIP as a line (mean over images; a plot with one panel per task), and the transfer
-    rows next to the image's own ticket at the same round. Returns (Markdown lines, PNG names)."""
+    rows next to the image's own ticket at the same round. The targets' verdicts are the claims table's
+    (:mod:`.paper_claims`), which build_report puts above this section. Returns (Markdown lines, PNG names)."""
     tq = _task_quality(rows)
     if not tq:
         return [], []
@@ -861,7 +867,6 @@ def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list
         lines += ["", f"### {task}", ""]
         lines += _table(["sparsity", "LIP", "random", "matched DD", "dense", "LIP - random", "LIP - dense",
                          "LIP - matched DD"], body)  # fmt: skip
-        lines += ["", *_task_targets(ms, dense)]
         tr = []
         for m, e in sorted(ms.items()):
             if not (e["family"] or "").startswith("transfer"):
@@ -877,38 +882,6 @@ def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list
             lines += ["", f"Transferred tickets fitted on {task} (found on: image, task):", ""]
             lines += _table(["method", "found on", "fitted on", "PSNR", "own ticket", "Δ vs own"], tr)
     return lines, _task_plot(out, tq)
-
-
-def _task_targets(ms: dict[str, dict[str, Any]], dense: dict[str, float]) -> list[str]:
-    """Issue 16's targets on one task, paired by image: LIP >= 1 dB above random at >= 95% sparsity; LIP within
-    0.5 dB of dense up to 89%; each transfer within 0.5 dB of the image's own ticket at the same round."""
-
-    def diffs(a: dict[str, float], b: dict[str, float]) -> list[float]:
-        return [a[i] - b[i] for i in sorted(set(a) & set(b))]
-
-    def verdict(ds: list[float], ok) -> str:
-        if not ds:
-            return "not measured yet"
-        return ("holds" if all(ok(d) for d in ds) else "does not hold") + f" ({_mean(ds):+.2f} dB, {len(ds)} image(s))"
-
-    out = []
-    for m, e in sorted(ms.items(), key=lambda kv: (kv[1].get("sparsity") or 0, kv[0])):
-        if e["family"] != "lip" or e["sparsity"] is None:
-            continue
-        tail = m.removeprefix("lip-unstructured-")
-        if e["sparsity"] >= 0.95:
-            ds = diffs(e["psnr"], ms.get(f"random-{tail}", {}).get("psnr", {}))
-            out.append(f"- {m} >= 1 dB above random-{tail}: {verdict(ds, lambda d: d >= 1.0)}")
-        elif e["sparsity"] <= 0.9:
-            ds = diffs(e["psnr"], dense)
-            out.append(f"- {m} within {NEAR_DENSE_DB} dB of dense: {verdict(ds, lambda d: d >= -NEAR_DENSE_DB)}")
-    for m, e in sorted(ms.items()):
-        if (e["family"] or "").startswith("transfer"):
-            own = ms.get(f"lip-unstructured-{m.split('-')[1]}", {}).get("psnr", {})
-            ds = diffs(e["psnr"], own)
-            out.append(f"- {m} within {NEAR_DENSE_DB} dB of the image's own ticket: "
-                       f"{verdict(ds, lambda d: d >= -NEAR_DENSE_DB)}")  # fmt: skip
-    return out
 
 
 def _rounds_of(sparsity: float) -> float:

@@ -477,6 +477,7 @@ def test_frontier_and_tasks_run_end_to_end(tmp_path):
     assert "## Per task" in md and "xtask-36-from-denoise" in md
     claims_md = (tmp_path / "m" / "claims.md").read_text()
     assert "## The paper's claims at these settings" in md
+    assert "no dense result" not in md  # one-task verdicts would pair "lip-...@sr" with a "dense" that is not there
     for task in ("denoise", "sr"):
         assert f"| LIP within 0.5 dB of dense up to 89% | {task} |" in claims_md
     assert "| a ticket found on another task within 0.5 dB of the image's own | sr |" in claims_md
