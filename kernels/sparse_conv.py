@@ -88,13 +88,13 @@ class KernelConfig:
 
 
 def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
-    """Tile sizes by output size. Not yet tuned on a GPU; chosen from the sm_90 SASS (``python -m
-    lipdeploy.bench.kernel_sass``, results in bench/results/kernel_sass_sm90.json): a thread's pixels per nonzero
-    (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so at 8 pixels per thread the hot loops issue
-    5.3 (forward), 5.8 (input grad) and 7.7 (weight grad) instructions per multiply, against 11.6, 12.1 and 12.5 with
-    the earlier masked 256-pixel tiles of 2 pixels per thread, at 96 / 134 / 96 registers (20 / 12 / 20 resident
-    warps per SM, each thread keeping 16 loads in flight). Small outputs get smaller tiles so that a layer still
-    spreads over the 132 SMs."""
+    """Tile sizes by output size. Outputs > 64x64 were tuned on an H100 (see below). The smaller ones were chosen
+    from the sm_90 SASS (``python -m lipdeploy.bench.kernel_sass``, bench/results/kernel_sass_sm90.json): a thread's
+    pixels per nonzero (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so at 8 pixels per thread the
+    hot loops issue 5.3 (forward), 5.8 (input grad) and 7.7 (weight grad) instructions per multiply, against 11.6,
+    12.1 and 12.5 with the earlier masked 256-pixel tiles of 2 pixels per thread. The H100 showed that fewer
+    instructions did not win at 256x256: more programs in flight did. Small outputs get smaller tiles so that a
+    layer still spreads over the 132 SMs."""
     if device.type != "cuda":
         # interpreter: its cost is per program, so large outputs get large tiles (4x fewer programs); small outputs
         # (the kernel tests' odd shapes) keep 64-pixel tiles so they still span several tiles
@@ -104,7 +104,12 @@ def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
         return KernelConfig(block_p_fwd=256, block_p_dgrad=256, block_p_wgrad=256, num_warps=2, block_j=2)
     if num_out_pixels <= 4096:  # 64x64: 4 pixels per thread, 8 tiles per channel
         return KernelConfig(block_p_fwd=512, block_p_dgrad=512, block_p_wgrad=512, num_warps=4, block_j=2)
-    return KernelConfig(block_p_fwd=1024, block_p_dgrad=1024, block_p_wgrad=1024, num_warps=4, block_j=2)
+    # Measured (H100 80GB HBM3, 2026-11-27, `gpu.layers --tune`, 128 -> 128 3x3 at 256x256, 50% imp mask; the sweep's
+    # 90% rows were cut off by its cap): 256-pixel tiles, 2 nonzeros per step, 4 warps (2 pixels per thread) ran the
+    # forward in 2.217 ms and forward+backward in 9.740 ms, against 2.495 / 11.302 ms for the 1024-pixel tiles chosen
+    # from the SASS (-11% / -14%: more programs in flight beat fewer instructions per multiply); the best forward
+    # alone, p512.j2.w8, was 2.196 ms (1% better) but 11.368 ms with the backward.
+    return KernelConfig(block_p_fwd=256, block_p_dgrad=256, block_p_wgrad=256, num_warps=4, block_j=2)
 
 
 def candidate_configs(num_out_pixels: int, device: torch.device) -> list[KernelConfig]:
@@ -115,6 +120,12 @@ def candidate_configs(num_out_pixels: int, device: torch.device) -> list[KernelC
     base = default_config(num_out_pixels, device)
     if device.type != "cuda":
         return [base]
+    if num_out_pixels > 4096:
+        # the measured top three of the H100 sweep (default_config): p256.j2.w4, p512.j2.w8 (best forward alone),
+        # p512.j2.w4 (second best forward+backward); halving 256-pixel tiles or doubling the warps would leave one
+        # pixel per thread, which no swept config had
+        wide = replace(base, block_p_fwd=512, block_p_dgrad=512, block_p_wgrad=512)
+        return [base, replace(wide, num_warps=8), wide]
     half = replace(base, block_p_fwd=base.block_p_fwd // 2, block_p_dgrad=base.block_p_dgrad // 2)
     wide = replace(base, block_j=4, num_warps=2 * base.num_warps)
     return [base, half, wide]

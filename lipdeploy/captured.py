@@ -269,7 +269,11 @@ class SyncFreeStep:
     def _track(self, keep: torch.Tensor) -> None:
         """PSNR of the average to the ground truth into the curve, and the best output so far (kept with where)."""
         p = self.task.psnr_t(self.ema_out, self.gt)
-        self.curve.index_copy_(0, self.i.view(1), torch.where(keep, p, -math.inf).view(1).to(self.curve.dtype))
+        # Clamped: CapturedStep's warm-up runs more steps than a short fit has iterations (3 warm-up steps of a
+        # 2-iteration fit wrote curve[2]: a device-side assert on an H100, 2026-11-27); the warm-up's writes are put
+        # back afterwards, and a real step's index is always < iters.
+        at = self.i.clamp(max=self.curve.numel() - 1).view(1)
+        self.curve.index_copy_(0, at, torch.where(keep, p, -math.inf).view(1).to(self.curve.dtype))
         better = keep & ((p > self.best_psnr) | (self.ema_updates == 1))  # the first average is taken as it is
         self.best_psnr.copy_(torch.where(keep, torch.maximum(self.best_psnr, p), self.best_psnr))
         self.best_img.copy_(torch.where(better, self.ema_out, self.best_img))

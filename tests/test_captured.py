@@ -18,6 +18,7 @@ from lipdeploy.captured import CAPTURE_MODES, flatten_parameters, resolve_captur
 from lipdeploy.errors import InputError
 from lipdeploy.fit import FitConfig, fit, simulate
 from lipdeploy.imp import prune
+from lipdeploy.networks import make_input
 from lipdeploy.tasks import Denoise, Inpaint, SuperResolution
 from lipdeploy.testing import tiny_skip
 from lipdeploy.ticket import ticket_from_model
@@ -141,6 +142,25 @@ def test_sync_free_backtracking_matches_the_eager_fit(check_every):
     assert torch.allclose(eager_model.img.detach(), sync_model.img.detach(), atol=1e-5)
     off = fit(_Direct(target.shape, blow), obs, FitConfig(capture="sync-free", backtrack_db=0, **cfg), net_input=x)
     assert off.backtracks == 0
+
+
+def test_warm_up_steps_past_the_last_iteration_stay_in_bounds():
+    """CapturedStep warms up with 3 steps whatever the fit's length: a 2-iteration fit with ground truth wrote
+    curve[2] (a device-side assert on an H100, 2026-11-27; an IndexError on CPU). The curve index is clamped; the
+    warm-up's writes are put back before the real steps."""
+    from lipdeploy.captured import SyncFreeStep
+
+    clean = _clean(16)
+    obs = simulate(Denoise(), clean, seed=0)
+    model = _ticket().build()
+    step = SyncFreeStep(
+        model, obs, Denoise(), make_input(tiny_skip(), 16, 16), iters=2, lr=0.01, input_noise_std=0.0, ema=0.99,
+        ema_mode="paper", backtrack_db=0.0, check_every=1, generator=torch.Generator().manual_seed(0), gt=clean,
+    )  # fmt: skip
+    for _ in range(3):
+        step()
+    assert int(step.i) == 3 and step.curve.shape == (2,)
+    assert torch.isfinite(step.curve).all()  # the third step wrote the last entry, nothing past it
 
 
 def test_capture_modes_resolve_per_device():

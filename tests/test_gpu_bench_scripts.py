@@ -236,6 +236,27 @@ def test_gpu_verdict_checks_issue_13s_block_targets(tmp_path, capsys):
     assert "PASS    fitting step @256, >=80% block vs dense eager" in out
 
 
+def test_gpu_verdict_derives_fitting_step_speedups_from_median_steps():
+    """The H100 session of 2026-11-27: the first (dense eager) fit's mean step carried the card's one-time costs (mean
+    182.3 ms, median 17.0 ms), so the speedups written from means read 42x where the medians give 4x."""
+    from lipdeploy.bench.gpu import verdict as gpu_verdict
+
+    def row(variant, mean, median, sp=0.0, eager=None):
+        r = {"size": 256, "sparsity": sp, "variant": variant, "mask": "block-random" if sp else "-",
+             "backend": "triton-bsr" if sp else "dense", "step_ms": mean, "step_ms_median": median}  # fmt: skip
+        return r | ({"speedup_vs_dense_eager": eager} if eager else {})
+
+    steps = [row("dense_eager", 182.3, 17.0), row("dense_captured", 4.92, 4.91)]
+    steps += [row("bsr_eager", 311.2, 35.0, 0.8, eager=0.59), row("bsr_captured", 4.30, 4.30, 0.8, eager=42.4)]
+    fixed = {r["variant"]: r for r in gpu_verdict._median_speedups(steps)}
+    assert fixed["bsr_captured"]["speedup_vs_dense_eager"] == pytest.approx(17.0 / 4.30, rel=1e-3)
+    assert fixed["bsr_captured"]["speedup_vs_dense_captured"] == pytest.approx(4.91 / 4.30, rel=1e-3)
+    assert fixed["bsr_eager"]["speedup_vs_dense_eager"] == pytest.approx(17.0 / 35.0, rel=1e-3)
+    line = gpu_verdict.block_verdicts([], steps)[1]
+    assert line["status"] == "PASS" and line["ratio"] == pytest.approx(3.953, abs=1e-3)
+    assert "x1.14 vs dense captured" in line["detail"]
+
+
 def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
     """bench/gpu/session.sh end to end in its CPU smoke mode: every step exits 0, every JSON is complete, the verdict
     is written, and everything comes back as the one tarball the device tool can return."""
@@ -253,7 +274,7 @@ def test_gpu_session_script_runs_every_step_and_packs_the_results(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     steps = [line for line in r.stdout.splitlines() if " rc=" in line]
     assert [s.split(":")[0] for s in steps] == [
-        "gpu_target", "gpu_bsr", "gpu_fitstep", "gpu_network", "gpu_tests", "gpu_tune", "gpu_layers"
+        "gpu_target", "gpu_tests", "gpu_bsr", "gpu_fitstep", "gpu_network", "gpu_tune", "gpu_layers"
     ]  # fmt: skip
     assert all(" rc=0 " in s for s in steps), steps
     for name in ("gpu_target", "gpu_bsr", "gpu_fitstep", "gpu_network", "gpu_tune", "gpu_layers"):

@@ -169,22 +169,26 @@ def _cases():
     return cases
 
 
-def _run_both(x, packed, bias, stride, padding, mode, slope):
-    """Triton and reference outputs and grads (x, values, bias) for the same random upstream gradient."""
+def _run_both(x, packed, bias, stride, padding, mode, slope, ref_dtype=None):
+    """Triton and reference outputs and grads (x, values, bias) for the same random upstream gradient; the reference
+    in ``ref_dtype`` where given (float64 on CUDA: cuDNN may pick Winograd or FFT for a float32 3x3 stride-1 conv,
+    whose error is no reference), its results cast back to the Triton results' dtype."""
     out = {}
     g = None
     for name, fn in (("triton", sparse_conv2d), ("ref", sparse_conv2d_reference)):
-        xi = x.detach().clone().requires_grad_(True)
-        vi = packed.values.detach().clone().requires_grad_(True)
-        bi = bias.detach().clone().requires_grad_(True) if bias is not None else None
+        dt = ref_dtype if name == "ref" and ref_dtype is not None else x.dtype
+        xi = x.detach().clone().to(dt).requires_grad_(True)
+        vi = packed.values.detach().clone().to(dt).requires_grad_(True)
+        bi = bias.detach().clone().to(dt).requires_grad_(True) if bias is not None else None
         y = fn(xi, packed.with_values(vi), bi, stride, padding, mode, slope)
         if g is None:
             g = torch.randn_like(y)
-        y.backward(g)
-        gv = vi.grad if vi.grad is not None else torch.zeros_like(vi)
+        y.backward(g.to(dt))
+        y, gx = y.to(x.dtype), xi.grad.to(x.dtype)
+        gv = (vi.grad if vi.grad is not None else torch.zeros_like(vi)).to(x.dtype)
         if packed.tap_mask is not None and name == "ref":
             gv = gv * packed.tap_mask  # the kernel-granular op trains only the mask's taps
-        out[name] = (y.detach(), xi.grad, gv, bi.grad if bi is not None else None)
+        out[name] = (y.detach(), gx, gv, bi.grad.to(x.dtype) if bi is not None else None)
     return out
 
 
@@ -357,12 +361,10 @@ def test_cuda_layer_sizes(geom, sparsity, fmt):
     mask = make_mask(weight.shape, sparsity, 8, kind="kernels" if fmt == "kernel" else "random").cuda()
     packed = pack_conv_weight(weight, mask, format=fmt)
     bias = torch.randn(128, device="cuda")
-    prev = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # exact fp32 reference
-    try:
-        res = _run_both(x, packed, bias, stride, padding, mode, 0.2)
-    finally:
-        torch.backends.cudnn.allow_tf32 = prev
+    # float64 reference: on an H100 (2026-11-27) every stride-1 3x3 case failed against a float32 cuDNN reference
+    # with TF32 off, while stride 2 and 1x1 passed, and the interpreter matches the reference to 1e-6 on the same
+    # geometry; cuDNN's Winograd / FFT algorithms (only used at stride 1) are the likely cause (not yet confirmed)
+    res = _run_both(x, packed, bias, stride, padding, mode, 0.2, ref_dtype=torch.float64)
     for a, b, what in zip(res["triton"], res["ref"], ("y", "gx", "gv", "gb"), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=lambda s, what=what: f"{what}: {s}")
 

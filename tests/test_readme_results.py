@@ -1,22 +1,30 @@
 """The README's result blocks are copies of committed result files: a rebuilt report that changes them must be copied
-into the README too, so the README never shows numbers the results folder no longer has."""
+into the README too (``python -m lipdeploy.bench.readme_blocks``), so the README never shows numbers the results
+folder no longer has."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+import pytest
+
+from lipdeploy.bench import readme_blocks
+
 ROOT = Path(__file__).resolve().parents[1]
-# README marker -> the results file whose text the block between the markers must equal
-BLOCKS = {
-    "headline:cpu": "bench/results/cpu/headline.md",
-    "claims:fidelity": "bench/results/fidelity/claims.md",
-}
 
 
 def test_readme_result_blocks_equal_their_files():
-    readme = (ROOT / "README.md").read_text()
-    for marker, path in BLOCKS.items():
-        m = re.search(rf"<!-- {marker} -->\n(.*?)<!-- /{marker} -->", readme, re.S)
-        assert m, f"README has no {marker} block"
-        assert m.group(1) == (ROOT / path).read_text(), f"README's {marker} block differs from {path}: copy it"
+    stale = readme_blocks.stale_blocks((ROOT / "README.md").read_text())
+    assert not stale, f"README blocks {stale} differ from their files: run python -m lipdeploy.bench.readme_blocks"
+
+
+def test_sync_replaces_only_the_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme_blocks, "BLOCKS", {"a": "a.md"})
+    (tmp_path / "a.md").write_text("new\nlines\n")
+    readme = "intro\n<!-- a -->\nold\n<!-- /a -->\noutro\n"
+    assert readme_blocks.stale_blocks(readme, tmp_path) == ["a"]
+    out = readme_blocks.synced(readme, tmp_path)
+    assert out == "intro\n<!-- a -->\nnew\nlines\n<!-- /a -->\noutro\n"
+    assert readme_blocks.stale_blocks(out, tmp_path) == []
+    with pytest.raises(ValueError, match="no <!-- a -->"):
+        readme_blocks.synced("no markers\n", tmp_path)

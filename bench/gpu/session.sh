@@ -5,12 +5,13 @@
 # (BUDGET seconds in all, default 540: the device tool's 600 s per command minus transfers):
 # 1. install lipdeploy into the machine's own Python without touching its torch/triton (offline, no deps);
 # 2. the target layer (128 -> 128 3x3 at 256x256, all sparsities, both masks and formats): issue 4's 2.5x number;
-# 3. the same layer on block tickets (gpu.layers --blocks: 256, 512, 64 px at 90/50/75/0% block sparsity; dense TF32,
+# 3. the GPU-marked tests (kernels compiled for the real card, sparse vs reference, fitting on CUDA; the
+#    torch.compile test is left out: minutes of compiling);
+# 4. the same layer on block tickets (gpu.layers --blocks: 256, 512, 64 px at 90/50/75/0% block sparsity; dense TF32,
 #    dense fp32, csr, bsr16, bsr32; forward and forward+backward): issue 13's 2.5x number;
-# 4. the engine's fitting step, eager vs captured (gpu.network --fit-step, 256 and 512 px, dense and bsr on 16x16
+# 5. the engine's fitting step, eager vs captured (gpu.network --fit-step, 256 and 512 px, dense and bsr on 16x16
 #    block tickets at 80/50/90%): issue 13's 2x number;
-# 5. the whole network at 256x256: forward + fitting step, every variant incl. the tuned dispatcher (issue 4's 2x);
-# 6. the GPU-marked tests (kernels compiled for the real card, sparse vs reference, fitting on CUDA);
+# 6. the whole network at 256x256: forward + fitting step, every variant incl. the tuned dispatcher (issue 4's 2x);
 # 7. the kernel-config sweep on the target layer (gpu.layers --tune: what to tune the defaults to);
 # 8. every other layer shape and size.
 # Results (JSON + logs named with the card, and the dispatcher's cache of measured verdicts) go to
@@ -61,7 +62,9 @@ step() {
     echo "$name: skipped (budget spent)"
     return
   fi
-  timeout "$t" "$@" >"$RES/${name}_$CARD.log" 2>&1
+  # SIGINT first: pytest then still prints its failures (the H100 session of 2026-11-27 lost them to SIGTERM: the
+  # log held only "FFF."), and the benchmark scripts have saved their rows as they came
+  timeout -s INT -k 15 "$t" "$@" >"$RES/${name}_$CARD.log" 2>&1
   echo "$name: rc=$? after ${SECONDS}s (cap ${t}s)"
 }
 
@@ -80,6 +83,9 @@ fi
 
 step 75 gpu_target $PY -m lipdeploy.bench.gpu.layers --layers conv3x3_128_s1 --sizes $SIZE \
   ${DEV[@]+"${DEV[@]}"} ${FEW[@]+"${FEW[@]}"} -o "$RES/gpu_target_$CARD.json"
+# the GPU tests second: on 2026-11-27 9 of 22 failed on an H100 and the step's cap cut off their tracebacks (see
+# GPU_NOTES.md); the torch.compile test is left out (minutes of compiling, it ate the rest of that step)
+step 100 gpu_tests $PY -m pytest -m gpu -q -p no:cacheprovider --tb=short -rfE tests/ -k "not compiled"
 # issue 13: block tickets on the tensor-core kernels (compiles 2 x 3 bsr kernels per size), then the fitting step
 step 120 gpu_bsr $PY -m lipdeploy.bench.gpu.layers --blocks --layers conv3x3_128_s1 --sizes "${BSR_SIZES[@]}" \
   ${DEV[@]+"${DEV[@]}"} ${BLK[@]+"${BLK[@]}"} -o "$RES/gpu_bsr_$CARD.json"
@@ -90,7 +96,6 @@ step 120 gpu_fitstep $PY -m lipdeploy.bench.gpu.network --fit-step --sizes "${FI
 step 200 gpu_network $PY -m lipdeploy.bench.gpu.network --sizes $NET_SIZE --fit-steps 200 \
   --sparsities 0.9 0.5 0.98 0.8 0.95 ${DEV[@]+"${DEV[@]}"} ${FEW[@]+"${FEW[@]}"} ${NET[@]+"${NET[@]}"} \
   -o "$RES/gpu_network_$CARD.json"
-step 90 gpu_tests $PY -m pytest -m gpu -q tests/
 step 90 gpu_tune $PY -m lipdeploy.bench.gpu.layers --layers conv3x3_128_s1 --sizes $SIZE --sparsities 0.5 0.9 \
   --masks imp --formats csr --tune ${DEV[@]+"${DEV[@]}"} -o "$RES/gpu_tune_$CARD.json"
 step 300 gpu_layers $PY -m lipdeploy.bench.gpu.layers ${DEV[@]+"${DEV[@]}"} ${FEW[@]+"${FEW[@]}"} \
