@@ -511,3 +511,39 @@ def test_structured_imp_and_ticket_latency_scripts_run(tmp_path):
     rows = json.loads(lat.read_text())["rows"]
     assert [r["density"] for r in rows][0] == 1.0 and rows[0]["speedup_vs_first"] == 1.0
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)
+
+
+def _quality(method, family, sparsity, psnr_by_image):
+    return [{"method": method, "family": family, "sparsity": sparsity, "metric": "psnr_best", "image": img, "value": v}
+            for img, v in psnr_by_image.items()]  # fmt: skip
+
+
+def _ort(method, ms):
+    return {"method": method, "metric": "forward_ms", "backend": "onnxruntime-cpu", "value": ms, "image": "-"}
+
+
+def test_issue_12_target_lines_name_what_meets_them_and_what_comes_closest():
+    from lipdeploy.bench.report import target_lines
+
+    rows = _quality("dense", "dense", None, {"a": 30.0, "b": 31.0})
+    rows += _quality("lip-block-83", "lip-block", 0.83, {"a": 29.9, "b": 30.8})  # -0.15 dB
+    rows += _quality("lip-block-95.6", "lip-block", 0.956, {"a": 28.0})  # -2.0 dB
+    rows += _quality("lip-channel-norm-83", "lip-channel-norm", 0.83, {"a": 29.8})  # -0.2 dB
+    rows += _quality("lip-channel-norm-95.6", "lip-channel-norm", 0.956, {"a": 29.0})  # -1.0 dB
+    rows += _quality("lip-unstructured-89", "lip", 0.89, {"a": 30.0})  # not structured
+    rows += [_ort("dense", 100.0), _ort("lip-block-83", 95.0), _ort("lip-channel-norm-83", 60.0)]
+    rows += [_ort("lip-channel-norm-95.6", 30.0), _ort("lip-unstructured-89", 10.0)]
+    speed, block = target_lines(rows)
+    assert "not met; closest:" in speed
+    assert "lip-channel-norm-83 (83.0% sparse, -0.20 dB over 1 image(s), 1.67x" in speed  # fastest near dense
+    assert "lip-channel-norm-95.6 (95.6% sparse, -1.00 dB over 1 image(s), 3.33x" in speed  # best of the fast
+    assert "lip-unstructured" not in speed
+    assert block.startswith("- target: a 16x16 block LIP at >= 80% within 0.5 dB of dense: met by lip-block-83")
+    assert "-0.15 dB over 2 image(s)" in block and "not by lip-block-95.6" in block
+
+    rows.append(_ort("lip-channel-norm-83", 45.0))  # now 2.2x: the later row wins in _forward_ms
+    speed, _ = target_lines(rows)
+    assert "met by lip-channel-norm-83" in speed and "2.22x" in speed
+    assert target_lines([r for r in rows if r["method"] != "dense"]) == []
+    no_lat = [r for r in rows if r["metric"] != "forward_ms"]
+    assert "not measured" in target_lines(no_lat)[0]
