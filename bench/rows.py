@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ class RowStore:
     @staticmethod
     def read_all(out: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """(rows of finished jobs, job records by key). A torn last line (crash mid-write) is ignored, and so are the
-        rows of a job without its record; a job recorded by two shards counts once (the first file's)."""
-        rows: list[dict[str, Any]] = []
+        rows of a job without its record. A job recorded twice (``--redo``, or two shards racing) counts once: the
+        record finished last (``finished_at``; records written before it existed count as oldest, the first file's
+        first among them)."""
+        by_key: dict[str, list[dict[str, Any]]] = {}
         jobs: dict[str, dict[str, Any]] = {}
         for path in sorted(out.glob("rows-*.jsonl")):
             pending: list[dict[str, Any]] = []
@@ -55,10 +58,10 @@ class RowStore:
                     key = rec["job"]
                     mine = [r for r in pending if r.get("job") == key]
                     pending = [r for r in pending if r.get("job") != key]
-                    if key not in jobs:
+                    if key not in jobs or rec.get("finished_at", "") > jobs[key].get("finished_at", ""):
                         jobs[key] = rec
-                        rows.extend(mine)
-        return rows, jobs
+                        by_key[key] = mine
+        return [r for key in jobs for r in by_key[key]], jobs
 
     def done(self) -> set[str]:
         """Keys of the jobs finished in any shard's rows file of this folder."""
@@ -68,7 +71,9 @@ class RowStore:
         """Record job ``key`` as finished with ``rows``: one write, then an fsync, so a crash loses at most this job
         (its rows without the closing record are ignored by :meth:`read_all`)."""
         recs = [{"type": "row", "job": key, "env": env_id, **r} for r in rows]
-        recs.append({"type": "job", "job": key, "kind": kind, "seconds": round(seconds, 3), "rows": len(rows)})
+        finished = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        recs.append({"type": "job", "job": key, "kind": kind, "seconds": round(seconds, 3), "rows": len(rows),
+                     "finished_at": finished})  # fmt: skip
         data = "".join(json.dumps(r, allow_nan=True) + "\n" for r in recs)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(data)

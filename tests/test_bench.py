@@ -297,6 +297,56 @@ def test_cli_job_filter_and_listing(tmp_path):
     assert res.output.split() == ["done", "quality/dd-k64/astronaut", "done", "quality/dd-k64/coffee"]
 
 
+def test_cli_redo_reruns_finished_jobs_and_their_new_rows_replace_the_old(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "f"
+    args = ["bench", "--preset", "ci", "--threads", "1", "--no-progress", "--jobs", "quality/dd-k64/*", "-o", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    rows1, jobs1 = RowStore.read_all(out)
+    res = runner.invoke(cli, [*args, "--redo", "quality/dd-k64/coffee"])
+    assert res.exit_code == 0, res.output
+    assert "ran 1, skipped 1" in res.output  # astronaut stays done, coffee runs again
+    rows2, jobs2 = RowStore.read_all(out)
+    assert set(jobs2) == set(jobs1) and len(rows2) == len(rows1)  # replaced, not added
+    assert jobs2["quality/dd-k64/coffee"]["finished_at"] > jobs1["quality/dd-k64/coffee"]["finished_at"]
+    assert jobs2["quality/dd-k64/astronaut"] == jobs1["quality/dd-k64/astronaut"]
+    assert (out / "rows-0-1.jsonl").read_text().count('"job": "quality/dd-k64/coffee", "kind"') == 2  # history kept
+    res = runner.invoke(cli, [*args, "--redo", "latency/nope/*"])
+    assert res.exit_code == 2 and "--redo 'latency/nope/*' matches no job" in res.output
+
+
+def test_a_later_record_of_a_job_replaces_an_earlier_one_in_any_shard_file(tmp_path):
+    def record(key, value, at=None):
+        job = {"type": "job", "job": key, "kind": "quality", "seconds": 1.0, "rows": 1}
+        row = {"type": "row", "job": key, "metric": "psnr_best", "value": value}
+        return json.dumps(row) + "\n" + json.dumps(job | ({"finished_at": at} if at else {})) + "\n"
+
+    (tmp_path / "rows-0-1.jsonl").write_text(record("q/a", 1.0) + record("q/b", 1.0, "2026-11-27T06:00:00"))
+    (tmp_path / "rows-aux-1.jsonl").write_text(record("q/a", 2.0) + record("q/b", 2.0, "2026-11-27T07:00:00"))
+    rows, jobs = RowStore.read_all(tmp_path)
+    got = {r["job"]: r["value"] for r in rows}
+    assert got == {"q/a": 1.0, "q/b": 2.0}  # legacy records: the first file's; timed records: the latest
+    assert jobs["q/b"]["finished_at"] == "2026-11-27T07:00:00"
+
+
+def test_latency_ratios_pair_each_model_with_dense_timed_in_the_same_run():
+    from lipdeploy.bench.report import latency_vs_dense
+
+    def lat(method, ms, env):
+        return {"method": method, "metric": "forward_ms", "backend": "torch-cpu", "value": ms, "env": env}
+
+    rows = [
+        lat("dense", 160.0, "old"),
+        lat("lip-a", 130.0, "old"),
+        lat("dense", 80.0, "new"),
+        lat("lip-b", 40.0, "new"),
+    ]
+    rows += [lat("lip-c", 20.0, "other-run")]  # no dense in its run: no ratio
+    ratios = latency_vs_dense(rows, "torch-cpu")
+    assert ratios["lip-a"] == pytest.approx(130 / 160) and ratios["lip-b"] == pytest.approx(0.5)
+    assert "lip-c" not in ratios and latency_vs_dense(rows, "onnxruntime-cpu") == {}
+
+
 def test_deltas_vs_dense_are_paired_by_image():
     from lipdeploy.bench.report import delta_vs_dense
 

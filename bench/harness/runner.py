@@ -108,8 +108,14 @@ class Bench:
         """Every job of the run (all shards), in plan order."""
         return plan(self.preset, self.tickets, self.backends)
 
-    def run(self, progress: bool = True, only: Callable[[Job], bool] | None = None) -> RunStats:
-        """Run this shard's unfinished jobs, then rebuild the report from all rows in the folder."""
+    def run(
+        self,
+        progress: bool = True,
+        only: Callable[[Job], bool] | None = None,
+        redo: Callable[[Job], bool] | None = None,
+    ) -> RunStats:
+        """Run this shard's unfinished jobs, and its finished ones that ``redo`` selects again (their new record
+        replaces the old: :meth:`RowStore.read_all`), then rebuild the report from all rows in the folder."""
         t0 = time.perf_counter()
         self.prepare()
         fits0 = engine.COUNTERS["fits"]
@@ -117,7 +123,8 @@ class Bench:
         mine = shard_jobs(all_jobs, self.shard)
         if only:
             mine = [j for j in mine if only(j)]
-        done = self.store.done()
+        again = {j.key for j in mine if redo and redo(j)}
+        done = self.store.done() - again
         todo = [j for j in mine if j.key not in done]
         stats = RunStats(planned=len(all_jobs), in_shard=len(mine), skipped=len(mine) - len(todo))
         if self.executor is not None and not self.executor.in_process:
@@ -133,7 +140,7 @@ class Bench:
             task_id = bar.add_task("bench", total=len(todo), job="")
             for index, job in enumerate(todo):
                 bar.update(task_id, job=job.key)
-                if job.key in self.store.done():  # a dependency run inside this shard may have finished it
+                if job.key not in again and job.key in self.store.done():  # a dependency run may have finished it
                     bar.advance(task_id)
                     stats.skipped += 1
                     continue

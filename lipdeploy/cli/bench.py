@@ -92,6 +92,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
     help="Only jobs whose key matches one of these globs, comma-separated (e.g. 'quality/*/coffee,find/coffee/*'); "
     "processes with different filters may share a results folder. See --list-jobs for the keys.",
 )
+@click.option(
+    "--redo",
+    "redo_patterns",
+    multiple=True,
+    help="Run the finished jobs whose key matches one of these globs again (comma-separated); their new rows replace "
+    "the old ones, e.g. --jobs 'latency/*' --redo 'latency/*' to re-time every model in one run (latency ratios mean "
+    "something only within one run). Other jobs follow the usual rules.",
+)
 @click.option("--list-jobs", is_flag=True, help="Print this shard's job keys (done or to do) and exit.")
 @click.option(
     "-o",
@@ -120,6 +128,7 @@ def bench_command(
     executor,
     address,
     job_patterns,
+    redo_patterns,
     list_jobs,
     out,
     report_only,
@@ -190,15 +199,8 @@ def bench_command(
     runner = make_executor(executor, address, threads or 1)
     patterns = _split(job_patterns)
     bench = Bench(preset, outp, shard_t, tuple(tickets), log=lambda m: click.echo(m, err=True), executor=runner)
-    only = None
-    if patterns:
-        keys = [j.key for j in bench.jobs()]
-        for pat in patterns:
-            if not any(fnmatchcase(k, pat) for k in keys):
-                raise InputError(None, f"--jobs {pat!r} matches no job of this run (see --list-jobs)")
-
-        def only(job) -> bool:
-            return any(fnmatchcase(job.key, pat) for pat in patterns)
+    only = _key_filter(bench, patterns, "--jobs")
+    redo = _key_filter(bench, _split(redo_patterns), "--redo")
 
     if list_jobs:
         done = bench.store.done() if outp.is_dir() else set()
@@ -208,7 +210,7 @@ def bench_command(
         return
     created = not outp.exists()
     try:
-        stats = bench.run(progress=not no_progress, only=only)
+        stats = bench.run(progress=not no_progress, only=only, redo=redo)
     except InputError:
         if created:
             _remove_if_no_results(outp)  # a rejected run leaves no folder holding only preset.json
@@ -232,3 +234,19 @@ def _remove_if_no_results(folder: Path) -> None:
     if any(p.stat().st_size for p in folder.glob("rows-*.jsonl")):
         return
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _key_filter(bench, patterns: list[str], flag: str):
+    """A job predicate matching any of ``patterns`` (fnmatch on job keys), or None without patterns; a pattern that
+    matches no job of the run is refused (a typo would otherwise silently do nothing)."""
+    if not patterns:
+        return None
+    keys = [j.key for j in bench.jobs()]
+    for pat in patterns:
+        if not any(fnmatchcase(k, pat) for k in keys):
+            raise InputError(None, f"{flag} {pat!r} matches no job of this run (see --list-jobs)")
+
+    def matches(job) -> bool:
+        return any(fnmatchcase(job.key, pat) for pat in patterns)
+
+    return matches
