@@ -41,8 +41,13 @@ def _clean(size: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_same_fit(a, b, atol: float = 1e-4, weights: bool = True) -> None:
-    """Two fits agree: history, backtracking events, outputs, weights and bookkeeping within float tolerance."""
+def assert_same_fit(a, b, atol: float = 1e-4, weights: bool = True, vectors: bool = True) -> None:
+    """Two fits agree: history, backtracking events, outputs, weights and bookkeeping within float tolerance.
+
+    ``vectors=False`` leaves out 1-D parameters (biases, BatchNorm affines): a conv bias before BatchNorm has a gradient
+    that is zero up to rounding, and Adam turns rounding of either sign into steps of ~lr, so on a device whose
+    reductions are not bitwise repeatable (cuDNN's weight-gradient atomics) those entries differ by O(lr) while every
+    output agrees."""
     assert a.backtracks == b.backtracks
     assert [h["iter"] for h in a.history] == [h["iter"] for h in b.history]
     for ha, hb in zip(a.history, b.history, strict=True):
@@ -61,6 +66,8 @@ def assert_same_fit(a, b, atol: float = 1e-4, weights: bool = True) -> None:
     assert a.initial_output_weight == pytest.approx(b.initial_output_weight, rel=1e-6, abs=1e-9)
     assert a.state_dict.keys() == b.state_dict.keys()
     for k, v in a.state_dict.items() if weights else ():
+        if v.dim() <= 1 and not vectors:
+            continue
         assert torch.allclose(v.float(), b.state_dict[k].float(), atol=atol, rtol=1e-4), k
     assert len(a.step_times) == len(b.step_times) == a.iterations
 
@@ -208,13 +215,14 @@ def _gpu_pair(capture: str, sparsity: float, backend: str = "dense", iters: int 
     clean = _clean(64, seed=7)
     obs = simulate(Denoise(), clean, seed=0)
     cfg = dict(iters=iters, log_every=4, device="cuda", backend=backend)
-    tf32 = torch.backends.cudnn.allow_tf32
+    tf32, deterministic = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic
     torch.backends.cudnn.allow_tf32 = False  # the comparison is about the step, not TF32 rounding
+    torch.backends.cudnn.deterministic = True  # nor about the order of cuDNN's atomic adds
     try:
         eager = fit(_ticket(sparsity), obs, FitConfig(**cfg), gt=clean)
         captured = fit(_ticket(sparsity), obs, FitConfig(capture=capture, **cfg), gt=clean)
     finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = tf32, deterministic
     return eager, captured
 
 
@@ -222,13 +230,13 @@ def _gpu_pair(capture: str, sparsity: float, backend: str = "dense", iters: int 
 @pytest.mark.parametrize("sparsity", [0.0, 0.7])
 def test_cuda_graph_fit_equals_eager_fit(sparsity):
     eager, captured = _gpu_pair("cuda-graph", sparsity)
-    assert_same_fit(eager, captured, atol=1e-3)
+    assert_same_fit(eager, captured, atol=1e-3, vectors=False)
 
 
 @pytest.mark.gpu
 def test_cuda_graph_fit_equals_eager_fit_on_the_sparse_kernels():
     eager, captured = _gpu_pair("cuda-graph", 0.8, backend="triton-csr", iters=6)
-    assert_same_fit(eager, captured, atol=1e-3)
+    assert_same_fit(eager, captured, atol=1e-3, vectors=False)
 
 
 @pytest.mark.gpu
@@ -255,7 +263,7 @@ def test_cuda_graph_backtracking_equals_eager():
 @pytest.mark.gpu
 def test_compiled_fit_equals_eager_fit():
     eager, captured = _gpu_pair("compile", 0.0, iters=6)
-    assert_same_fit(eager, captured, atol=1e-3)
+    assert_same_fit(eager, captured, atol=1e-3, vectors=False)
 
 
 def test_gpu_network_fit_step_rows_run_on_cpu(tmp_path):
