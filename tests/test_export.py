@@ -120,6 +120,26 @@ def test_sparse_unpacking_is_folded_at_load(tickets, tmp_path):
     assert not ops & {"BitShift", "CumSum", "ScatterElements", "Gather", "Mod"}
 
 
+def test_ort_session_spinning_switch(tickets, tmp_path):
+    """Round-robin benchmarks turn ORT's worker spinning off (idle sessions' spinning workers halved the running one's
+    speed on 2 cores); the switch reaches the session, and the outputs do not depend on it."""
+    ticket = load_ticket(tickets["own-pt"][0])
+    export_onnx(ticket, tmp_path / "s.onnx")
+    code, _ = _oracle(ticket, 32, 32, "init")
+    outs = []
+    for spin in (True, False):
+        sess = ort_session(str(tmp_path / "s.onnx"), threads=2, spin=spin)
+        opts = sess.get_session_options()
+        key = "session.intra_op.allow_spinning"
+        if spin:  # ORT's default: no entry at all
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                opts.get_session_config_entry(key)
+        else:
+            assert opts.get_session_config_entry(key) == "0"
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: code})[0])
+    assert np.array_equal(*outs)
+
+
 def test_embed_input(tickets, tmp_path):
     path, weights, expect = tickets["torch-prune-fitted"]
     ticket = load_ticket(path, weights=weights)

@@ -15,7 +15,8 @@ different kernels and channels kept.
 
 Each is exported with :func:`lipdeploy.export.export_onnx` (compacted graph; dense fp32, sparse fp32, sparse fp16
 files) and timed in ONNX Runtime (``intra_op_num_threads=2``, default graph optimisations) at each size: warm-up runs,
-then rounds that alternate between all models (so machine load hits every model alike), median per model. Reported:
+then rounds that alternate between all models (so machine load hits every model alike; worker spinning off, see
+:func:`lipdeploy.export.ort_session`), median per model. Reported:
 latency, speedup over dense, and the FLOP-fraction ideals: ``ideal_nonzero`` = dense conv FLOPs / nonzero conv FLOPs
 (what a perfect sparse kernel would give) and ``ideal_compact`` = dense / compacted dense conv FLOPs (what removing
 channels alone can give; ONNX Runtime has no sparse convolution, so this is the reachable bound for ORT).
@@ -127,7 +128,8 @@ def run(spec: SkipSpec, sizes: list[int], warmup: int, rounds: int, workdir: Pat
         entry["file_ratio_vs_unpruned_dense_fp32"] = {k: v / dense_file for k, v in entry["file_bytes"].items()}
 
     for size in sizes:
-        sessions = {name: ort_session(str(p), threads=THREADS) for name, p in paths.items()}
+        # round-robin over 2-thread sessions: spinning workers of the idle ones would steal the cores (ort_session)
+        sessions = {name: ort_session(str(p), threads=THREADS, spin=False) for name, p in paths.items()}
         feeds = {}
         for name, sess in sessions.items():
             code = make_input(spec, size, size, seed=0).numpy()
@@ -215,8 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         warmup=args.warmup,
         rounds=args.rounds,
         wall_s=time.time() - t0,
-        note="ratios measured in one run, rounds interleaved across models; sparse fp32 file timed "
-        "(unpacked by ORT constant folding at load, so identical in speed to the dense-format compacted file)",
+        note="ratios measured in one run, rounds interleaved across models, ORT worker spinning off; sparse fp32 "
+        "file timed (unpacked by ORT constant folding at load, as fast as the dense-format compacted file)",
     )
     print_table(res)
     # not a row list: one nested record (tickets' files, latency per size), written once at the end

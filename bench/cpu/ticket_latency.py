@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{i}:{path.parent.name}/{path.stem}"
             model = Path(tmp) / f"m{i}.onnx"
             summary = export_onnx(ticket, model, weights_format="dense", test_size=(args.size, args.size))
-            sessions[name] = ort_session(model, threads=args.threads)
+            # round-robin: spinning workers of the idle sessions would steal the cores (see ort_session)
+            sessions[name] = ort_session(model, threads=args.threads, spin=False)
             x = make_input(ticket.arch, args.size, args.size, seed=0).numpy().astype(np.float32)
             feeds[name] = {sessions[name].get_inputs()[0].name: x}
             info[name] = {"ticket": str(path), "density": round(ticket.density, 6), "onnx_bytes": summary.file_bytes}
