@@ -603,11 +603,13 @@ HEADLINE_LATENCY_BACKENDS = {"torch-cpu-compact": "compacted torch CPU", "onnxru
 def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
     """The short table for the README: per sparsity, LIP vs random vs matched deep decoder, and the references."""
     means = {(r["method"], r["metric"]): r for r in rows if r.get("image") == "mean"}
-    # the deployable forms: a masked network costs what dense costs, whatever its ticket's structure
-    lat = {
-        b: {r["method"]: r["value"] for r in rows if r["metric"] == "forward_ms" and r.get("backend") == b}
-        for b in HEADLINE_LATENCY_BACKENDS
-    }
+    # the deployable forms (a masked network costs what dense costs, whatever its ticket's structure), and only the
+    # timings made in the same run as dense's (latency_vs_dense): milliseconds from another run are not comparable
+    lat = {}
+    for b in HEADLINE_LATENCY_BACKENDS:
+        timed = [r for r in rows if r["metric"] == "forward_ms" and r.get("backend") == b]
+        dense_env = {r.get("env") for r in timed if r["method"] == "dense"}
+        lat[b] = {r["method"]: r["value"] for r in timed if r.get("env") in dense_env}
     deltas = delta_vs_dense(rows)
     body = []
     for m in method_order(rows):
@@ -631,7 +633,8 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
     name = preset.get("name", "?")
     lines = [
         f"Preset `{name}`: {preset.get('net_description', '')}; best PSNR over iterations, mean over images; "
-        "Δ = PSNR minus the dense DIP's on the same image, averaged.",
+        "Δ = PSNR minus the dense DIP's on the same image, averaged; fwd ms: forward pass of the first image's model, "
+        "timed in the same run as the dense DIP's ('-': not timed in that run).",
         "",
     ]
     header = ["method", "sparsity", "params", "PSNR dB", "Δ vs dense dB", "SSIM"]

@@ -347,6 +347,27 @@ def test_latency_ratios_pair_each_model_with_dense_timed_in_the_same_run():
     assert "lip-c" not in ratios and latency_vs_dense(rows, "onnxruntime-cpu") == {}
 
 
+def test_headline_latency_columns_show_only_timings_from_dense_s_run():
+    """The headline's milliseconds are the deployable forms (compacted PyTorch, ONNX Runtime), and only those made in
+    the same run as the dense model's: a masked-network timing or one from another run is not shown."""
+    from lipdeploy.bench.report import headline
+
+    def q(method, family):
+        return {"method": method, "family": family, "metric": "psnr_best", "image": "mean", "value": 30.0}
+
+    def lat(method, backend, ms, env):
+        return {"method": method, "metric": "forward_ms", "backend": backend, "value": ms, "env": env}
+
+    rows = [q("dense", "dense"), q("lip-a", "lip-channel"), q("lip-b", "lip-channel")]
+    rows += [lat("dense", "torch-cpu-compact", 80.0, "run2"), lat("lip-a", "torch-cpu-compact", 12.5, "run2")]
+    rows += [lat("lip-b", "torch-cpu-compact", 33.3, "run1"), lat("lip-a", "torch-cpu", 79.9, "run2")]
+    lines = [ln.split(" | ") for ln in headline(rows, {}).splitlines() if ln.startswith("| ")]
+    table = {cells[0].strip("| "): cells for cells in lines}
+    assert table["dense"][6:8] == ["80.0", "-"] and table["lip-a"][6:8] == ["12.5", "-"]
+    assert table["lip-b"][6:8] == ["-", "-"]  # timed, but not beside dense
+    assert "79.9" not in headline(rows, {})  # the masked network's timing is not a headline figure
+
+
 def test_deltas_vs_dense_are_paired_by_image():
     from lipdeploy.bench.report import delta_vs_dense
 
