@@ -368,6 +368,34 @@ def test_headline_latency_columns_show_only_timings_from_dense_s_run():
     assert "79.9" not in headline(rows, {})  # the masked network's timing is not a headline figure
 
 
+def test_quality_latency_plot_lists_collapsed_tickets_instead_of_drawing_them(tmp_path, monkeypatch):
+    """A collapsed ticket (constant output: it compacts to almost nothing and "runs" 1000x faster) would squash the
+    frontier on both axes: it goes into the panel's note, and the drawn lines hold only the others."""
+    import matplotlib.axes
+
+    from lipdeploy.bench.report import PLOT_FLOOR_DB
+
+    def q(method, family, value):
+        return {"method": method, "family": family, "metric": "psnr_best", "image": "astronaut", "value": value}
+
+    def lat(method, ms):
+        return {"method": method, "metric": "forward_ms", "backend": "onnxruntime-cpu", "value": ms, "env": "run"}
+
+    rows = [q("dense", "dense", 29.0), q("lip-block-83", "lip-block", 29.1), q("random-block-96", "random-block", 12.0)]
+    rows += [lat("dense", 50.0), lat("lip-block-83", 49.0), lat("random-block-96", 0.01)]
+    drawn, notes = [], []
+    plot, text = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.text
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "plot", lambda ax, xs, ys, **kw: drawn.append(list(xs)) or plot(ax, xs, ys, **kw)
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "text", lambda ax, x, y, t, **kw: notes.append(t) or text(ax, x, y, t, **kw)
+    )
+    assert quality_latency_plot(tmp_path, rows) == ["quality_vs_latency.png"]
+    assert 12.0 - 29.0 < PLOT_FLOOR_DB and min(x for xs in drawn for x in xs) == pytest.approx(49.0 / 50.0)
+    assert any("random-block-96 -17.0 dB" in t for t in notes)
+
+
 def test_deltas_vs_dense_are_paired_by_image():
     from lipdeploy.bench.report import delta_vs_dense
 
