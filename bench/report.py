@@ -604,12 +604,8 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
     """The short table for the README: per sparsity, LIP vs random vs matched deep decoder, and the references."""
     means = {(r["method"], r["metric"]): r for r in rows if r.get("image") == "mean"}
     # the deployable forms (a masked network costs what dense costs, whatever its ticket's structure), and only the
-    # timings made in the same run as dense's (latency_vs_dense): milliseconds from another run are not comparable
-    lat = {}
-    for b in HEADLINE_LATENCY_BACKENDS:
-        timed = [r for r in rows if r["metric"] == "forward_ms" and r.get("backend") == b]
-        dense_env = {r.get("env") for r in timed if r["method"] == "dense"}
-        lat[b] = {r["method"]: r["value"] for r in timed if r.get("env") in dense_env}
+    # timings made in the same run as dense's: milliseconds from another run are not comparable
+    lat = {b: {m: ms for m, (ms, _) in _beside_dense(rows, b).items()} for b in HEADLINE_LATENCY_BACKENDS}
     deltas = delta_vs_dense(rows)
     body = []
     for m in method_order(rows):
@@ -732,13 +728,19 @@ def latency_vs_dense(rows: list[dict[str, Any]], backend: str) -> dict[str, floa
     mean nothing on a shared machine: on the cpu preset's 2-core VM the dense-cost masked network timed 160 ms in one
     session and 76 ms in the next (PyTorch CPU, 1 thread). Methods without a dense timing in their run are left out
     (re-time them together: ``lipdeploy bench --jobs 'latency/*' --redo 'latency/*'``)."""
+    return {m: ms / dense_ms for m, (ms, dense_ms) in _beside_dense(rows, backend).items()}
+
+
+def _beside_dense(rows: list[dict[str, Any]], backend: str) -> dict[str, tuple[float, float]]:
+    """Per method timed on ``backend`` in a run (rows' ``env``) that also timed the dense DIP: (its forward ms, the
+    dense DIP's forward ms in that run)."""
     timed = [
         r
         for r in rows
         if r["metric"] == "forward_ms" and r.get("backend") == backend and isinstance(r.get("value"), (int, float))
     ]
     dense = {r.get("env"): r["value"] for r in timed if r["method"] == "dense" and r["value"] > 0}
-    return {r["method"]: r["value"] / dense[r.get("env")] for r in timed if r.get("env") in dense}
+    return {r["method"]: (r["value"], dense[r.get("env")]) for r in timed if r.get("env") in dense}
 
 
 def _sparsity_of(rows: list[dict[str, Any]]) -> dict[str, float]:
