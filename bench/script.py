@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lipdeploy.environment import environment
-from lipdeploy.fileio import atomic_write_json
+from lipdeploy.errors import InputError
+from lipdeploy.fileio import atomic_write_json, check_output_path
 
 
 def parser(
@@ -39,7 +40,9 @@ def parser(
     ``channels``: a hidden ``--channels N`` that narrows the network for smoke tests.
     """
     ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").splitlines()[0] if doc else None)
-    ap.add_argument("-o", "--output", "--out", dest="output", type=Path, default=output, help="write the JSON here")
+    ap.add_argument(
+        "-o", "--output", "--out", dest="output", type=_results_path, default=output, help="write the JSON here"
+    )
     if device is not None:
         ap.add_argument("--device", default=device, help=argparse.SUPPRESS)
     if quick is not None:
@@ -47,6 +50,15 @@ def parser(
     if channels:
         ap.add_argument("--channels", type=int, help=argparse.SUPPRESS)
     return ap
+
+
+def _results_path(value: str) -> Path:
+    """``-o`` checked before anything is measured: a results file is rewritten as rows come, so an existing regular
+    file is fine, a folder, a device or a missing folder is refused (argparse: one ``error:`` line, exit 2)."""
+    try:
+        return check_output_path(value, force=True)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def script_environment(**settings: Any) -> dict[str, Any]:

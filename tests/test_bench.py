@@ -616,6 +616,18 @@ def test_structured_imp_and_ticket_latency_scripts_run(tmp_path):
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)
 
 
+@pytest.mark.parametrize("output", ["/dev/null", "missing-folder/r.json", "."])
+def test_bench_scripts_refuse_a_bad_results_path_before_measuring(output, tmp_path, capsys):
+    """Every bench script's ``-o``: a device, a missing folder or a folder is refused at parse time (one ``error:``
+    line, exit 2), not after minutes of measuring; an existing results file is rewritten as before."""
+    from lipdeploy.bench.cpu import ticket_latency
+
+    with pytest.raises(SystemExit) as exc:
+        ticket_latency.main([str(tmp_path / "never-read.pt"), "-o", output])
+    assert exc.value.code == 2
+    assert "error: argument -o/--output/--out:" in capsys.readouterr().err
+
+
 def _quality(method, family, sparsity, psnr_by_image):
     return [{"method": method, "family": family, "sparsity": sparsity, "metric": "psnr_best", "image": img, "value": v}
             for img, v in psnr_by_image.items()]  # fmt: skip
