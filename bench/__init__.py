@@ -6,5 +6,5 @@
 - ``cpu/`` and ``gpu/``: standalone scripts (``python -m lipdeploy.bench.cpu.fit_step``,
   ``python -m lipdeploy.bench.gpu.layers`` ...), built on ``script.py`` (common options, environment record, results
   file rewritten after every row); ``timing.py`` holds the timers both the harness and the scripts use;
-- ``results/``: committed measurements (read-only inputs to the README).
+- ``results/``: committed measurements (read-only inputs to RESULTS.md; not packaged in the wheel).
 """

@@ -1,5 +1,5 @@
-"""The paper's claims at a multi-task preset's settings (issue 16): one table row per (claim, task) with the paper's
-figure, the measured numbers and a verdict, written as ``claims.md`` beside the report and copied into the README.
+"""The paper's claims at a multi-task preset's settings: one table row per (claim, task) with the paper's
+figure, the measured numbers and a verdict, written as ``claims.md`` beside the report and copied into bench/RESULTS.md.
 
 Input is the report's per-task quality (task -> base method -> {"family", "sparsity", "psnr": {image: dB}}), so this
 module needs no harness and no rows format of its own. Every comparison is paired by image; a claim "holds" only when
