@@ -1,0 +1,254 @@
+"""Restoring an image with a generator prior: fit the latent ``z`` so that ``G(z)`` explains the measurements.
+
+The generator's weights stay fixed; only latents move (Adam). Two objectives (DOMAIN.md, "Generator priors"):
+
+- ``ls`` (Bora et al. 2017): ``mean_i (y - A G(z))_i^2 + z_penalty * |z|^2``;
+- ``mom`` (Jalal et al. 2020, the paper's robust CS): two latents ``zf``, ``zg``; each step a fresh permutation of the
+  rows splits them into blocks of ``mom_batch``, the loss is the median over blocks of the block mean of
+  ``r_f^2 - r_g^2``; descend in ``zf``, ascend in ``zg`` (one Adam each, lr 1e-2). The result is ``G(zf)``.
+  Outlier rows land in a few blocks only, which the median ignores.
+
+Restarts run as one batch (Adam is per-element and the losses add up, so restart k follows the trajectory a run of
+restart k alone would, up to the rounding of batched kernels); the restart with the lowest measurement loss at the end
+is kept (``ls``: mean squared residual; ``mom``: the median-of-means of ``r_f^2`` over the rows in their given order).
+
+Images live on the generator's scale [-1, 1]; the per-pixel MSE is measured there (the paper's number) on the raw
+output, PSNR/SSIM on [0, 1] after mapping ``(x + 1) / 2`` and clamping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import metrics
+from .errors import InputError
+from .fit_result import progress_bar
+from .limits import check_lr
+from .sensing import Measurements
+
+OBJECTIVES = ("ls", "mom")
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class LatentFitConfig:
+    """Hyperparameters of a latent fit; the defaults are the paper's robust CS (Eval_sparse_PGAN_on_CS.py)."""
+
+    objective: str = _help("ls: mean squared residual (+ z penalty); mom: median-of-means min-max (robust).", "ls")
+    iters: int = _help("Adam steps (the paper's 1500).", 1500)
+    lr: float = _help("Adam learning rate of each latent (the paper's 0.01).", 0.01)
+    restarts: int = _help("Independent initial latents, fitted together; the lowest measurement loss is kept.", 1)
+    seed: int = _help("Seed of the initial latents and of the mom row permutations.", 0)
+    z_penalty: float = _help("ls: weight of |z|^2 in the loss (Bora et al.: 0.001 on celebA; 0 = none).", 0.0)
+    mom_batch: int = _help("mom: rows per block (the paper's 20: 50 blocks of 1000 rows).", 20)
+    log_every: int = _help("Record the loss (and MSE with ground truth) every this many steps.", 50)
+    device: str = _help("Where to fit (cpu or cuda).", "cpu")
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(None, f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        for name in ("iters", "restarts", "mom_batch", "log_every"):
+            if getattr(self, name) < 1:
+                raise InputError(None, f"{name} must be >= 1, got {getattr(self, name)}")
+        check_lr(self.lr, "learning rate")
+        if not math.isfinite(self.z_penalty) or self.z_penalty < 0:
+            raise InputError(None, f"z penalty must be a finite number >= 0, got {self.z_penalty}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of field ``name`` (the CLI's options reuse it)."""
+        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+@dataclass
+class LatentFitResult:
+    """Outcome of :func:`fit_latent`. ``output``: ``G(z)`` of the kept restart, ``[1, 3, H, W]`` on [-1, 1] (raw)."""
+
+    output: torch.Tensor
+    latent: torch.Tensor
+    measurement_loss: float
+    restart_losses: list[float]
+    restart: int
+    mse: float | None
+    psnr: float | None
+    ssim: float | None
+    seconds: float
+    iterations: int
+    step_ms: float
+    history: list[dict[str, float]]
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The output on [0, 1] (clamped), for PNGs."""
+        return to_unit(self.output)
+
+    def metrics_record(self) -> dict[str, Any]:
+        return {
+            "measured_on": "final iteration; MSE per pixel on [-1, 1] (the paper's), PSNR/SSIM on [0, 1]",
+            "mse": self.mse,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+        }
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def image_metrics(output: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    """Per-pixel MSE on [-1, 1] (raw ``output``), PSNR and SSIM on [0, 1], of ``output`` to ``gt`` (both [-1, 1])."""
+    out, ref = output.detach().cpu().float().reshape(gt.shape), gt.detach().cpu().float()
+    mse = float((out - ref).square().mean())
+    a, b = to_unit(out), to_unit(ref)
+    return {"mse": mse, "psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)}
+
+
+def mom_loss(res_f: torch.Tensor, res_g: torch.Tensor, batch: int, perm: torch.Tensor) -> torch.Tensor:
+    """The paper's median-of-means: rows permuted by ``perm``, blocks of ``batch`` (a remainder is left out this
+    step), per block the mean of ``r_f^2 - r_g^2``, the median block's (torch.median: the lower middle one for an even
+    count). ``res_*``: ``[B, m]``; returns ``[B]``."""
+    m = res_f.shape[1]
+    blocks = m // batch
+    if blocks < 1:
+        raise InputError(None, f"mom blocks of {batch} rows need at least {batch} measurements, got {m}")
+    d = (res_f.square() - res_g.square())[:, perm[: blocks * batch]]
+    return d.reshape(d.shape[0], blocks, batch).mean(dim=2).median(dim=1).values
+
+
+def measurement_loss(meas: Measurements, x: torch.Tensor, config: LatentFitConfig) -> torch.Tensor:
+    """What restarts are compared by, per image ``x`` ``[B, n]``: see the module docstring."""
+    r = meas.residuals(x)
+    if config.objective == "ls":
+        return r.square().mean(dim=1)
+    zero = torch.zeros_like(r)
+    return mom_loss(r, zero, min(config.mom_batch, r.shape[1]), torch.arange(r.shape[1], device=r.device))
+
+
+def latent_dim(generator: nn.Module) -> int:
+    """The generator's latent size (its ``latent_dim``, else the input width of its first linear layer)."""
+    dim = getattr(generator, "latent_dim", None)
+    if isinstance(dim, int):
+        return dim
+    first = next((m for m in generator.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise ValueError("cannot tell the generator's latent size: give latent_dim")
+    return first.in_features
+
+
+def fit_latent(
+    generator: nn.Module,
+    meas: Measurements,
+    config: LatentFitConfig | None = None,
+    *,
+    gt: torch.Tensor | None = None,
+    dim: int | None = None,
+    progress: bool = False,
+    description: str = "latent fit",
+    callback: Callable[[int, float], None] | None = None,
+) -> LatentFitResult:
+    """Fit latents of ``generator`` (any module mapping ``[B, d]`` to ``[B, 3, H, W]``, weights left untouched) to
+    ``meas``; ``gt`` (on [-1, 1]) adds MSE/PSNR/SSIM. ``callback(step, loss)`` is called after every step."""
+    config = config or LatentFitConfig()
+    device = torch.device(config.device)
+    d = dim or latent_dim(generator)
+    gen = torch.Generator().manual_seed(config.seed)
+    mom = config.objective == "mom"
+    count = config.restarts * (2 if mom else 1)  # mom: the zf's, then the zg's, in one batch
+    z = torch.randn(count, d, generator=gen).to(device).requires_grad_()
+    perm_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    meas_d = meas.to(device)
+    gt_flat = gt.reshape(1, -1).to(device) if gt is not None else None
+    if gt_flat is not None and gt_flat.shape[1] != meas.n:
+        raise InputError(None, f"the ground truth has {gt_flat.shape[1]} values, the measurements describe {meas.n}")
+    opt_f = torch.optim.Adam([z], lr=config.lr)  # ascent for the zg rows: their gradient is negated below
+    sign = torch.ones(count, 1, device=device)
+    sign[config.restarts :] = -1.0
+    history: list[dict[str, float]] = []
+    bar = progress_bar(progress, description, config.iters)
+    bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
+    was_training = generator.training
+    grads = [p.requires_grad for p in generator.parameters()]
+    generator.to(device).eval()
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    try:
+        if bar:
+            bar.start()
+        for i in range(config.iters):
+            x = generator(z).reshape(count, -1)
+            r = meas_d.residuals(x)
+            if mom:
+                perm = torch.randperm(r.shape[1], generator=perm_gen, device=device)
+                per = mom_loss(r[: config.restarts], r[config.restarts :], config.mom_batch, perm)
+            else:
+                per = r.square().mean(dim=1) + config.z_penalty * z.square().sum(dim=1)
+            opt_f.zero_grad(set_to_none=True)
+            per.sum().backward()
+            z.grad.mul_(sign)
+            opt_f.step()
+            loss = float(per.detach().min())
+            if callback is not None:
+                callback(i + 1, loss)
+            if (i + 1) % config.log_every == 0 or i == config.iters - 1:
+                entry = {"iter": i + 1, "seconds": round(time.perf_counter() - t0, 4), "loss": loss}
+                if gt_flat is not None:
+                    entry["mse"] = float((x[: config.restarts].detach() - gt_flat).square().mean(dim=1).min())
+                history.append(entry)
+                if bar:
+                    bar.update(bar_task, completed=i + 1, stats=f"loss {loss:.5g}")
+            elif bar:
+                bar.update(bar_task, completed=i + 1)
+        with torch.no_grad():
+            zf = z[: config.restarts].detach()
+            final = generator(zf)
+            losses = measurement_loss(meas_d, final.reshape(config.restarts, -1), config)
+    finally:
+        if bar:
+            bar.stop()
+        for p, g in zip(generator.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        generator.train(was_training)
+    seconds = time.perf_counter() - t0
+    k = int(torch.argmin(losses))
+    output = final[k : k + 1].cpu()
+    quality = image_metrics(output, gt) if gt is not None else {"mse": None, "psnr": None, "ssim": None}
+    return LatentFitResult(
+        output=output,
+        latent=zf[k : k + 1].cpu(),
+        measurement_loss=float(losses[k]),
+        restart_losses=[float(v) for v in losses],
+        restart=k,
+        seconds=seconds,
+        iterations=config.iters,
+        step_ms=1000.0 * seconds / config.iters,
+        history=history,
+        **quality,
+    )
+
+
+__all__ = [
+    "OBJECTIVES",
+    "LatentFitConfig",
+    "LatentFitResult",
+    "fit_latent",
+    "image_metrics",
+    "latent_dim",
+    "measurement_loss",
+    "mom_loss",
+    "to_unit",
+]
