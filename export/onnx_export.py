@@ -42,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from lipdeploy import __version__
+from lipdeploy.compaction import CompactionReport, compact
 from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_output_set, check_output_path, dumps_record
 from lipdeploy.limits import activation_bytes, check_memory
@@ -107,13 +108,11 @@ class ExportSummary:
 
 
 def export_module(ticket: Ticket, weights: WeightsChoice, bn: BatchNormChoice) -> tuple[nn.Module, dict[str, Any]]:
-    """The compacted network to export (exact: see :mod:`lipdeploy.compact`) and what compaction removed.
+    """The compacted network to export (exact: see :mod:`lipdeploy.compaction`) and what compaction removed.
 
     The report is assembled from the compacted net's own per-layer records (``analyze_compaction`` would build the
     net a second time, which dominates export time); MAC counts are left out here (``lipdeploy inspect`` has them).
     """
-    from lipdeploy.compact import CompactionReport, compact
-
     module = compact(ticket, weights=weights, bn=bn)
     params_before = sum(v.numel() for k, v in ticket.init.items() if v.is_floating_point() and "running" not in k)
     report = CompactionReport(
@@ -323,19 +322,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of ``a`` against ``b`` on the [0, 1] scale (inf when identical)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' (or a single number for a square) -> (H, W)."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        if len(parts) == 1:
-            return int(parts[0]), int(parts[0])
-        if len(parts) == 2:
-            return int(parts[0]), int(parts[1])
-    except ValueError:
-        pass
-    raise InputError(None, f"size {text!r} is not HxW (e.g. 256x256)")
 
 
 def _check_size(size: tuple[int, int], stride: int, what: str, min_side: int = 1) -> tuple[int, int]:
