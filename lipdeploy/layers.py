@@ -43,35 +43,43 @@ class EqualizedConv2d(nn.Module):
     """A ``Conv2d`` whose *output* (bias included) is multiplied by :func:`equalized_scale` at run time.
 
     Weights are stored unscaled (N(0, 1) at initialisation, biases 0), as the zoo stores them; the factor is not a
-    parameter and not in the state dict.
+    parameter and not in the state dict. ``equalized=False`` is the zoo's plain layer (``equalizedlR=False``): the same
+    ``module`` child, a factor of exactly 1.0 (``x * 1.0`` is ``x`` bit for bit), so one graph serves both.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0, equalized: bool = True
+    ) -> None:
         super().__init__()
         self.module = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=True)
-        self.scale = equalized_scale(self.module.weight.shape)
+        self.equalized = equalized
+        self.scale = equalized_scale(self.module.weight.shape) if equalized else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x) * self.scale
 
 
 class EqualizedLinear(nn.Module):
-    """A ``Linear`` whose output (bias included) is multiplied by :func:`equalized_scale`."""
+    """A ``Linear`` whose output (bias included) is multiplied by :func:`equalized_scale` (1.0 when not
+    ``equalized``)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, equalized: bool = True) -> None:
         super().__init__()
         self.module = nn.Linear(in_features, out_features, bias=True)
-        self.scale = equalized_scale(self.module.weight.shape)
+        self.equalized = equalized
+        self.scale = equalized_scale(self.module.weight.shape) if equalized else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x) * self.scale
 
 
 def init_equalized_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
-    """The zoo's initialisation of every equalized layer: weights N(0, 1), biases 0."""
+    """The zoo's initialisation of every equalized layer: weights N(0, 1), biases 0 (a layer built with
+    ``equalized=False`` keeps PyTorch's default weights, as in the zoo, and gets zero biases)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (EqualizedConv2d, EqualizedLinear)):
-                m.module.weight.normal_(0.0, 1.0, generator=generator)
+                if m.equalized:
+                    m.module.weight.normal_(0.0, 1.0, generator=generator)
                 m.module.bias.zero_()
     return model

@@ -36,6 +36,9 @@ MAX_LEVELS = 16
 MAX_CHANNELS = 4096
 MAX_DD_DEPTH = 16
 MAX_FILTER_SIZE = 15  # kernels larger than 15 x 15 appear in no DIP variant; a bigger one is a corrupt header
+# Progressive-GAN generator scales beyond its 4 x 4 base: each doubles the side, so 12 reach 4 * 2^12 = 16384 pixels,
+# MAX_IMAGE_SIDE (the largest published progressive GAN has 8, 1024 x 1024). Its widths are held to MAX_CHANNELS.
+MAX_GAN_SCALES = 12
 
 # A tensor may not describe more elements than its file can hold: element_size x numel <= file size (+ this slack for
 # the few bytes a 0-d or empty tensor reports). Expanded (stride-0) tensors are refused outright: torch.save writes

@@ -1,4 +1,5 @@
-"""Reference networks: the DIP ``skip`` encoder-decoder and the deep decoder.
+"""Reference networks: the DIP ``skip`` encoder-decoder and the deep decoder (the progressive-GAN generator lives in
+:mod:`lipdeploy.generator` and is registered in :data:`ARCHITECTURES` here).
 
 Both are built as the reference implementations build them (nested ``nn.Sequential`` numbered from 1, ``Concat``
 children numbered from 0, each convolution a ``Sequential(ReflectionPad2d, Conv2d)``), so that their ``state_dict``
@@ -18,7 +19,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .generator import PGANSpec
 from .limits import MAX_CHANNELS, MAX_DD_DEPTH, MAX_FILTER_SIZE, MAX_LEVELS
+from .spec_fields import bool_field, choice_field, int_field
 
 UpsampleMode = Literal["nearest", "bilinear"]
 PadMode = Literal["reflection", "zero"]
@@ -75,29 +78,6 @@ UPSAMPLE_MODES = ("nearest", "bilinear")
 PAD_MODES = ("reflection", "zero")
 
 
-def _int_field(name: str, value: Any, low: int, high: int) -> int:
-    """An integer field of a spec read from a file, within [low, high]: ValueError otherwise (headers are untrusted:
-    a negative or huge count would fail deep inside PyTorch, or allocate without bound)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _choice_field(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _bool_field(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class SkipSpec:
     """The DIP ``skip`` network. Defaults are the LIP paper's configuration (2,217,831 parameters)."""
@@ -128,19 +108,19 @@ class SkipSpec:
                 raise ValueError(f"{name} has {len(value)} levels; at most {MAX_LEVELS} are supported")
             low = 0 if name == "channels_skip" else 1
             object.__setattr__(
-                self, name, tuple(_int_field(f"{name}[{i}]", c, low, MAX_CHANNELS) for i, c in enumerate(value))
+                self, name, tuple(int_field(f"{name}[{i}]", c, low, MAX_CHANNELS) for i, c in enumerate(value))
             )
         if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip) >= 1):
             raise ValueError("channels_down, channels_up and channels_skip need the same length (>= 1)")
-        _int_field("in_channels", self.in_channels, 1, MAX_CHANNELS)
-        _int_field("out_channels", self.out_channels, 1, MAX_CHANNELS)
+        int_field("in_channels", self.in_channels, 1, MAX_CHANNELS)
+        int_field("out_channels", self.out_channels, 1, MAX_CHANNELS)
         for name in ("filter_size_down", "filter_size_up", "filter_skip_size"):
-            _int_field(name, getattr(self, name), 1, MAX_FILTER_SIZE)
-        _choice_field("upsample_mode", self.upsample_mode, UPSAMPLE_MODES)
-        _choice_field("pad", self.pad, PAD_MODES)
-        _choice_field("act", self.act, ACTIVATIONS)
+            int_field(name, getattr(self, name), 1, MAX_FILTER_SIZE)
+        choice_field("upsample_mode", self.upsample_mode, UPSAMPLE_MODES)
+        choice_field("pad", self.pad, PAD_MODES)
+        choice_field("act", self.act, ACTIVATIONS)
         for name in ("bias", "sigmoid", "need1x1_up"):
-            _bool_field(name, getattr(self, name))
+            bool_field(name, getattr(self, name))
 
     @property
     def min_side(self) -> int:
@@ -234,11 +214,11 @@ class DeepDecoderSpec:
     kind = "dd"
 
     def __post_init__(self) -> None:
-        _int_field("k", self.k, 1, MAX_CHANNELS)
-        _int_field("depth", self.depth, 0, MAX_DD_DEPTH)
-        _int_field("out_channels", self.out_channels, 1, MAX_CHANNELS)
-        _choice_field("upsample_mode", self.upsample_mode, UPSAMPLE_MODES)
-        _bool_field("sigmoid", self.sigmoid)
+        int_field("k", self.k, 1, MAX_CHANNELS)
+        int_field("depth", self.depth, 0, MAX_DD_DEPTH)
+        int_field("out_channels", self.out_channels, 1, MAX_CHANNELS)
+        choice_field("upsample_mode", self.upsample_mode, UPSAMPLE_MODES)
+        bool_field("sigmoid", self.sigmoid)
 
     @property
     def min_side(self) -> int:
@@ -277,7 +257,10 @@ class DeepDecoderSpec:
         return f"deep decoder k={self.k}, d={self.depth}, {self.upsample_mode}"
 
 
-ArchSpec = SkipSpec | DeepDecoderSpec
+ArchSpec = SkipSpec | DeepDecoderSpec | PGANSpec
+
+# ``spec.kind`` -> spec class: what a ticket header's ``arch["kind"]`` may name.
+ARCHITECTURES: dict[str, type[ArchSpec]] = {"dip": SkipSpec, "dd": DeepDecoderSpec, "pgan": PGANSpec}
 
 
 def arch_from_dict(d: dict[str, Any]) -> ArchSpec:
@@ -286,7 +269,7 @@ def arch_from_dict(d: dict[str, Any]) -> ArchSpec:
         raise ValueError(f"architecture must be a mapping, got {type(d).__name__}")
     d = dict(d)
     kind = d.pop("kind", "dip")
-    cls = {"dip": SkipSpec, "dd": DeepDecoderSpec}.get(kind)
+    cls = ARCHITECTURES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown architecture kind {kind!r}")
     names = {f.name for f in dataclasses.fields(cls)}

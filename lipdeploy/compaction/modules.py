@@ -148,11 +148,6 @@ class CompactNet(nn.Module):
         if unknown:
             raise ValueError(f"CompactLayer keys without a module: {sorted(unknown)}")
 
-    @property
-    def conv_index(self) -> dict[str, tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Deprecated view of :attr:`convs` as ``key -> (reference name, rows, cols, mask)`` tuples; read ``convs``."""
-        return {k: (la.reference, la.rows, la.cols, la.mask) for k, la in self.convs.items()}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[int, torch.Tensor] = {0: x}
         # Drop each value after its last reader, as a nested Sequential does: keeping every intermediate alive
