@@ -25,9 +25,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def curve_path(out: Path, method: str, image: str) -> Path:
-    """Where the fitting curve of ``method`` on ``image`` is stored in the results folder ``out``."""
-    return out / "curves" / f"{slug(method)}__{slug(image)}.json"
+def curve_path(out: Path, method: str, image: str, seed: int | None = None) -> Path:
+    """Where the fitting curve of ``method`` on ``image`` is stored in the results folder ``out`` (``seed``: a fit
+    with another seed than the preset's own, ``..__seed<seed>.json``)."""
+    tail = "" if seed is None else f"__seed{seed}"
+    return out / "curves" / f"{slug(method)}__{slug(image)}{tail}.json"
 
 
 class RowStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from lipdeploy.errors import InputError
@@ -70,6 +71,11 @@ class Job:
     image: str | None = None
     backend: str | None = None  # latency runner (lipdeploy.bench.harness.backends)
     find: str | None = None  # find kind for find jobs (FIND_KINDS key, with "@task" in multi-task presets)
+    seed: int | None = None  # fit seed of a quality / transfer job (None = the preset's ``seed``)
+
+    def fit_seed(self, preset: Preset) -> int:
+        """The seed this job's fit runs with."""
+        return preset.seed if self.seed is None else self.seed
 
 
 def task_kind(kind: str, task: str | None, preset: Preset) -> str:
@@ -154,7 +160,40 @@ def _sparse_only(backend: str) -> bool:
 
 
 def plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str] | None = None) -> list[Job]:
-    """The full, ordered job list. Order = priority for a run that may be cut short: the first image's core
+    """The full, ordered job list: :func:`base_plan` with every fit repeated per seed of the preset (each replica
+    right after its job, keyed ``<job>/seed<s>``; the preset's own seed keeps the key without it, so folders
+    measured before seeds existed resume), kept to the preset's ``keep_jobs`` globs in their order."""
+    jobs = with_seeds(preset, base_plan(preset, tickets, backends))
+    if not preset.keep_jobs:
+        return jobs
+    kept: list[Job] = []
+    seen: set[str] = set()
+    for pattern in preset.keep_jobs:
+        for job in jobs:
+            if job.key not in seen and fnmatchcase(job.key, pattern):
+                kept.append(job)
+                seen.add(job.key)
+    return kept
+
+
+def seed_key(key: str, seed: int, preset: Preset) -> str:
+    """The key of ``key``'s fit with ``seed``: unchanged for the preset's own seed, else ``<key>/seed<seed>``."""
+    return key if seed == preset.seed else f"{key}/seed{seed}"
+
+
+def with_seeds(preset: Preset, jobs: list[Job]) -> list[Job]:
+    """Every quality and transfer job followed by its replicas with the preset's other seeds."""
+    out: list[Job] = []
+    for job in jobs:
+        if job.kind not in ("quality", "transfer"):
+            out.append(job)
+            continue
+        out += [dataclasses.replace(job, key=seed_key(job.key, s, preset), seed=s) for s in preset.seed_list]
+    return out
+
+
+def base_plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str] | None = None) -> list[Job]:
+    """The ordered job list of one seed. Order = priority for a run that may be cut short: the first image's core
     comparison (dense and deep decoders first, as they need no ticket; then its IMP, LIP, random, matched deep
     decoders) and the latency/memory jobs come first, then the other images, transfer, structured tickets, user
     tickets."""
@@ -226,12 +265,14 @@ def plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str] | No
 
 def _plan_tasks(preset: Preset, tickets: tuple[str, ...], backends: list[str]) -> list[Job]:
     """The plan of a multi-task preset: per image (the first image first, so a partial run has every task's curve on
-    it), per task, the ticket-free fits, the LIP and random chains, then their fits; latency and memory of the first
+    it), per task, the ticket-free fits, the LIP and random chains, then their fits, then the structured frontier's
+    chains and fits (if the preset has one); latency and memory of the first
     task's methods (if the preset asks for any); then tickets moved across tasks, across images, and the
     multi-image ticket on held-out images."""
     methods = methods_for(preset, tickets)
     jobs: list[Job] = []
     first_task = preset.task_list[0]
+    frontier_families = {m.family for m in frontier_methods(preset)}
 
     def add(job: Job) -> None:
         jobs.append(job)
@@ -247,6 +288,13 @@ def _plan_tasks(preset: Preset, tickets: tuple[str, ...], backends: list[str]) -
                 add(Job(f"find/{img}/{k}", "find", image=img, find=k))
             for m in own:
                 if m.family not in ("dense", "dd"):
+                    add(Job(f"quality/{m.name}/{img}", "quality", m, img))
+            front = [m for m in methods if m.task == task and m.family in frontier_families]
+            if front and (preset.frontier_images is None or img in preset.frontier_images):
+                for kind in (*preset.frontier, *preset.frontier_random):
+                    k = task_kind(kind, task, preset)
+                    add(Job(f"find/{img}/{k}", "find", image=img, find=k))
+                for m in front:
                     add(Job(f"quality/{m.name}/{img}", "quality", m, img))
     for m in methods:
         if m.task != first_task or (preset.latency_methods is not None and m.name not in preset.latency_methods):

@@ -96,6 +96,13 @@ class Preset:
     ``transfer_images`` transfers each image's ticket to the other images of the preset at those rounds on every
     task. ``multi_image``: images on which one multi-image ticket is found (:func:`lipdeploy.imp.find_ticket` given
     several images), fitted on the preset's images not among them at the transfer rounds.
+
+    Seeds (issue 25): every quality and transfer fit runs ``seeds`` times, with fit seeds ``seed``, ``seed + 1``, ...
+    (:attr:`seed_list`): the seed sets the network input code and its per-step perturbation, and for a network
+    without a ticket (dense DIP, deep decoders, narrow DIPs) its initialisation; a ticket keeps the initial weights
+    IMP rewinds to, and every observation stays fixed per image (its own seed). ``keep_jobs``: globs over job keys
+    in priority order: the plan keeps only the jobs matching one (the first glob's jobs first), so a preset can
+    measure a few comparisons without the rest of the plan (empty = every job).
     """
 
     name: str
@@ -132,12 +139,19 @@ class Preset:
     transfer_rounds: tuple[int, ...] | None = None
     transfer_images: bool = False
     multi_image: tuple[str, ...] = ()
+    seeds: int = 1
+    keep_jobs: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def sparsities(self) -> tuple[float, ...]:
         return tuple(round_sparsity(k) for k in self.rounds)
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The fit seeds of every quality job: ``seed`` (whose job keys carry no seed) then ``seed + 1``, ..."""
+        return tuple(self.seed + i for i in range(max(1, self.seeds)))
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -182,6 +196,7 @@ class Preset:
                 f"- LIP / random sparsities: {sp}; kernel/channel tickets at {ssp}",
                 f"- deep decoders: k in {list(self.dd_ks)} and parameter-matched, d={self.dd_depth}",
                 f"- latency: median of {self.latency_repeats} runs after {self.latency_warmup} warm-up",
+                f"- seeds per fit: {max(1, self.seeds)} ({', '.join(map(str, self.seed_list))})",
             ]
             + (
                 [
@@ -303,6 +318,59 @@ PRESETS: dict[str, Preset] = {
         onnx_sizes=False,
         latency_warmup=1,
         latency_repeats=3,
+        log_every=10,
+    ),
+    # Issue 25: the decisive comparisons of the cpu and fidelity presets, re-measured with 3 seeds in the cheapest
+    # configuration that still answers them, sized for ~2 hours of one core. Measured first (2-core AMD EPYC, one
+    # thread, 2026-12-01): a fitting step of the paper's network costs 171 ms at 64 px and 328 ms at 96 px, so
+    # - 64x64 crops (the smallest side DOMAIN.md calls safe), two images (a transferred ticket needs a second one);
+    # - 300 iterations per fit (where the paper's loop has fitted a 64x64 crop: 31.2 dB, DOMAIN.md), 120 per IMP
+    #   round (the chains to 98.8% are 21 fits long: 120 keeps the four chains of 104 fits under 40 min);
+    # - only the jobs the comparisons read (``keep_jobs``, cheapest answer first): dense; the LIP at 59 / 89% and the
+    #   matched deep decoder at 89%; LIP and random at 95.6 / 98.8%; coffee's denoising 89% ticket on astronaut; the
+    #   channel LIP at 59% and its narrow DIP; the block-16 LIP at 89%; coffee's inpainting 95.6% ticket on
+    #   astronaut beside astronaut's own;
+    # - so 104 IMP fits x 120 + 78 fits x 300 = ~35,900 steps x ~0.175 s = ~1.75 core-hours.
+    "evidence": Preset(
+        name="evidence",
+        description="the decisive comparisons with 3 seeds: 64x64 crops, 300 iterations; ~1.75 core-hours",
+        net=SkipSpec(),
+        crop=64,
+        images=("astronaut", "coffee"),
+        iters=300,
+        imp_iters=120,
+        rounds=(4, 10, 14, 20),
+        structured_rounds=(),
+        granularities=("unstructured",),
+        dd_ks=(),
+        transfer=False,
+        tasks=("denoise", "inpaint"),
+        transfer_rounds=(10, 14),
+        transfer_images=True,
+        frontier=("block", "channel-norm"),
+        frontier_rounds=(4, 10),
+        narrow_dip=True,
+        latency_methods=(),  # quality only
+        memory_probe=False,
+        onnx_sizes=False,
+        seeds=3,
+        keep_jobs=(
+            "quality/dense@denoise/*",
+            "find/*/unstructured@denoise",
+            "quality/lip-unstructured-59@denoise/*",
+            "quality/lip-unstructured-89@denoise/*",
+            "quality/dd-matched-89@denoise/*",
+            "quality/lip-unstructured-95.6@denoise/*",
+            "quality/random-95.6@denoise/*",
+            "quality/lip-unstructured-98.8@denoise/*",
+            "quality/random-98.8@denoise/*",
+            "transfer/transfer-89-from-coffee@denoise/astronaut*",
+            "quality/lip-channel-norm-59@denoise/*",
+            "quality/dip-narrow-59@denoise/*",
+            "quality/lip-block-89@denoise/*",
+            "quality/lip-unstructured-95.6@inpaint/astronaut*",
+            "transfer/transfer-95.6-from-coffee@inpaint/astronaut*",
+        ),
         log_every=10,
     ),
 }

@@ -22,7 +22,7 @@ from lipdeploy.ticket import Ticket, load_ticket
 
 from ..rows import RowStore, slug
 from . import engine
-from .jobs import Method, split_kind, task_kind
+from .jobs import Method, plan, split_kind, task_kind
 from .presets import FIND_KINDS, Preset
 
 
@@ -43,9 +43,9 @@ class Workspace:
         self._find = find
         self._images: dict[tuple[str, str], tuple[torch.Tensor, Observation]] = {}
         self._tickets: dict[tuple[str, str, int], Ticket] = {}
-        self._dense: Ticket | None = None
+        self._dense: dict[int, Ticket] = {}
         self._tasks: dict[str, Task] = {task.name: task}
-        self._narrow: dict[int, Ticket] = {}
+        self._narrow: dict[tuple[int, int], Ticket] = {}
 
     def task_of(self, name: str | None) -> Task:
         """The task called ``name`` (None = the run's task), made once."""
@@ -83,11 +83,13 @@ class Workspace:
         clean, _ = self.image(self.preset.images[0])
         return int(clean.shape[2]), int(clean.shape[3])
 
-    def dense(self) -> Ticket:
-        """The preset's network at its seeded initialisation, all weights kept."""
-        if self._dense is None:
-            self._dense = engine.dense_ticket(self.preset.net, self.preset.seed, method="dense")
-        return self._dense
+    def dense(self, seed: int | None = None) -> Ticket:
+        """The preset's network initialised with ``seed`` (None = the preset's, the one IMP rewinds to), all weights
+        kept."""
+        seed = self.preset.seed if seed is None else seed
+        if seed not in self._dense:
+            self._dense[seed] = engine.dense_ticket(self.preset.net, seed, method="dense")
+        return self._dense[seed]
 
     def find_dir(self, image: str, kind: str) -> Path:
         """Folder of the round files of find ``kind`` on ``image``."""
@@ -97,16 +99,22 @@ class Workspace:
         return self.find_dir(image, kind) / f"round_{r:02d}.pt"
 
     def max_rounds(self, kind: str) -> int:
-        """IMP rounds a find of ``kind`` runs: the most any method of the preset needs."""
-        base, _ = split_kind(kind)
-        p = self.preset
+        """IMP rounds a find of ``kind`` runs: the most any planned fit needs (a preset with ``keep_jobs`` plans
+        fewer fits, so its chains stop where its last kept ticket is)."""
         need = [0]
-        if base in ("unstructured", "random"):
-            need += [*p.rounds, *(p.transfer_rounds or ())]
-        if base in p.granularities or base == "channel":  # the first presets' kernel / channel tickets
-            need += list(p.structured_rounds)
-        if base in p.frontier or base in p.frontier_random:
-            need += list(p.frontier_rounds)
+        for job in plan(self.preset, backends=[]):
+            m = job.method
+            if m is None or m.rounds is None or job.kind not in ("quality", "transfer", "latency", "memory"):
+                continue
+            if m.family in ("dd-matched", "dip-narrow"):
+                used = task_kind(m.match or ("channel" if m.family == "dip-narrow" else "unstructured"), m.task,
+                                 self.preset)  # fmt: skip
+            elif m.find_kind is not None:
+                used = task_kind(m.find_kind, m.source_task or m.task, self.preset)
+            else:
+                continue
+            if used == kind:
+                need.append(m.rounds)
         if max(need) == 0:
             raise ValueError(f"the preset has no method needing {kind!r} tickets")
         return max(need)
@@ -176,32 +184,36 @@ class Workspace:
             self._tickets[key] = load_ticket(path)
         return self._tickets[key]
 
-    def narrow_dip(self, params: int) -> Ticket:
+    def narrow_dip(self, params: int, seed: int | None = None) -> Ticket:
         """The preset's DIP with every level's width reduced uniformly (skip channels kept) to the parameter count
         closest to ``params``: the dense baseline a channel ticket must beat (a channel ticket compacts to a narrower
         dense network; if a plain narrow one is as good, the search bought nothing)."""
         width = matched_width(self.preset.net, params)
-        if width not in self._narrow:
+        seed = self.preset.seed if seed is None else seed
+        if (width, seed) not in self._narrow:
             net = self.preset.net
             arch = dataclasses.replace(
                 net, channels_down=(width,) * len(net.channels_down), channels_up=(width,) * len(net.channels_up)
             )
-            self._narrow[width] = engine.dense_ticket(arch, self.preset.seed, method="dip-narrow")
-        return self._narrow[width]
+            self._narrow[(width, seed)] = engine.dense_ticket(arch, seed, method="dip-narrow")
+        return self._narrow[(width, seed)]
 
-    def method_ticket(self, m: Method, image: str) -> Ticket:
-        """The network of method ``m`` as a ticket (initial weights; masks) for a fit on ``image``."""
+    def method_ticket(self, m: Method, image: str, seed: int | None = None) -> Ticket:
+        """The network of method ``m`` as a ticket (initial weights; masks) for a fit on ``image``. ``seed`` (None =
+        the preset's) initialises the networks that have no ticket (dense DIP, deep decoders, narrow DIPs); a ticket
+        keeps the initial weights it was found from."""
+        seed = self.preset.seed if seed is None else seed
         if m.family == "dense":
-            return self.dense()
+            return self.dense(seed)
         if m.family == "dd":
-            return engine.dd_ticket(m.dd_k, self.preset.dd_depth, self.preset.seed)
+            return engine.dd_ticket(m.dd_k, self.preset.dd_depth, seed)
         if m.family == "dd-matched":
             kind = task_kind(m.match or "unstructured", m.task, self.preset)
             k = engine.matched_dd_k(engine.param_count(self.found_ticket(image, kind, m.rounds)))
-            return engine.dd_ticket(k, self.preset.dd_depth, self.preset.seed)
+            return engine.dd_ticket(k, self.preset.dd_depth, seed)
         if m.family == "dip-narrow":
             kind = task_kind(m.match or "channel", m.task, self.preset)
-            return self.narrow_dip(engine.param_count(self.found_ticket(image, kind, m.rounds)))
+            return self.narrow_dip(engine.param_count(self.found_ticket(image, kind, m.rounds)), seed)
         if m.family == "ticket":
             return load_ticket(m.path)
         src = m.source or image

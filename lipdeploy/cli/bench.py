@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from fnmatch import fnmatchcase
@@ -31,7 +32,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option(
     "--preset",
     "preset_name",
-    type=click.Choice(["ci", "cpu", "paper", "fidelity"]),
+    type=click.Choice(["ci", "cpu", "paper", "fidelity", "evidence"]),
     default="ci",
     show_default=True,
     help="Settings bundle (bench/harness/presets.py; printed in the report). ci is a smoke test.",
@@ -63,12 +64,20 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--iters", type=int, default=None, show_default="the preset's", help="Iterations per quality fit.")
 @click.option("--imp-iters", type=int, default=None, show_default="the preset's", help="Iterations per IMP round.")
 @click.option(
+    "--seeds",
+    type=int,
+    default=None,
+    show_default="the preset's",
+    help="Fit every quality job with this many seeds (input code, its perturbation, and the init of networks "
+    "without a ticket); observations stay fixed per image. Rows carry the seed; each seed is its own job.",
+)
+@click.option(
     "--threads",
     type=int,
     default=None,
-    show_default="torch's",
-    help="torch (and ONNX Runtime) CPU threads. On a loaded machine 1 avoids OpenMP "
-    "oversubscription, which can slow 2-thread fits ten-fold.",
+    show_default="1",
+    help="torch (and ONNX Runtime) CPU threads per job, with either executor (a fit's PSNR depends on its thread "
+    "count, so the default is a Ray task's one). On a loaded machine 1 also avoids OpenMP oversubscription.",
 )
 @click.option("--shard", default="0/1", show_default=True, help="Run jobs with index % n == i (i/n).")
 @click.option(
@@ -123,6 +132,7 @@ def bench_command(
     example,
     iters,
     imp_iters,
+    seeds,
     threads,
     shard,
     executor,
@@ -159,7 +169,7 @@ def bench_command(
     from ..runlock import check_output_folder  # imports torch: loaded to run, not for --help
 
     check_output_folder(outp)  # a read-only or impossible folder is refused before any work
-    for name, value in (("--iters", iters), ("--imp-iters", imp_iters)):
+    for name, value in (("--iters", iters), ("--imp-iters", imp_iters), ("--seeds", seeds)):
         if value is not None and value < 1:
             raise InputError(None, f"{name} must be >= 1, got {value}")
     preset = get_preset(preset_name)
@@ -180,23 +190,26 @@ def bench_command(
         changes["imp_iters"] = imp_iters
     if changes:
         preset = preset.replace(**changes)
+    if seeds is not None:
+        # more or fewer seeds change no fit: the preset keeps its name (its rows stay comparable with the others)
+        preset = dataclasses.replace(preset, seeds=seeds)
     if example:
         tickets = (*tickets, str(bundled_ticket()))
     for t in tickets:
         if not Path(t).exists():
             raise InputError(t, "no such ticket file")
-    if threads is not None:
-        if threads < 1:
-            raise InputError(None, f"--threads must be >= 1, got {threads}")
-        import torch  # module level would load it for `lipdeploy bench --help`; the harness has loaded it by now
+    if threads is not None and threads < 1:
+        raise InputError(None, f"--threads must be >= 1, got {threads}")
+    threads = threads or 1
+    import torch  # module level would load it for `lipdeploy bench --help`; the harness has loaded it by now
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     shard_t = parse_shard(shard)
     if address and executor != "ray":
         raise InputError(None, "--address needs --executor ray")
     from ..bench.harness.executor import make_executor
 
-    runner = make_executor(executor, address, threads or 1)
+    runner = make_executor(executor, address, threads)
     patterns = _split(job_patterns)
     bench = Bench(preset, outp, shard_t, tuple(tickets), log=lambda m: click.echo(m, err=True), executor=runner)
     only = _key_filter(bench, patterns, "--jobs")
