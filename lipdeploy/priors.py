@@ -34,13 +34,15 @@ class PriorSpec:
     architecture. All fields optional: no ticket and no ``arch`` is the paper's dense DIP.
 
     ``ticket``: ticket file (any format); ``weights``: initial weights for a mask-only ticket (the paper's mask + init
-    pair); ``upsample`` / ``act``: upsampling mode and activation (ticket or dense DIP; ``upsample`` also for the deep
-    decoder); ``arch``: ``"dip"`` or ``"dd"`` when there is no ticket; ``channels``: DIP channels per level (skip
-    channels stay 4); ``dd_k`` / ``dd_depth``: the deep decoder's channels and upsampling blocks.
+    pair); ``net``: which generator of a progressive-GAN checkpoint (``netG`` by default, or ``avgG``); ``upsample``
+    / ``act``: upsampling mode and activation (ticket or dense DIP; ``upsample`` also for the deep decoder); ``arch``:
+    ``"dip"`` or ``"dd"`` when there is no ticket; ``channels``: DIP channels per level (skip channels stay 4); ``dd_k``
+    / ``dd_depth``: the deep decoder's channels and upsampling blocks.
     """
 
     ticket: Path | None = None
     weights: Path | None = None
+    net: str | None = None
     upsample: str | None = None
     act: str | None = None
     arch: str | None = None
@@ -58,7 +60,7 @@ def open_ticket(spec: PriorSpec) -> Ticket:
     """Load ``spec.ticket`` with its weights and overrides (:class:`InputError` for any bad file)."""
     if spec.ticket is None:
         raise InputError(None, "no ticket given")
-    return load_ticket(spec.ticket, weights=spec.weights, upsample_mode=spec.upsample, act=spec.act)
+    return load_ticket(spec.ticket, weights=spec.weights, net=spec.net, upsample_mode=spec.upsample, act=spec.act)
 
 
 def dense_arch(spec: PriorSpec, names: Mapping[str, str] | None = None) -> ArchSpec:
@@ -123,10 +125,12 @@ def make_prior(spec: PriorSpec, seed: int, names: Mapping[str, str] | None = Non
         return t, f"ticket {spec.ticket.name} ({t.arch.describe()}, density {t.density:.4f})"
     if spec.weights is not None:
         raise InputError(spec.weights, f"{n['weights']} goes with {n['ticket']}")
+    if spec.net is not None:
+        raise InputError(None, f"{n['net']} goes with {n['ticket']} (a progressive-GAN checkpoint)")
     t = dense_prior(spec, seed, names)
     return t, f"dense {t.arch.describe()}"
 
 
 def _names(names: Mapping[str, str] | None) -> dict[str, str]:
-    fields = ("ticket", "weights", "upsample", "act", "arch", "channels", "dd_k", "dd_depth")
+    fields = ("ticket", "weights", "net", "upsample", "act", "arch", "channels", "dd_k", "dd_depth")
     return {f: f for f in fields} | dict(names or {})

@@ -6,7 +6,9 @@ a) the toolkit's own ticket file, ``.pt`` or ``.safetensors`` (format below);
 b) the LIP paper code's pair: a dict of ``'<module path>.weight_mask'`` tensors plus the network's state dict given
    as ``weights``;
 c) a state dict of a model pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``);
-d) a plain state dict whose exact zeros define the mask.
+d) a plain state dict whose exact zeros define the mask;
+e) a progressive-GAN generator file (pytorch_GAN_zoo's checkpoint, its generator's state dict in the zoo's layouts,
+   pruned or as masks only: :mod:`lipdeploy.generator_files`), the architecture from the checkpoint's ``config``.
 
 The architecture is inferred from tensor names and shapes; what shapes cannot tell (upsampling mode, activation,
 sigmoid) defaults to the paper configuration and can be overridden.
@@ -45,6 +47,7 @@ from torch import nn
 
 from .errors import InputError
 from .fileio import atomic_output
+from .generator_files import GeneratorFile, is_checkpoint_content, is_generator_content, read_generator_file
 from .limits import TENSOR_SLACK_BYTES
 from .masks import Masks, apply_masks_, validate_masks
 from .masks import density as masks_density
@@ -519,16 +522,20 @@ def _only(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- load_ticket
 
 
-def load_ticket(path: str | Path, weights: str | Path | None = None, **arch_overrides: Any) -> Ticket:
+def load_ticket(
+    path: str | Path, weights: str | Path | None = None, net: str | None = None, **arch_overrides: Any
+) -> Ticket:
     """Load a ticket in any supported format (see the module docstring).
 
     ``weights``: a state dict file with the network's (initial) weights; required for a mask-only file (the paper's
     pair), and for the state-dict formats it becomes the initial weights while the file's own weights become the
-    fitted ones. ``arch_overrides`` (e.g. ``upsample_mode="nearest"``, ``act="ReLU"``) set what shapes cannot tell.
-    Raises :class:`InputError` (naming the file and the problem) for any bad input.
+    fitted ones. ``net``: which generator of a progressive-GAN checkpoint (``"netG"``, the default and the paper's,
+    or ``"avgG"``), in ``path`` or ``weights``. ``arch_overrides`` (e.g. ``upsample_mode="nearest"``,
+    ``act="ReLU"``) set what shapes cannot tell. Raises :class:`InputError` (naming the file and the problem) for any
+    bad input.
     """
     try:
-        return _load_ticket(path, weights, **arch_overrides)
+        return _load_ticket(path, weights, net, **arch_overrides)
     except InputError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, RecursionError) as exc:
@@ -536,10 +543,17 @@ def load_ticket(path: str | Path, weights: str | Path | None = None, **arch_over
         raise InputError(path, f"malformed ticket ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
-def _load_ticket(path: str | Path, weights: str | Path | None = None, **arch_overrides: Any) -> Ticket:
+def _load_ticket(
+    path: str | Path, weights: str | Path | None = None, net: str | None = None, **arch_overrides: Any
+) -> Ticket:
     path = Path(path)
     obj, meta = read_tensor_file(path)
-    if meta.get("format") == json.dumps(FORMAT) or obj.get("format") == FORMAT:
+    is_ticket_file = meta.get("format") == json.dumps(FORMAT) or obj.get("format") == FORMAT
+    if not is_ticket_file and is_generator_content(obj):
+        return _generator_ticket(path, obj, weights, net, arch_overrides)
+    if net is not None and not (weights is not None and is_ticket_file):
+        raise InputError(path, f"net={net!r} picks a network of a progressive-GAN checkpoint; this file is not one")
+    if is_ticket_file:
         if meta:
             try:
                 header = {k: json.loads(v) for k, v in meta.items()}
@@ -554,7 +568,7 @@ def _load_ticket(path: str | Path, weights: str | Path | None = None, **arch_ove
         if arch_overrides:
             ticket.arch = _override(ticket.arch, arch_overrides)
         if weights is not None:
-            init = _load_weights(Path(weights), ticket.arch)
+            init = _load_weights(Path(weights), ticket.arch, net)
             ticket = ticket.replace(init=init)
         return ticket
 
@@ -616,10 +630,70 @@ def _plain_state(path: Path, sd: StateDict) -> StateDict:
     return out
 
 
-def _load_weights(path: Path, arch: ArchSpec) -> StateDict:
-    sd = _plain_state(path, _as_state_dict(path, read_tensor_file(path)[0]))
+def _load_weights(path: Path, arch: ArchSpec, net: str | None = None) -> StateDict:
+    content = read_tensor_file(path)[0]
+    if is_generator_content(content):
+        sd = _generator_weights(path, read_generator_file(path, content, net or "netG"))
+    elif net is not None:
+        raise InputError(path, f"net={net!r} picks a network of a progressive-GAN checkpoint; this file is not one")
+    else:
+        sd = _plain_state(path, _as_state_dict(path, content))
     _check_state(path, arch, sd)
     return sd
+
+
+# --------------------------------------------------------------------------------------------------- generators
+
+
+def _generator_ticket(
+    path: Path, content: Mapping[str, Any], weights: str | Path | None, net: str | None, overrides: Mapping[str, Any]
+) -> Ticket:
+    """A ticket from a progressive-GAN generator file, with ``weights`` (a checkpoint) as the initial weights for a
+    mask-only or bare file; the architecture comes from the file's config, else from the weights' config."""
+    given = sorted(k for k, v in overrides.items() if v is not None)
+    if given:
+        raise InputError(path, f"{', '.join(given)} do not apply to a progressive-GAN generator (its config says all)")
+    source = read_generator_file(path, content, net or "netG")
+    base = None
+    if weights is not None:
+        wpath = Path(weights)
+        base = read_generator_file(wpath, read_tensor_file(wpath)[0], net or "netG")
+        if base.layout == "pgan-masks":
+            raise InputError(wpath, "holds masks only: the weights file must hold the generator's weights")
+    elif net is not None and not is_checkpoint_content(content):
+        raise InputError(path, f"net={net!r} picks a network of a progressive-GAN checkpoint; this file is not one")
+    masks_only = source.layout == "pgan-masks"
+    if masks_only and base is None:
+        raise InputError(path, "mask-only file (the generator's masks): pass the generator's checkpoint as weights")
+    arch = source.spec or (base.spec if base is not None else None)
+    if arch is None:
+        hint = "pass the generator's checkpoint as weights" if base is None else f"{Path(weights).name} has none either"
+        raise InputError(path, f"no 'config' to tell the generator's architecture: {hint}")
+    state = {} if masks_only else _generator_weights(path, source)
+    raw_masks = {k[: -len("_mask")]: v for k, v in source.state.items() if k.endswith(".weight_mask")}
+    if state:
+        _check_state(path, arch, state)
+    init, fitted = state, None
+    if base is not None:
+        init, fitted = _generator_weights(Path(weights), base), (state or None)
+        _check_state(Path(weights), arch, init)
+    shapes = _prunable_shapes(arch)
+    if not raw_masks:  # a plain network: its exact zeros are the mask (none in a dense pre-trained generator)
+        raw_masks = {name: (state[name] != 0).float() for name in shapes}
+    provenance: dict[str, Any] = {"source_format": source.layout, "source_file": path.name}
+    if source.net is not None or (base is not None and base.net is not None):
+        provenance["net"] = net or "netG"
+    if weights is not None:
+        provenance["weights_file"] = Path(weights).name
+    masks = validate_masks(raw_masks, shapes, str(path))
+    return Ticket(arch=arch, init=init, masks=masks, fitted=fitted, provenance=provenance, source=str(path))
+
+
+def _generator_weights(path: Path, source: GeneratorFile) -> StateDict:
+    """A generator file's weights, ``weight_orig`` folded with its mask; a mask-only file holds none."""
+    if source.layout == "pgan-masks":
+        raise InputError(path, "holds masks only, no weights")
+    return _plain_state(path, source.state)
 
 
 def _infer_or_fail(path: Path, sd: Mapping[str, torch.Tensor], overrides: Mapping[str, Any]) -> ArchSpec:

@@ -32,6 +32,7 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 PRIOR_FLAGS: dict[str, str] = {
     "ticket": "--ticket",
     "weights": "--weights",
+    "net": "--net",
     "upsample": "--upsample",
     "act": "--act",
     "arch": "--arch",
@@ -62,10 +63,14 @@ class RegistryChoice(click.Choice):
         pass
 
 
+GENERATOR_TASKS = ("cs",)
+"""Tasks only a generator prior restores (``restore --generator``): compressive sensing."""
+
+
 def _task_names() -> list[str]:
     from ..tasks import TASKS  # imports torch: read when parsing, so that importing the options stays light
 
-    return sorted(TASKS)
+    return sorted([*TASKS, *GENERATOR_TASKS])
 
 
 def pattern_names() -> list[str]:
@@ -103,6 +108,15 @@ def _bundle(fn: Callable[..., Any], name: str, fields: Sequence[str], make: Call
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+_NET_OPTION = click.option(
+    "--net",
+    type=click.Choice(["netG", "avgG"]),
+    default=None,
+    show_default="netG, the paper's",
+    help="Which generator of a progressive-GAN checkpoint (TICKET or --weights): netG or the moving average avgG.",
+)
 
 
 def _prior_spec(**values: Any) -> PriorSpec:
@@ -159,6 +173,7 @@ def prior_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Initial weights for a mask-only ticket (the paper's mask + init pair).",
         ),
+        _NET_OPTION,
         *_TICKET_OVERRIDES,
         click.option(
             "--arch",
@@ -204,9 +219,11 @@ def ticket_options(required: bool = True) -> Decorator:
                 default=None,
                 help="State dict with the network's initial weights (needed for mask-only files such as the paper's).",
             ),
+            _NET_OPTION,
             *_TICKET_OVERRIDES,
         ]
-        return _apply(_bundle(fn, "prior", ("ticket", "example", "weights", "upsample", "act"), check), decorators)
+        fields = ("ticket", "example", "weights", "net", "upsample", "act")
+        return _apply(_bundle(fn, "prior", fields, check), decorators)
 
     return decorate
 
@@ -294,7 +311,8 @@ def task_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "task_name",
             type=RegistryChoice(_task_names),
             required=True,
-            help="The inverse problem: denoise, inpaint or sr (super-resolution).",
+            help="The inverse problem: denoise, inpaint or sr (super-resolution); cs (compressive sensing) and inpaint "
+            "with --generator.",
         ),
         click.option(
             "--sigma", type=float, default=None, show_default="25", help="denoise: noise sigma on the 0-255 scale."
