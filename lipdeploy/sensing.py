@@ -19,12 +19,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from .errors import InputError
+from .fileio import atomic_output
 from .limits import MEMORY_FRACTION, available_memory_bytes
+from .ticket import read_tensor_file
 
 OUTLIER_VALUE = 1e4
 """The measurement the paper gives each outlier row (a row of ones): 1e4, far beyond any ``sum(x)`` on [-1, 1]."""
@@ -309,6 +312,62 @@ def least_squares(meas: Measurements) -> torch.Tensor | None:
     return None if out is None else out[0].cpu()
 
 
+MEASUREMENTS_FORMAT = "lipdeploy.measurements"
+
+
+def save_measurements(meas: Measurements, path: str | Path) -> None:
+    """Write ``y`` and what rebuilds its operator (kind, n, rows, seed, outliers) as plain data, atomically."""
+    desc = meas.operator.describe()
+    if desc["kind"] not in OPERATORS:
+        raise InputError(path, f"only compressive sensing measurements ({', '.join(OPERATORS)}) are written")
+    record = {
+        "format": MEASUREMENTS_FORMAT,
+        "y": meas.y.detach().cpu().float().contiguous(),
+        "operator": desc["kind"],
+        "n": meas.n,
+        "seed": desc["seed"],
+        "measurements": meas.m,
+        "outliers": meas.outliers,
+        "noise_sigma": float(meas.noise_sigma),
+    }
+    with atomic_output(path) as tmp:
+        torch.save(record, tmp)
+
+
+def load_measurements(path: str | Path, n: int) -> Measurements:
+    """Read a :func:`save_measurements` file for images of ``n`` values (weights_only; :class:`InputError` naming
+    the file for anything malformed, for another image size, and for NaN or Inf measurements)."""
+    content, _ = read_tensor_file(path)
+    if content.get("format") != MEASUREMENTS_FORMAT:
+        raise InputError(
+            path, f"not a measurements file (no format {MEASUREMENTS_FORMAT!r}; write one with --simulate)"
+        )
+    y = content.get("y")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or not y.is_floating_point():
+        raise InputError(path, "'y' must be a 1-D floating-point tensor")
+    fields = {}
+    for key in ("n", "seed", "measurements", "outliers"):
+        value = content.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(path, f"{key!r} must be an integer, got {value!r}"[:160])
+        fields[key] = value
+    if fields["n"] != n:
+        raise InputError(path, f"measures images of {fields['n']} values; this generator makes {n} (3 x R x R)")
+    if not 0 <= fields["outliers"] < fields["measurements"]:
+        raise InputError(path, f"outliers ({fields['outliers']}) must be in [0, measurements)")
+    if y.numel() != fields["measurements"]:
+        raise InputError(path, f"holds {y.numel()} measurements but says {fields['measurements']}")
+    if not bool(torch.isfinite(y).all()):
+        raise InputError(path, "the measurements contain NaN or Inf")
+    try:
+        operator = make_operator(str(content.get("operator")), n, fields["measurements"] - fields["outliers"],
+                                 fields["seed"])  # fmt: skip
+    except InputError as exc:
+        raise InputError(path, exc.problem) from None
+    sigma = content.get("noise_sigma", 0.0)
+    return Measurements(operator, y.float(), fields["outliers"], float(sigma) if isinstance(sigma, float) else 0.0)
+
+
 __all__ = [
     "OPERATORS",
     "OUTLIER_VALUE",
@@ -321,7 +380,9 @@ __all__ = [
     "check_rows",
     "inverse_real_fft",
     "least_squares",
+    "load_measurements",
     "make_operator",
     "real_fft",
+    "save_measurements",
     "simulate_measurements",
 ]

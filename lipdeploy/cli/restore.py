@@ -31,6 +31,7 @@ from ..images import (
 from ..limits import activation_bytes, check_lr, check_memory
 from ..priors import PriorSpec
 from ..tasks import Task
+from .generator_options import GeneratorSource, SensingSpec, generator_options, sensing_options
 from .options import (
     Reporter,
     TaskSpec,
@@ -49,11 +50,16 @@ from .options import (
     shrink_image,
     task_options,
 )
+from .restore_generator import restore_with_generator
 
 EXAMPLES = examples(
     "lipdeploy restore skimage:coffee --simulate --task denoise --crop 128x128 --iters 500 -o coffee.png",
     "lipdeploy restore skimage:coffee --simulate --task denoise --crop 128x128 --iters 500 --example -o lip.png",
     "lipdeploy restore noisy.png --task denoise --ticket masks.pt --weights init.pt -o out.png",
+    "lipdeploy restore skimage:astronaut --task cs --example-generator --simulate --measurements 200 -o cs.png",
+    "lipdeploy restore face.png --task cs --generator G.pth --ticket tickets/round_03.pt --simulate --outliers 4 "
+    "--objective mom -o cs.png",
+    "lipdeploy restore face.png --task inpaint --example-generator --simulate --drop 0.5 -o inpainted.png",
 )
 
 
@@ -61,6 +67,8 @@ EXAMPLES = examples(
 @click.argument("image", type=str)
 @task_options
 @prior_options
+@generator_options
+@sensing_options
 @image_size_options
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path, readable=False), required=True, help="Restored image (PNG)."
@@ -71,7 +79,13 @@ EXAMPLES = examples(
     is_flag=True,
     help="IMAGE is the clean image: degrade it with the task (seeded) and measure against it.",
 )
-@click.option("--iters", type=int, default=3000, show_default=True, help="Fitting iterations (the paper's 3000).")
+@click.option(
+    "--iters",
+    type=int,
+    default=None,
+    show_default="3000, the paper's; 1500 with a generator",
+    help="Fitting iterations.",
+)
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
 @click.option(
     "--input-noise",
@@ -90,10 +104,12 @@ def restore_command(
     image: str,
     task_spec: TaskSpec,
     prior: PriorSpec,
+    source: GeneratorSource,
+    sensing: SensingSpec,
     output: Path,
     gt: str | None,
     simulate: bool,
-    iters: int,
+    iters: int | None,
     lr: float,
     input_noise: float | None,
     ema: float,
@@ -114,7 +130,23 @@ def restore_command(
     without ground truth). With --simulate it also writes OUT.observation.png, the degraded image the prior was fitted
     to (for super-resolution the low-resolution input). A fit costs about the pixel count times the iterations: the
     expected time is printed before it starts; --crop / --resize make it minutes on a laptop CPU.
+
+    With --generator G.pth (or --example-generator) the prior is a pre-trained generator whose latent is fitted:
+    --task cs (compressive sensing; --simulate measures IMAGE, --measurements-file Y.pt reads measurements, IMAGE then
+    being the ground truth or '-') or --task inpaint; --ticket T is then one of the generator's tickets (lipdeploy
+    find --generator). IMAGE is brought to the generator's resolution; OUT.json holds the per-pixel MSE on [-1, 1]
+    and PSNR/SSIM at the final iteration, and for cs the back-projection and least-squares baselines.
     """
+    if source.given or task_spec.name == "cs":
+        if prior.has_arch or prior.weights is not None or gt is not None or crop or resize:
+            raise InputError(None, "a generator prior takes none of --arch/--channels/--k/--depth, --weights, --gt, "
+                             "--crop, --resize (IMAGE is fitted to the generator's resolution)")  # fmt: skip
+        return restore_with_generator(
+            image=image, task_spec=task_spec, source=source, ticket=prior.ticket, net=prior.net, sensing=sensing,
+            output=output, simulate=simulate, iters=1500 if iters is None else iters, lr=lr, seed=seed, device=device,
+            quiet=quiet, as_json=as_json, force=force,
+        )  # fmt: skip
+    iters = 3000 if iters is None else iters
     log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
     if iters < 1:
         raise InputError(None, f"--iters must be >= 1, got {iters}")
