@@ -57,18 +57,25 @@ from __future__ import annotations
 
 from .build import compact
 from .layers import CompactLayer, LayerCompaction
-from .modules import ChannelAffine, CompactNet, ConstPlanes, ImageNorm, Step
+from .modules import ChannelAffine, CompactNet, ConstMap, ConstPlanes, ImageNorm, Step
 from .report import CompactionReport, analyze_compaction
+from .rules import FUNCTION_RULES, MODULE_RULES, Rule
+from .trace import UnsupportedLayer
 
 __all__ = [
+    "FUNCTION_RULES",
+    "MODULE_RULES",
     "ChannelAffine",
     "CompactLayer",
     "CompactNet",
     "CompactionReport",
+    "ConstMap",
     "ConstPlanes",
     "ImageNorm",
     "LayerCompaction",
+    "Rule",
     "Step",
+    "UnsupportedLayer",
     "analyze_compaction",
     "compact",
 ]

@@ -1,251 +1,232 @@
-"""Building: the compacted network from a traced graph and its plan (:func:`compact`)."""
+"""Building: the compacted network from a traced graph and its plan (:func:`compact`).
+
+:class:`Builder` holds what is being built (modules, program steps, the channels each value physically holds) and
+the operations rules emit through (:meth:`Builder.module_step`, :meth:`Builder.weighted`, ...); each op's rule
+(:mod:`~lipdeploy.compaction.rules`) decides what to emit.
+"""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..ticket import BatchNormMode, Ticket
-from .graph import _consumers, _Node
+from .graph import Node, consumers
 from .layers import CompactLayer, LayerCompaction
-from .modules import ChannelAffine, CompactNet, ConstPlanes, ImageNorm, Step, _reader_counts
-from .plan import _bn_running_affine, _image_bn, _plan
+from .modules import CompactNet, ConstMap, ConstPlanes, Step, reader_counts
+from .plan import Plan, make_plan
+from .rules import WeightRule, live, relative_ints, weighted_record
 
 
-def _as_model(
+def input_of(arch: Any) -> tuple[int, int]:
+    """(channels, rank) of the network input of ``arch``: a generator's latent vector, else a noise map."""
+    if hasattr(arch, "latent_dim"):
+        return int(arch.latent_dim), 2
+    return int(arch.input_channels), 4
+
+
+def model_input(model: nn.Module) -> tuple[int, int]:
+    """(channels, rank) of a plain model's input, from its first Conv2d (a map) or Linear (a vector)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is None:
+        raise ValueError("the model has no Conv2d or Linear layer")
+    return (first.in_channels, 4) if isinstance(first, nn.Conv2d) else (first.in_features, 2)
+
+
+def as_model(
     ticket_or_model: Ticket | nn.Module, weights: str, bn: str
-) -> tuple[nn.Module, int, dict[str, torch.Tensor] | None, Any]:
-    """(reference network, its input channels, masks by conv path or None (zeros are the mask), architecture)."""
+) -> tuple[nn.Module, tuple[int, int], dict[str, torch.Tensor] | None, Any]:
+    """(reference network, its input (channels, rank), masks by layer path or None (zeros are the mask), arch)."""
     if bn not in ("image", "running"):
         raise ValueError(f"bn must be 'image' or 'running', got {bn!r}")
     if isinstance(ticket_or_model, Ticket):
         t = ticket_or_model
         model = t.build(weights=weights, bn=bn)  # type: ignore[arg-type]
         masks = {name[: -len(".weight")]: m for name, m in t.masks.items()}
-        return model, t.arch.input_channels, masks, t.arch
+        return model, input_of(t.arch), masks, t.arch
     if isinstance(ticket_or_model, CompactNet):
         raise ValueError("already compacted")
-    model = ticket_or_model
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        raise ValueError("the model has no Conv2d layer")
-    return model, first.in_channels, None, None
+    return ticket_or_model, model_input(ticket_or_model), None, None
 
 
-def _scale_ints(scale: Fraction) -> tuple[int, int]:
-    if scale <= 1:
-        if scale.numerator != 1:
-            raise ValueError(f"unsupported resolution ratio {scale}")
-        return scale.denominator, 1
-    if scale.denominator != 1:
-        raise ValueError(f"unsupported resolution ratio {scale}")
-    return 1, scale.numerator
+class Builder:
+    """The compacted network under construction, for one plan."""
 
+    def __init__(self, plan: Plan, dtype: torch.dtype) -> None:
+        self.plan = plan
+        self.nodes, self.const, self.need, self.bn = plan.nodes, plan.const, plan.need, plan.bn
+        self.readers = consumers(plan.nodes)
+        self.dtype = dtype
+        self.modules: dict[str, nn.Module] = {}
+        self.steps: list[Step] = []
+        self.layers: list[LayerCompaction] = []
+        # kept channels of each node's tensor (input: all channels, so the input contract stays the same)
+        self.kept: list[torch.Tensor] = []
+        self.alias: dict[int, int] = {}  # node -> value id actually holding its tensor (folded BN aliases its conv)
+        self.conv_step: dict[int, str] = {}  # node -> conv module key, for folding a following running BN
+        self.conv_records: dict[str, tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-@torch.no_grad()
-def _build(model: nn.Module, in_channels: int, bn: str, masks, arch) -> CompactNet:
-    plan = _plan(model, in_channels, bn, masks)
-    nodes, const, need = plan.nodes, plan.const, plan.need
-    consumers = _consumers(nodes)
-    dtype = next(model.parameters()).dtype
-    modules: dict[str, nn.Module] = {}
-    steps: list[Step] = []
-    layers: list[LayerCompaction] = []
-    # kept channels of each node's tensor (input: all channels, so the input contract stays the same)
-    kept: list[torch.Tensor] = []
-    alias: dict[int, int] = {}  # node -> value id actually holding its tensor (folded BN aliases its conv)
-    conv_step: dict[int, str] = {}  # node -> conv module key, for folding a following running BN
-    conv_records: dict[str, tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # key -> name, rows, cols, mask
-
-    def key(n: _Node, kind: str) -> str:
+    def key(self, n: Node, kind: str) -> str:
         base = f"{kind}_{n.name.replace('.', '_')}" if n.name else kind
         k, i = base, 1
-        while k in modules:
+        while k in self.modules:
             k, i = f"{base}_{i}", i + 1
         return k
 
-    def vid(i: int) -> int:
-        return alias.get(i, i)
+    def vid(self, i: int) -> int:
+        return self.alias.get(i, i)
 
-    for i, n in enumerate(nodes):
+    def module_step(self, i: int, node: Node, kind: str, module: nn.Module) -> str:
+        """``values[i] = module(values[node's input])``."""
+        mk = self.key(node, kind)
+        self.modules[mk] = module
+        self.steps.append(Step(i, "module", mk, (self.vid(node.inputs[0]),)))
+        return mk
+
+    def multi_step(self, i: int, node: Node, kind: str, module: nn.Module, inputs: list[int]) -> None:
+        """``values[i] = module(*values[inputs])`` (value ids)."""
+        mk = self.key(node, kind)
+        self.modules[mk] = module
+        self.steps.append(Step(i, "sum", mk, tuple(inputs)))
+
+    def const_module(self, values: torch.Tensor, node: Node) -> nn.Module:
+        """Constant planes (or fixed maps, or constant features) at ``node``'s resolution."""
+        if node.rank == 4 and node.size is None:
+            down, up = relative_ints(node.scale)
+            return ConstPlanes(values.to(self.dtype), down, up)
+        return ConstMap(values.to(self.dtype), node.size if node.rank == 4 else None)
+
+    def const_step(self, i: int, node: Node, values: torch.Tensor) -> None:
+        """``values[i]`` = constants made from the network input's batch."""
+        mk = self.key(node, "const")
+        self.modules[mk] = self.const_module(values, node)
+        self.steps.append(Step(i, "const", mk, ()))
+
+    def fold_affine(self, i: int, s: int, scale: torch.Tensor, shift: torch.Tensor) -> bool:
+        """Fold a per-channel affine into the conv producing node ``s`` when the affine is its only reader."""
+        if s not in self.conv_step or len(self.readers[s]) != 1:
+            return False
+        c = self.modules[self.conv_step[s]]
+        c.weight.mul_(scale.to(self.dtype).view(-1, 1, 1, 1))
+        bias0 = c.bias.double() if c.bias is not None else torch.zeros(len(scale), dtype=torch.float64)
+        if c.bias is None:
+            c.bias = nn.Parameter(torch.zeros(len(scale), dtype=self.dtype))
+        c.bias.copy_((bias0 * scale + shift).to(self.dtype))
+        self.alias[i] = self.vid(s)
+        return True
+
+    def concat(self, i: int, node: Node) -> None:
+        ins = tuple(self.vid(j) for j in node.inputs if len(self.kept[j]))
+        if len(ins) == 1:
+            self.alias[i] = ins[0]
+        else:
+            self.steps.append(Step(i, "cat", None, ins))
+
+    def weighted(self, i: int, n: Node, rule: WeightRule) -> None:
+        """A conv or linear layer: kept rows, present + materialised columns, constants folded into the bias."""
+        m = n.module
+        s = n.inputs[0]
+        idx = self.kept[i]
+        pat = self.plan.pattern[n.name]
+        w_full = m.weight.detach().double() * pat
+        stored_in = self.kept[s]  # channels present in the source tensor
+        materialise = self.plan.materialise[i]
+        mat = torch.nonzero(materialise).flatten()
+        src_const = self.const[s]
+        fold = ~live(src_const) & ~materialise
+        dead = int((~live(self.const[i])).sum())
+        unread = int((live(self.const[i]) & ~self.need[i]).sum())
+        info = weighted_record(n.name, m, pat, dead, unread, len(mat))
+        self.layers.append(info)
+        if len(idx) == 0:
+            info.removed_inputs = info.in_before
+            return
+        cols = torch.cat([stored_in, mat])
+        w = w_full[idx][:, cols]
+        b = m.bias.detach().double()[idx] if m.bias is not None else torch.zeros(len(idx), dtype=torch.float64)
+        if bool(fold.any()):
+            b = b + rule.kernels_sum(w_full[idx][:, fold]) @ src_const[fold]
+        # input value: the source tensor, plus materialised constant planes
+        pieces = [self.vid(s)] if len(stored_in) else []
+        if len(mat):
+            ck = self.key(n, "const")
+            self.modules[ck] = self.const_module(src_const[mat], self.nodes[s])
+            cid = -(len(self.steps) + 1) - 1000000
+            self.steps.append(Step(cid, "const", ck, ()))
+            pieces.append(cid)
+        if len(pieces) == 2:
+            cat_id = -(len(self.steps) + 1) - 2000000
+            self.steps.append(Step(cat_id, "cat", None, tuple(pieces)))
+            pieces = [cat_id]
+        new = rule.make(m, len(cols), len(idx), m.bias is not None or bool(fold.any()), self.dtype)
+        new.weight.copy_(w.to(self.dtype))
+        if new.bias is not None:
+            new.bias.copy_(b.to(self.dtype))
+        mk = self.key(n, n.kind)
+        self.modules[mk] = new
+        self.steps.append(Step(i, "module", mk, (pieces[0],)))
+        if n.kind == "conv":
+            self.conv_records[mk] = (n.name, idx, cols, pat[idx][:, cols])
+            self.conv_step[i] = mk
+        info.in_after, info.out_after = len(cols), len(idx)
+        info.removed_inputs = info.in_before - len(cols)
+        nzk_after = rule.kernels(pat[idx][:, cols])  # cols are reference channel indices
+        info.zero_kernels_after = int((~nzk_after).sum())
+        info.nnz_after = int(pat[idx][:, cols].sum())
+
+    def output(self) -> tuple[int, torch.Tensor | None]:
+        """The output value: live channels computed, constant ones materialised, reference channel order restored.
+        Returns (value id, permutation buffer or None)."""
+        last = len(self.nodes) - 1
+        out_const = self.const[last]
+        out_id = self.vid(last)
+        have = self.kept[last]
+        cmask = ~live(out_const)
+        if bool(cmask.any()):
+            self.modules["const_output"] = self.const_module(out_const[cmask], self.nodes[last])
+            cid = -3000000
+            self.steps.append(Step(cid, "const", "const_output", ()))
+            if not len(have):
+                return cid, None
+            cat_id = -3000001
+            self.steps.append(Step(cat_id, "cat", None, (out_id, cid)))
+            order, out_id = torch.cat([have, torch.nonzero(cmask).flatten()]), cat_id
+        elif bool((have == torch.arange(len(have))).all()):
+            return out_id, None
+        else:
+            order = have
+        self.steps.append(Step(-3000002, "gather", "output_perm", (out_id,)))
+        return -3000002, torch.argsort(order)
+
+
+@torch.no_grad()
+def build(model: nn.Module, inputs: tuple[int, int], bn: str, masks, arch) -> CompactNet:
+    """The compacted network of ``model`` (input (channels, rank)) under ``masks``."""
+    in_channels, rank = inputs
+    plan = make_plan(model, in_channels, bn, masks, rank)
+    b = Builder(plan, next(model.parameters()).dtype)
+    for i, n in enumerate(plan.nodes):
         if n.kind == "input":
-            kept.append(torch.arange(n.channels))
+            b.kept.append(torch.arange(n.channels))
             continue
         # channels physically present: a conv computes the channels someone reads; per-channel ops process all the
         # channels of their source (a shared source may carry channels that only another consumer reads)
-        if n.kind == "conv":
-            idx = torch.nonzero(need[i]).flatten()
-        elif n.kind == "cat":
-            offs = [0]
-            for j in n.inputs:
-                offs.append(offs[-1] + nodes[j].channels)
-            idx = torch.cat([kept[j] + o for j, o in zip(n.inputs, offs[:-1], strict=True)])
-        else:
-            idx = kept[n.inputs[0]]
-        kept.append(idx)
-        if n.kind == "conv":
-            conv: nn.Conv2d = n.module
-            s = n.inputs[0]
-            pat = plan.masks[n.name]
-            w_full = conv.weight.detach().double() * pat
-            k = conv.kernel_size[0]
-            stored_in = kept[s]  # channels present in the source tensor
-            mat = torch.nonzero(plan.materialise[i]).flatten()
-            src_const = const[s]
-            fold = ~torch.isnan(src_const) & ~plan.materialise[i]
-            dead = int((~torch.isnan(const[i])).sum())
-            unread = int((torch.isnan(const[i]) & ~need[i]).sum())
-            nzk_before = pat.any(dim=(2, 3))
-            info = LayerCompaction(
-                name=n.name,
-                kernel=k,
-                stride=conv.stride[0],
-                in_before=conv.in_channels,
-                out_before=conv.out_channels,
-                in_after=0,
-                out_after=0,
-                dead_outputs=dead,
-                unread_outputs=unread,
-                removed_inputs=0,
-                materialised_inputs=len(mat),
-                kernels_before=int(nzk_before.numel()),
-                zero_kernels_before=int((~nzk_before).sum()),
-                zero_kernels_after=0,
-                nnz_before=int(pat.sum()),
-                nnz_after=0,
-            )
-            layers.append(info)
-            if len(idx) == 0:
-                info.removed_inputs = conv.in_channels
-                continue
-            cols = torch.cat([stored_in, mat])
-            w = w_full[idx][:, cols]
-            b = (
-                conv.bias.detach().double()[idx]
-                if conv.bias is not None
-                else torch.zeros(len(idx), dtype=torch.float64)
-            )
-            if bool(fold.any()):
-                b = b + w_full[idx][:, fold].sum(dim=(2, 3)) @ src_const[fold]
-            # input value: the source tensor, plus materialised constant planes
-            pieces = [vid(s)] if len(stored_in) else []
-            if len(mat):
-                down, up = _scale_ints(nodes[s].scale)
-                ck = key(n, "const")
-                modules[ck] = ConstPlanes(src_const[mat].to(dtype), down, up)
-                cid = -(len(steps) + 1) - 1000000
-                steps.append(Step(cid, "const", ck, ()))
-                pieces.append(cid)
-            if len(pieces) == 2:
-                cat_id = -(len(steps) + 1) - 2000000
-                steps.append(Step(cat_id, "cat", None, tuple(pieces)))
-                pieces = [cat_id]
-            new = nn.Conv2d(
-                len(cols),
-                len(idx),
-                k,
-                conv.stride,
-                conv.padding,
-                bias=conv.bias is not None or bool(fold.any()),
-                padding_mode=conv.padding_mode,
-            ).to(dtype)
-            new.weight.copy_(w.to(dtype))
-            if new.bias is not None:
-                new.bias.copy_(b.to(dtype))
-            mk = key(n, "conv")
-            modules[mk] = new
-            conv_records[mk] = (n.name, idx, cols, pat[idx][:, cols])
-            steps.append(Step(i, "module", mk, (pieces[0],)))
-            conv_step[i] = mk
-            info.in_after, info.out_after = len(cols), len(idx)
-            info.removed_inputs = conv.in_channels - len(cols)
-            nzk_after = pat[idx][:, cols].any(dim=(2, 3))  # cols are reference channel indices
-            info.zero_kernels_after = int((~nzk_after).sum())
-            info.nnz_after = int(pat[idx][:, cols].sum())
-            continue
-        if len(idx) == 0:
-            continue
-        s = n.inputs[0]
-        if n.kind == "bn":
-            m: nn.BatchNorm2d = n.module
-            if _image_bn(m, bn):
-                g = m.weight.detach()[idx] if m.weight is not None else torch.ones(len(idx))
-                be = m.bias.detach()[idx] if m.bias is not None else torch.zeros(len(idx))
-                mk = key(n, "norm")
-                modules[mk] = ImageNorm(g.to(dtype), be.to(dtype), m.eps)
-                steps.append(Step(i, "module", mk, (vid(s),)))
-            else:
-                sc, sh = _bn_running_affine(m)
-                sc, sh = sc[idx], sh[idx]
-                if s in conv_step and len(consumers[s]) == 1:
-                    c = modules[conv_step[s]]
-                    c.weight.mul_(sc.to(dtype).view(-1, 1, 1, 1))
-                    bias0 = c.bias.double() if c.bias is not None else torch.zeros(len(idx), dtype=torch.float64)
-                    if c.bias is None:
-                        c.bias = nn.Parameter(torch.zeros(len(idx), dtype=dtype))
-                    c.bias.copy_((bias0 * sc + sh).to(dtype))
-                    alias[i] = vid(s)
-                else:
-                    mk = key(n, "affine")
-                    modules[mk] = ChannelAffine(sc.to(dtype), sh.to(dtype))
-                    steps.append(Step(i, "module", mk, (vid(s),)))
-        elif n.kind == "act":
-            mk = key(n, "act")
-            a = n.module
-            modules[mk] = nn.LeakyReLU(a.negative_slope) if isinstance(a, nn.LeakyReLU) else nn.ReLU()
-            steps.append(Step(i, "module", mk, (vid(s),)))
-        elif n.kind == "sigmoid":
-            mk = key(n, "sigmoid")
-            modules[mk] = nn.Sigmoid()
-            steps.append(Step(i, "module", mk, (vid(s),)))
-        elif n.kind == "up":
-            u: nn.Upsample = n.module
-            mk = key(n, "up")
-            modules[mk] = nn.Upsample(scale_factor=u.scale_factor, mode=u.mode, align_corners=u.align_corners)
-            steps.append(Step(i, "module", mk, (vid(s),)))
-        elif n.kind == "pad":
-            mk = key(n, "pad")
-            modules[mk] = nn.ReflectionPad2d(n.module.padding)
-            steps.append(Step(i, "module", mk, (vid(s),)))
-        elif n.kind == "cat":
-            ins = tuple(vid(j) for j in n.inputs if len(kept[j]))
-            if len(ins) == 1:
-                alias[i] = ins[0]
-            else:
-                steps.append(Step(i, "cat", None, ins))
-
-    # output: live channels computed, constant ones materialised, original channel order restored
-    last = len(nodes) - 1
-    out_const = const[last]
-    out_id = vid(last)
-    if bool((~torch.isnan(out_const)).any()):
-        cmask = ~torch.isnan(out_const)
-        down, up = _scale_ints(nodes[last].scale)
-        modules["const_output"] = ConstPlanes(out_const[cmask].to(dtype), down, up)
-        cid = -3000000
-        steps.append(Step(cid, "const", "const_output", ()))
-        if bool((~cmask).any()):
-            cat_id = -3000001
-            steps.append(Step(cat_id, "cat", None, (out_id, cid)))
-            order = torch.cat([torch.nonzero(~cmask).flatten(), torch.nonzero(cmask).flatten()])
-            perm = torch.argsort(order)
-            out_id = -3000002
-            steps.append(Step(out_id, "gather", "output_perm", (cat_id,)))
-        else:
-            out_id = cid
-    _activations_in_place(steps, modules)
-    used = [int(c) for c in torch.nonzero(need[0]).flatten()]
+        b.kept.append(n.rule.kept(i, n, b))
+        if len(b.kept[i]) or isinstance(n.rule, WeightRule):
+            n.rule.build(i, n, b)
+    out_id, perm = b.output()
+    _activations_in_place(b.steps, b.modules)
+    used = [int(c) for c in torch.nonzero(plan.need[0]).flatten()]
     # CompactLayers last: a following running-statistics BatchNorm folds into (and may add) the conv's parameters
-    output_conv = next((n.name for n in reversed(nodes) if n.kind == "conv"), None)
+    output_conv = next((n.name for n in reversed(plan.nodes) if n.kind == "conv"), None)
     convs = {
-        mk: _compact_layer(mk, modules[mk], *rec, is_output_layer=rec[0] == output_conv)
-        for mk, rec in conv_records.items()
+        mk: _compact_layer(mk, b.modules[mk], *rec, is_output_layer=rec[0] == output_conv)
+        for mk, rec in b.conv_records.items()
     }
-    net = CompactNet(steps, modules, out_id, in_channels, used, bn, layers, arch, convs)
-    if "output_perm" in {st.module for st in steps}:
+    net = CompactNet(b.steps, b.modules, out_id, in_channels, used, bn, b.layers, arch, convs)
+    if perm is not None:
         net.register_buffer("output_perm", perm)
     return net.train(bn == "image")
 
@@ -286,7 +267,7 @@ def _activations_in_place(steps: list[Step], modules: dict[str, nn.Module]) -> N
     allocations slowed the compacted paper network by about 30% (128x128, 1 thread: 203 ms vs 157 ms for the masked
     reference). The activations' inputs (normalisation, upsampling or conv outputs) are not needed by their backward.
     """
-    uses = _reader_counts(steps)
+    uses = reader_counts(steps)
     for st in steps:
         m = modules.get(st.module) if st.kind == "module" else None
         if isinstance(m, (nn.LeakyReLU, nn.ReLU)) and uses.get(st.inputs[0], 0) == 1 and st.inputs[0] != 0:
@@ -301,10 +282,11 @@ def compact(
     """The exactly compacted network: same output as the masked network (to float rounding), fewer channels.
 
     ``ticket_or_model``: a :class:`Ticket` (masked with its masks, ``weights`` picks init or fitted weights) or a
-    reference-layout network (nested ``Sequential``/``Concat`` of ``Conv2d``, ``BatchNorm2d``, ``LeakyReLU``/``ReLU``,
-    ``Upsample``, ``ReflectionPad2d``, ``Sigmoid``) whose exact zeros are its mask. ``bn="image"``: DIP's per-image
-    BatchNorm; ``bn="running"``: eval-mode BatchNorm with the running statistics. See the module docstring for the
-    exactness rules. The result keeps the input contract (same noise input) and the dtype of the weights.
+    network made of layers the rules table knows (:mod:`lipdeploy.compaction.rules`; containers walked, anything else
+    traced with torch.fx) whose exact zeros are its mask. ``bn="image"``: DIP's per-image BatchNorm;
+    ``bn="running"``: eval-mode BatchNorm with the running statistics. See the package docstring for the exactness
+    rules. The result keeps the input contract (same input) and the dtype of the weights. A layer without a rule
+    raises :class:`~lipdeploy.compaction.trace.UnsupportedLayer` (a ValueError) naming its path and class.
     """
-    model, in_ch, masks, arch = _as_model(ticket_or_model, weights, bn)
-    return _build(model, in_ch, bn, masks, arch)
+    model, inputs, masks, arch = as_model(ticket_or_model, weights, bn)
+    return build(model, inputs, bn, masks, arch)

@@ -85,6 +85,138 @@ class ConstPlanes(nn.Module):
         return f"{self.values.numel()}, down={self.down}, up={self.up}"
 
 
+def _channel_view(values: torch.Tensor, rank: int) -> torch.Tensor:
+    """``values`` [C] shaped to broadcast over a tensor of ``rank`` (2: [N, C], 4: [N, C, H, W])."""
+    return values.view(1, -1, *([1] * (rank - 2)))
+
+
+class ConstMap(nn.Module):
+    """Constant channels at an absolute resolution (a generator's maps), or constant features of a vector.
+
+    ``values``: [C] (each channel one value) or [C, H, W] (fixed maps, e.g. a dead linear layer's output viewed as
+    4 x 4); ``size``: (H, W) of the maps, None for a vector [N, C]. The batch size comes from the network input ``x``.
+    """
+
+    def __init__(self, values: torch.Tensor, size: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        shape = (1, -1) if size is None else ((1, *values.shape) if values.dim() == 3 else (1, -1, 1, 1))
+        self.register_buffer("values", values.detach().clone().reshape(shape))
+        if size is not None:
+            self.register_buffer("plane", torch.zeros((1, 1, *self.size), dtype=values.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = torch.zeros_like(x.flatten(1)[:, :1])  # [N, 1]: the batch of the input, finite whatever x holds
+        if self.size is None:
+            return base + self.values
+        return base.view(-1, 1, 1, 1) + self.values + self.plane
+
+    def extra_repr(self) -> str:
+        return f"{self.values.shape[1]}, size={self.size}"
+
+
+class Scale(nn.Module):
+    """``x * factor``: a constant output scale (equalized learning rate), kept as an op so that the compacted layers'
+    weights stay the reference's (a fit of the compacted network moves the same parameters with the same Adam steps)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"{self.factor!r}"
+
+
+class CompactPixelNorm(nn.Module):
+    """Pixel norm over the reference's ``channels``, of which only the live ones are present in ``x``.
+
+    ``x * rsqrt((sum(x^2) + const_square) / channels + eps)``: the channels compaction removed were constant, and
+    ``const_square`` is the sum of their squares. Constant nonzero channels that a later layer reads are no longer
+    constant after the norm (the factor varies per pixel): they are appended, ``values * factor``, after ``x``'s.
+    """
+
+    def __init__(self, channels: int, const_square: float, values: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.const_square = float(const_square)
+        self.eps = float(eps)
+        self.register_buffer("values", values.detach().clone().reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        square = (x * x).sum(dim=1, keepdim=True)
+        if self.const_square:
+            square = square + self.const_square
+        factor = torch.rsqrt(square / self.channels + self.eps)
+        out = x * factor
+        if self.values.numel():
+            out = torch.cat([out, _channel_view(self.values, x.dim()) * factor], dim=1)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, const_square={self.const_square:.6g}, appended={self.values.numel()}"
+
+
+class AlignedSum(nn.Module):
+    """``sum_j signs[j] * x_j[:, index_j] + shift``: a sum of tensors whose present channels differ.
+
+    Each input's channels are gathered into the output's channel order (``index_j`` = None: already in it); a channel
+    an input lacks (it is constant there) reads an appended zero channel, and the constants of all inputs are in
+    ``shift`` (None: no constant).
+    """
+
+    def __init__(self, indices: list[torch.Tensor | None], signs: list[int], shift: torch.Tensor | None) -> None:
+        super().__init__()
+        self.signs = [int(s) for s in signs]
+        self.gathers = [idx is not None for idx in indices]
+        for j, idx in enumerate(indices):
+            self.register_buffer(f"index{j}", idx if idx is not None else torch.zeros(0, dtype=torch.long))
+        self.register_buffer("shift", shift.detach().clone().reshape(-1) if shift is not None else torch.zeros(0))
+
+    def _aligned(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        if not self.gathers[j]:
+            return x
+        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        return padded[:, getattr(self, f"index{j}")]
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = self._aligned(0, xs[0])
+        if self.signs[0] < 0:
+            out = -out
+        for j in range(1, len(xs)):
+            x = self._aligned(j, xs[j])
+            out = out + x if self.signs[j] > 0 else out - x
+        if self.shift.numel():
+            out = out + _channel_view(self.shift, out.dim())
+        return out
+
+    def extra_repr(self) -> str:
+        return f"signs={self.signs}"
+
+
+class ViewMap(nn.Module):
+    """A vector's features viewed as ``channels`` maps of ``size`` (``nn.Unflatten(1, (C, H, W))``), after gathering
+    the features of the kept channels: ``index`` into ``x``'s features followed by ``values`` (constant features of a
+    channel whose other features are live, or whose constants differ)."""
+
+    def __init__(self, index: torch.Tensor, values: torch.Tensor, channels: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("index", index.clone())
+        self.register_buffer("values", values.detach().clone().reshape(1, -1))
+        self.channels = int(channels)
+        self.size = (int(size[0]), int(size[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.values.numel():
+            x = torch.cat([x, torch.zeros_like(x[:, :1]) + self.values], dim=1)
+        return x[:, self.index].unflatten(1, (self.channels, *self.size))
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, size={self.size}"
+
+
 def _crop_cat(xs: list[torch.Tensor]) -> torch.Tensor:
     """``Concat``'s centre crop to a common size, then ``cat`` along channels."""
     if len(xs) == 1:
@@ -102,8 +234,9 @@ def _crop_cat(xs: list[torch.Tensor]) -> torch.Tensor:
 class Step:
     """One op of a :class:`CompactNet` program: ``values[out] = modules[module](*values[inputs])``.
 
-    ``kind``: "module" (one input), "cat" (several inputs, no module), "gather" (``module`` names a buffer of channel
-    indices). Value 0 is the network input.
+    ``kind``: "module" (one input), "sum" (a module of several inputs), "cat" (several inputs, no module), "const"
+    (a module of the network input), "gather" (``module`` names a buffer of channel indices). Value 0 is the network
+    input.
     """
 
     out: int
@@ -152,7 +285,7 @@ class CompactNet(nn.Module):
         values: dict[int, torch.Tensor] = {0: x}
         # Drop each value after its last reader, as a nested Sequential does: keeping every intermediate alive
         # defeats the allocator's buffer reuse (measured on CPU, paper network at 128x128: 22% slower forward).
-        pending = _reader_counts(self.steps)
+        pending = reader_counts(self.steps)
         for step in self.steps:
             if step.kind == "cat":
                 values[step.out] = _crop_cat([values[i] for i in step.inputs])
@@ -160,6 +293,8 @@ class CompactNet(nn.Module):
                 values[step.out] = self.ops[step.module](x)
             elif step.kind == "gather":
                 values[step.out] = values[step.inputs[0]][:, getattr(self, step.module)]
+            elif step.kind == "sum":
+                values[step.out] = self.ops[step.module](*[values[i] for i in step.inputs])
             else:
                 values[step.out] = self.ops[step.module](values[step.inputs[0]])
             for i in step.inputs:
@@ -175,7 +310,7 @@ class CompactNet(nn.Module):
 # --------------------------------------------------------------------------------------------------- graph
 
 
-def _reader_counts(steps: list[Step]) -> dict[int, int]:
+def reader_counts(steps: list[Step]) -> dict[int, int]:
     """How many steps read each value id."""
     counts: dict[int, int] = {}
     for st in steps:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import nn
 
 from ..ticket import BatchNormMode, Ticket
-from .build import _as_model, _build
-from .graph import _graph
+from .build import as_model, build
 from .layers import LayerCompaction
+from .trace import trace
 
 
 @dataclass
@@ -110,17 +109,12 @@ def analyze_compaction(
     bn: BatchNormMode = "image",
 ) -> CompactionReport:
     """What :func:`compact` removes, per conv layer, with dense MAC counts at ``height`` x ``width`` output size."""
-    model, in_ch, masks, arch = _as_model(ticket_or_model, weights, bn)
-    net = _build(model, in_ch, bn, masks, arch)
-    if arch is not None and hasattr(arch, "input_shape"):
-        _, _, ih, iw = arch.input_shape(height, width)
-    else:
-        ih, iw = height, width
-    nodes = _graph(model, in_ch)
-    scale = {n.name: n.scale for n in nodes if n.kind == "conv"}
+    model, inputs, masks, arch = as_model(ticket_or_model, weights, bn)
+    net = build(model, inputs, bn, masks, arch)
+    ih, iw = input_size(arch, height, width)
+    nodes = {n.name: n for n in trace(model, *inputs) if n.kind in ("conv", "linear")}
     for la in net.layers:
-        sc = scale[la.name]
-        oh, ow = math.ceil(ih * sc), math.ceil(iw * sc)
+        oh, ow = nodes[la.name].output_hw(ih, iw)
         la.out_hw = (oh, ow)
         kk = la.kernel * la.kernel
         la.macs_before = la.out_before * la.in_before * kk * oh * ow
@@ -134,3 +128,12 @@ def analyze_compaction(
         params_after=sum(p.numel() for p in net.parameters()),
     )
     return report
+
+
+def input_size(arch, height: int, width: int) -> tuple[int, int]:
+    """The network input's H x W for an output image of ``height`` x ``width`` (a generator's input is a vector:
+    its layers' sizes are absolute, the image size is ignored)."""
+    if arch is not None and hasattr(arch, "input_shape") and not hasattr(arch, "latent_dim"):
+        _, _, ih, iw = arch.input_shape(height, width)
+        return ih, iw
+    return height, width
