@@ -68,8 +68,6 @@ def test_compact_layers_are_the_hand_off():
     assert sum(la.is_output_layer for la in net.convs.values()) == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         layer.stride = 2
-    name, rows, cols, mask = net.conv_index[key]  # the deprecated tuple view still reads
-    assert name == layer.reference and rows is layer.rows and cols is layer.cols and mask is layer.mask
 
 
 def test_explicit_backends_by_registry_name():

@@ -149,9 +149,9 @@ def test_sparse_backend_fits_like_the_masked_network():
 
     layout = compact(ticket)
     moved = 0
-    for key, (_ref, _rows, _cols, mask) in layout.conv_index.items():
+    for key, layer in layout.convs.items():
         fitted = sparse.state_dict[f"ops.{key}.weight"]
-        assert bool((fitted[~mask.bool()] == 0).all())
+        assert bool((fitted[~layer.mask.bool()] == 0).all())
         moved += int((fitted != layout.ops[key].weight.detach()).sum())
     assert moved > 0
 

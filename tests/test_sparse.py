@@ -97,10 +97,11 @@ def test_one_adam_step_matches_masked_dense():
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     nn.functional.mse_loss(net(x), target).backward()
     opt.step()
-    compacted = compact(ticket)  # same conv_index as net (same ticket), for the reference mapping
+    compacted = compact(ticket)  # same layers as net (same ticket), for the reference mapping
     checked = 0
     for key, w in _effective(net).items():
-        name, rows, cols, mask = compacted.conv_index[key]
+        layer = compacted.convs[key]
+        name, rows, cols, mask = layer.reference, layer.rows, layer.cols, layer.mask
         want = ref_w[f"{name}.weight"][rows][:, cols] * mask
         assert torch.allclose(w, want, atol=1e-7), key
         moved = (w != ticket.build().double().get_submodule(name).weight[rows][:, cols]) & mask
