@@ -1,4 +1,12 @@
-"""Atomic output: write to a temporary file beside the target, then rename, so no half-written file is ever left.
+"""Files in and out: the one check every reader makes before opening a path, and atomic output.
+
+Reading: :func:`check_regular_file` refuses, before anything opens it, a path that is missing, a folder, unreadable,
+or not a regular file (a FIFO would block the reader forever, a device would stream without end).
+
+Writing: to a temporary file beside the target, then rename, so no half-written file is ever left. A full disk (or
+quota) while writing or renaming is one :class:`InputError` naming the output, with every temporary removed.
+``exclusive`` output sets create their files and never replace one: of two processes writing the same new output, the
+second is refused instead of silently replacing the first's file.
 
 Temporary files are named ``.<name>.<pid>.<random>.tmp``; one whose process is gone (a run that was killed) is stale
 and removed by the next write of the same name (:func:`clean_stale_temporaries`). ``force`` replaces regular files
@@ -8,6 +16,7 @@ only, keeping their permission bits: a device node, a FIFO or a socket (or a lin
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -33,6 +42,26 @@ def _special_kind(mode: int) -> str | None:
         if test(mode):
             return kind
     return None
+
+
+def check_regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` as a :class:`Path` if it names a readable regular file (a symbolic link to one included); otherwise
+    :class:`InputError`: no such file, a directory, a device / FIFO / socket, or unreadable. Every reader of a user's
+    path calls this before opening it: ``open()`` on a FIFO blocks until a writer comes, forever in practice."""
+    path = Path(path)
+    try:
+        st = path.stat()  # follows a symbolic link: what open() would reach
+    except FileNotFoundError:
+        raise InputError(path, "no such file" if not path.is_symlink() else "is a dangling symbolic link") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot examine the {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(path, f"is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(path, f"is {_special_kind(st.st_mode) or 'not a regular file'}, not a {what}: refused")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "cannot be read (permission denied)")
+    return path
 
 
 def check_output_path(path: str | Path, force: bool = False) -> Path:
@@ -99,6 +128,14 @@ def clean_stale_temporaries(folder: str | Path, name: str | None = None) -> list
     return removed
 
 
+# errno values that mean the disk (or the user's quota) is full: reported as one line naming the output
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _disk_full(path: Path) -> InputError:
+    return InputError(path, "no space left on the device (or over quota) while writing it: nothing written")
+
+
 def _prepare(path: Path) -> tuple[Path, int]:
     """A temporary file beside ``path`` and the mode the finished file gets."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -117,30 +154,40 @@ def _prepare(path: Path) -> tuple[Path, int]:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise _disk_full(path) from None
+        raise
     os.close(fd)
     return Path(tmp), mode
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto ``path``, on failure remove it.
 
     The file gets the mode of the file it replaces (a 0600 file stays 0600), or what a plain ``open()`` would give
     (0666 less the umask). Stale temporaries of the same target left by a killed run are removed first.
+    ``exclusive``: create ``path``, never replace it (see :func:`atomic_output_set`).
     """
-    with atomic_output_set(path) as (tmp,):
+    with atomic_output_set(path, exclusive=exclusive) as (tmp,):
         yield tmp
 
 
 @contextlib.contextmanager
-def atomic_output_set(*paths: str | Path) -> Iterator[list[Path]]:
+def atomic_output_set(*paths: str | Path, exclusive: bool = False) -> Iterator[list[Path]]:
     """Temporaries for files that belong together (a model and its manifest, an image and its record), renamed in
     the given order once all are written; put the file that describes the others last.
 
     Before the first rename the old versions of the later files are removed, so a reader, or a run killed between
     the renames, sees the old set, a new first file without its companions, or the new set: never a new file beside
     an old companion that describes something else.
+
+    ``exclusive`` (an output the user did not allow to be replaced, no ``--force``): each file is created with a hard
+    link, which fails if the name exists; one that another process created meanwhile is :class:`InputError` and the
+    files of this set already created are removed again. A full disk is :class:`InputError` naming the first file.
     """
     targets = [Path(p) for p in paths]
     prepared: list[tuple[Path, int]] = []
@@ -148,24 +195,70 @@ def atomic_output_set(*paths: str | Path) -> Iterator[list[Path]]:
         for target in targets:
             prepared.append(_prepare(target))
         yield [tmp for tmp, _ in prepared]
-        for target in targets[1:]:
-            target.unlink(missing_ok=True)
-        for target, (tmp, mode) in zip(targets, prepared, strict=True):
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
+        if exclusive:
+            _create_all(targets, prepared)
+        else:
+            for target in targets[1:]:
+                target.unlink(missing_ok=True)
+            for target, (tmp, mode) in zip(targets, prepared, strict=True):
+                os.chmod(tmp, mode)
+                os.replace(tmp, target)
+    except OSError as exc:
+        _remove(prepared)
+        if exc.errno in _FULL:
+            raise _disk_full(targets[0]) from None
+        raise
     except BaseException:
-        for tmp, _ in prepared:
-            tmp.unlink(missing_ok=True)
+        _remove(prepared)
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_output(path) as tmp:
+def _remove(prepared: list[tuple[Path, int]]) -> None:
+    for tmp, _ in prepared:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_all(targets: list[Path], prepared: list[tuple[Path, int]]) -> None:
+    """Link each temporary to its (new) target; on a name that exists, undo the links made and refuse."""
+    made: list[Path] = []
+    try:
+        for target, (tmp, mode) in zip(targets, prepared, strict=True):
+            os.chmod(tmp, mode)
+            try:
+                _create(tmp, target)
+            except FileExistsError:
+                raise InputError(
+                    target, "was created by another process while this one was writing it: nothing written (--force)"
+                ) from None
+            made.append(target)
+    except BaseException:
+        for target in made:
+            target.unlink(missing_ok=True)
+        raise
+    _remove(prepared)
+
+
+def _create(tmp: Path, target: Path) -> None:
+    """Give ``tmp``'s file the new name ``target``; FileExistsError if the name exists."""
+    try:
+        os.link(tmp, target)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a file system without hard links: claim the name with O_EXCL, then rename onto it
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    os.replace(tmp, target)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, exclusive: bool = False) -> None:
+    with atomic_output(path, exclusive=exclusive) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | Path, text: str, exclusive: bool = False) -> None:
+    atomic_write_bytes(path, text.encode(), exclusive=exclusive)
 
 
 def finite_json(obj: Any) -> Any:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -48,9 +50,28 @@ TENSOR_SLACK_BYTES = 64
 # Learning rate: Adam with lr > 1 on a DIP diverges at once (weights go to Inf and the ticket cannot be written).
 MAX_LR = 1.0
 
-# Share of the available memory a fit or export may plan to use: the estimate is rough (activations only), so keep a
-# margin for the framework, the optimizer state and whatever else runs.
+# Share of the available memory a command may plan to use (:func:`estimate_memory` counts everything it will hold;
+# the margin is for the framework itself: importing torch and ONNX Runtime takes ~0.4 GB, not in the estimate).
 MEMORY_FRACTION = 0.8
+
+# Seeds: torch's generators take 64-bit seeds; derived seeds add offsets (an image's hash, a round number) to the
+# user's, so the user's is held to 63 bits and the sums never overflow.
+MAX_SEED = 2**63 - 1
+
+# A tensor file (ticket, --weights) on disk: the paper's ticket is 9 MB and the widest published DIP (512 channels, 6
+# levels) ~0.2 GB dense with its fitted weights; 2 GiB is 10x that and what any machine that fits such a net holds.
+MAX_TENSOR_FILE_BYTES = 2 * 2**30
+# Members of a tensor file's zip archive: torch.save writes one per storage (a ticket has ~100); a million-member
+# central directory costs zipfile hundreds of MB to parse.
+MAX_ARCHIVE_MEMBERS = 100_000
+
+# What a command holds besides the activations, in multiples of the network's float32 weights W (weights + gradients
+# + Adam's two moments are 4 W on their own). Training (restore, find, bench fits): the ticket's initial weights and
+# masks (2 W), the fit's best-so-far copy for backtracking (W) and the compacted network (W) for sparse backends.
+# Inference (export, run): the ticket's initial and fitted weights and masks (3 W), the masked and the compacted
+# network (2 W), the serialised graph and ONNX Runtime's copy of it (2 W).
+TRAINING_COPIES = 4
+INFERENCE_COPIES = 7
 
 
 def max_threads() -> int:
@@ -128,13 +149,84 @@ def activation_bytes(arch, height: int, width: int, training: bool) -> int:
     return int(per_pixel * height * width * 4 * factor)
 
 
-def check_memory(needed_bytes: int, what: str) -> None:
-    """Refuse work whose rough memory estimate exceeds :data:`MEMORY_FRACTION` of the available memory."""
+def check_seed(seed: int, what: str = "seed") -> int:
+    """A seed in [0, :data:`MAX_SEED`] (torch refuses, with an overflow traceback, anything beyond 64 bits)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(None, f"{what} must be an integer between 0 and 2**63 - 1, got {seed!r}"[:200])
+    return seed
+
+
+def check_finite(value: float, what: str) -> float:
+    """Refuse NaN and +-Inf (a NaN noise level or learning rate runs, and writes junk)."""
+    if not math.isfinite(value):
+        raise InputError(None, f"{what} must be a finite number, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a command will hold, in bytes, by part (:func:`estimate_memory`)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    copies: int
+    activations: int
+    extra: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.copies + self.activations + self.extra
+
+    def describe(self) -> str:
+        parts = [(k, getattr(self, k)) for k in ("weights", "gradients", "optimizer", "copies", "activations", "extra")]
+        return ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts if v)
+
+
+def parameter_count(arch: Any) -> int:
+    """Parameters and buffers of ``arch``'s network, counted on the meta device (nothing allocated)."""
+    import torch  # this module is imported by `lipdeploy run --help`; torch only when something is counted
+
+    with torch.device("meta"):
+        model = arch.build()
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def estimate_memory(arch: Any, height: int, width: int, training: bool, extra_bytes: int = 0) -> MemoryEstimate:
+    """Everything a fit (``training``) or an inference (export, run) of ``arch`` at ``height`` x ``width`` holds:
+    the float32 weights, their gradients and Adam's two moments when training, the copies of the weights the command
+    keeps (:data:`TRAINING_COPIES` / :data:`INFERENCE_COPIES`) and the activations (:func:`activation_bytes`);
+    ``extra_bytes`` for what only the caller knows (images, a model file). Nothing is allocated."""
+    w = 4 * parameter_count(arch)
+    return MemoryEstimate(
+        weights=w,
+        gradients=w if training else 0,
+        optimizer=2 * w if training else 0,
+        copies=(TRAINING_COPIES if training else INFERENCE_COPIES) * w,
+        activations=activation_bytes(arch, height, width, training) if height and width else 0,
+        extra=extra_bytes,
+    )
+
+
+def check_work(arch: Any, height: int, width: int, training: bool, what: str, extra_bytes: int = 0) -> MemoryEstimate:
+    """The one check before a command allocates: the output size within the image limits and
+    :func:`estimate_memory` within :data:`MEMORY_FRACTION` of the available memory (``height = width = 0``: the
+    network alone, before the image size is known). Returns the estimate."""
+    if height and width:
+        check_size(height, width, f"{what}: output")
+    estimate = estimate_memory(arch, height, width, training, extra_bytes)
+    check_memory(estimate.total, what, estimate.describe())
+    return estimate
+
+
+def check_memory(needed_bytes: int, what: str, detail: str | None = None) -> None:
+    """Refuse work whose memory estimate exceeds :data:`MEMORY_FRACTION` of the available memory."""
     avail = available_memory_bytes()
     if avail is None or needed_bytes <= MEMORY_FRACTION * avail:
         return
+    parts = f" ({detail} GiB)" if detail else ""
     raise InputError(
         None,
-        f"{what} needs about {needed_bytes / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB of memory is available: "
-        "use a smaller image or network",
+        f"{what} needs about {needed_bytes / 2**30:.1f} GiB{parts} but only {avail / 2**30:.1f} GiB of memory is "
+        "available: use a smaller image or network",
     )

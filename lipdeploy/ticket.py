@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import re
 import warnings
@@ -46,9 +45,9 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .fileio import atomic_output
+from .fileio import atomic_output, check_regular_file
 from .generator_files import GeneratorFile, is_checkpoint_content, is_generator_content, read_generator_file
-from .limits import TENSOR_SLACK_BYTES
+from .limits import MAX_ARCHIVE_MEMBERS, MAX_TENSOR_FILE_BYTES, TENSOR_SLACK_BYTES, check_memory, parameter_count
 from .masks import Masks, apply_masks_, validate_masks
 from .masks import density as masks_density
 from .networks import ArchSpec, DeepDecoderSpec, SkipSpec, arch_from_dict, prunable_names
@@ -128,13 +127,15 @@ class Ticket:
                         path, f"not written: the {group} weights contain NaN or Inf (in {key!r}; did the fit diverge?)"
                     )
         tensors, meta = _encode(self)
-        with atomic_output(path) as tmp:
+        # written through Python file objects: a full disk is then an OSError that atomic_output reports in one line
+        # (torch.save and safetensors' save_file given a path turn it into their own error types)
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
             if path.suffix == ".safetensors":
-                from safetensors.torch import save_file
+                from safetensors.torch import save
 
-                save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+                f.write(save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
             else:
-                torch.save({**meta, "tensors": tensors}, tmp)
+                torch.save({**meta, "tensors": tensors}, f)
 
 
 # --------------------------------------------------------------------------------------------------- own format
@@ -180,6 +181,9 @@ def _decode(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
         raise InputError(
             path, f"malformed ticket header: provenance must be a mapping, not a {type(provenance).__name__}"
         )
+    # the header's network is what gets materialised (dense initial and fitted weights, float masks): 3 W, checked
+    # before allocating it (a 4096-channel header in a small sparse file would unpack to tens of GB)
+    check_memory(3 * 4 * parameter_count(arch), f"loading {path.name} ({arch.describe()})")
     expected = _prunable_shapes(arch)
     if list(shapes) != list(expected) or any(tuple(shapes[k]) != tuple(v) for k, v in expected.items()):
         bad = next((k for k in shapes if k not in expected or tuple(shapes[k]) != tuple(expected[k])), None)
@@ -234,15 +238,20 @@ def _check_block_structure(path: Path, ticket: Ticket) -> None:
     """A ticket whose provenance says it was found at a block granularity must hold block masks (the bsr kernels
     and the block storage of the export rely on it): :class:`InputError` naming the file and the first bad layer."""
     from .patterns import PATTERNS, Block, block_pattern
+    from .patterns.block import BLOCK_SIZES
 
     gran = ticket.provenance.get("granularity")
     pattern = PATTERNS.get(gran) if isinstance(gran, str) else None
     block = ticket.provenance.get("block")
-    if isinstance(block, (list, tuple)) and len(block) == 2 and (pattern is None or isinstance(pattern, Block)):
-        try:
+    if block is not None:
+        if not (
+            isinstance(block, (list, tuple))
+            and len(block) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b in BLOCK_SIZES for b in block)
+        ):
+            raise InputError(path, f"provenance has an invalid block size {block!r} (sides in {BLOCK_SIZES})"[:200])
+        if pattern is None or isinstance(pattern, Block):
             pattern = block_pattern(int(block[0]), int(block[1]))
-        except (TypeError, ValueError) as exc:
-            raise InputError(path, f"provenance has an invalid block size {block!r} ({exc})") from None
     if not isinstance(pattern, Block):
         return
     last = list(ticket.masks)[-1] if ticket.masks else None
@@ -257,13 +266,12 @@ def _check_block_structure(path: Path, ticket: Ticket) -> None:
 
 def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a ``.pt``/``.pth`` (weights_only) or ``.safetensors`` file: (content, safetensors metadata)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not a file")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, "cannot be read (permission denied)")
+    path = check_regular_file(path)
+    size = path.stat().st_size
+    if size > MAX_TENSOR_FILE_BYTES:
+        limit = MAX_TENSOR_FILE_BYTES / 2**30
+        raise InputError(path, f"file of {size / 2**30:.1f} GiB is too large (at most {limit:g} GiB)")
+    check_memory(2 * size, f"reading {path.name}")  # the file's bytes and the tensors made from them
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -275,6 +283,7 @@ def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise InputError(path, f"unreadable or truncated safetensors file ({_first_line(exc)})") from None
         _check_tensors(path, content, path.stat().st_size)
         return content, meta
+    _check_archive(path, size)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of odd files: our message says it all
             warnings.simplefilter("ignore")
@@ -293,6 +302,28 @@ def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise InputError(path, f"expected a dict of tensors, found {type(obj).__name__}")
     _check_tensors(path, obj, path.stat().st_size)
     return obj, {}
+
+
+def _check_archive(path: Path, file_bytes: int) -> None:
+    """Refuse, before ``torch.load`` inflates anything, a zip archive whose members declare more bytes than the file
+    holds. ``torch.save`` stores members uncompressed, so its files always pass; a deflated member that expands past
+    the file (a 2.5 MB file holding a 2.6 GB record) is a decompression bomb. A file that is not a zip archive is
+    PyTorch's legacy format, whose storages are raw bytes of the file itself; ``torch.load`` judges it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise InputError(path, f"archive holds {len(members):,} members (at most {MAX_ARCHIVE_MEMBERS:,}): refused")
+    declared = sum(m.file_size for m in members)
+    if declared > file_bytes + TENSOR_SLACK_BYTES:
+        big = max(members, key=lambda m: m.file_size)
+        raise InputError(
+            path,
+            f"archive member {big.filename!r} declares {big.file_size:,} bytes uncompressed, more than the file's "
+            f"{file_bytes:,} (a decompression bomb): refused before reading it",
+        )
 
 
 def _load_problem(exc: BaseException) -> str:
