@@ -19,7 +19,7 @@ import torch
 
 from lipdeploy.fit import FitConfig, FitResult, fit
 from lipdeploy.masks import Mask
-from lipdeploy.networks import ArchSpec, DeepDecoderSpec, SkipSpec
+from lipdeploy.networks import ArchSpec, DeepDecoderSpec
 from lipdeploy.tasks import Observation, Task
 from lipdeploy.ticket import Ticket, ticket_from_model
 
@@ -199,7 +199,3 @@ def find_tickets(
         if m:
             paths[int(m.group(1))] = p
     return FoundTickets(paths, "lipdeploy.imp.find_ticket", time.perf_counter() - t0)
-
-
-def is_skip(arch: ArchSpec) -> bool:
-    return isinstance(arch, SkipSpec)
