@@ -13,7 +13,7 @@ from __future__ import annotations
 from .bsr_format import BsrConvWeight, check_bsr_format, pack_bsr_weight, unpack_bsr_weight
 from .bsr_module import BsrConv2d
 from .bsr_reference import bsr_conv2d_reference
-from .dispatch import Timer, cache_path, cached_times, choose_backend, choose_fastest
+from .dispatch import Timer, cache_path, cached_times, choose_fastest
 from .format import SparseConvWeight, check_format, pack_conv_weight, unpack_conv_weight
 from .module import IMPLEMENTATIONS, SparseConv2d
 from .reference import sparse_conv2d_reference
@@ -32,7 +32,6 @@ __all__ = [
     "cache_path",
     "cached_times",
     "check_format",
-    "choose_backend",
     "choose_fastest",
     "pack_conv_weight",
     "sparse_conv2d",

@@ -21,7 +21,7 @@ import torch
 
 from lipdeploy.fileio import atomic_write_text
 
-__all__ = ["choose_backend", "choose_fastest", "cache_path", "cached_times", "Timer"]
+__all__ = ["choose_fastest", "cache_path", "cached_times", "Timer"]
 
 Timer = Callable[[Callable[[], object]], float]
 """Median milliseconds of one call of the given function."""
@@ -102,29 +102,14 @@ def choose_fastest(
 
 def _reusable(entry: object, candidates: Mapping[str, object], baseline: str) -> bool:
     """Whether a cached ``entry`` still answers for ``candidates``: same baseline, its winner still offered, and no
-    candidate it never timed. The timed set is the entry's ``"candidates"`` list; entries written before that field
-    existed name it by their ``"ms"`` keys (they timed every candidate), so old cache files stay valid."""
+    candidate missing from the entry's ``"candidates"`` (the names it timed); anything else is timed again."""
     if not (isinstance(entry, dict) and entry.get("choice") in candidates and entry.get("baseline") == baseline):
         return False
     timed = entry.get("candidates")
-    if not isinstance(timed, list):
-        ms = entry.get("ms")
-        timed = list(ms) if isinstance(ms, dict) else []
-    return set(candidates) <= set(timed)
+    return isinstance(timed, list) and set(candidates) <= set(timed)
 
 
 def cached_times(layer_key: str) -> dict[str, float]:
     """Every candidate's measured ms for ``layer_key`` on this device (empty if it was never tuned here)."""
     entry = _load().get(f"{_device_name()}|{layer_key}")
     return dict(entry.get("ms", {})) if isinstance(entry, dict) else {}
-
-
-def choose_backend(
-    layer_key: str,
-    run_sparse: Callable[[], object],
-    run_dense: Callable[[], object],
-    margin: float = 1.05,
-    timer: Timer | None = None,
-) -> str:
-    """``"sparse"`` if ``run_sparse`` beats ``run_dense`` by ``margin`` on this GPU, else ``"dense"``."""
-    return choose_fastest(layer_key, {"dense": run_dense, "sparse": run_sparse}, "dense", margin, timer)

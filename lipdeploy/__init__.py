@@ -8,30 +8,28 @@ first access (PEP 562), so that importing a light submodule (``lipdeploy.cli`` f
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from .compact import CompactionReport, analyze_compaction, compact
+    from .backends import sparsify
+    from .compaction import CompactionReport, analyze_compaction, compact
     from .networks import DeepDecoderSpec, SkipSpec, make_input, paper_skip
-    from .sparse import sparsify
     from .ticket import Ticket, load_ticket, ticket_from_model
 
 __version__ = "0.1.0"
 
 # public name -> submodule defining it, imported on first access
 _LAZY = {
-    "CompactionReport": "compact",
-    "analyze_compaction": "compact",
-    "compact": "compact",
+    "CompactionReport": "compaction",
+    "analyze_compaction": "compaction",
+    "compact": "compaction",
     "DeepDecoderSpec": "networks",
     "SkipSpec": "networks",
     "make_input": "networks",
     "paper_skip": "networks",
-    "sparsify": "sparse",
+    "sparsify": "backends",
     "Ticket": "ticket",
     "load_ticket": "ticket",
     "ticket_from_model": "ticket",
@@ -49,19 +47,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``lipdeploy.compact`` the function: the import system binds a loaded submodule as an attribute of its
-    package, which would replace a public function of the same name (eager imports used to rebind it afterwards)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -45,7 +45,7 @@ from .backends import AUTO, BACKENDS, sparsify
 from .captured import fit_captured, resolve_capture
 from .errors import InputError
 from .fit_result import BEST_LABEL, FINAL_LABEL, FitResult, finish_result, gt_psnr_t, progress_bar, state_copy
-from .masks import Masks, apply_masks_, freeze_pruned, validate_masks
+from .masks import Mask, Masks, apply_masks_, freeze_pruned
 from .networks import ArchSpec, make_input, prunable_names
 from .tasks import Observation, Task, make_task
 from .ticket import Ticket
@@ -102,7 +102,7 @@ def _prepare_model(
     if masks is not None:
         params = dict(model.named_parameters())
         shapes = {n: params[n].shape for n in prunable_names(model)}
-        masks = validate_masks(masks, shapes)
+        masks = Mask.validated(masks, shapes)
     return model, masks, arch
 
 

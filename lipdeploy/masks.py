@@ -147,13 +147,6 @@ def prunable_shapes(model: nn.Module) -> dict[str, torch.Size]:
     return {n: p.shape for n, p in model.named_parameters() if n.endswith(".weight") and p.dim() == 4}
 
 
-def validate_masks(
-    masks: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size], source: str | Path | None = None
-) -> Mask:
-    """Alias of :meth:`Mask.validated`, kept for existing callers."""
-    return Mask.validated(masks, shapes, source)
-
-
 def _preview(names: Mapping[str, object]) -> str:
     keys = list(names)
     return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")

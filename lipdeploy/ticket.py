@@ -48,7 +48,7 @@ from .errors import InputError
 from .fileio import atomic_output, check_regular_file
 from .generator_files import GeneratorFile, is_checkpoint_content, is_generator_content, read_generator_file
 from .limits import MAX_ARCHIVE_MEMBERS, MAX_TENSOR_FILE_BYTES, TENSOR_SLACK_BYTES, check_memory, parameter_count
-from .masks import Masks, apply_masks_, validate_masks
+from .masks import Mask, Masks, apply_masks_
 from .masks import density as masks_density
 from .networks import ArchSpec, DeepDecoderSpec, SkipSpec, arch_from_dict, prunable_names
 
@@ -229,7 +229,7 @@ def _decode(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
     _check_state(path, arch, ticket.init)
     if ticket.fitted is not None:
         _check_state(path, arch, ticket.fitted)
-    ticket.masks = validate_masks(masks, _prunable_shapes(arch), str(path))
+    ticket.masks = Mask.validated(masks, _prunable_shapes(arch), str(path))
     _check_block_structure(path, ticket)
     return ticket
 
@@ -631,7 +631,7 @@ def _load_ticket(
         _check_state(path, arch, sd)
         raw_masks = {name: (sd[name] != 0).float() for name in _prunable_shapes(arch)}
         init, fitted = sd, None
-    masks = validate_masks(raw_masks, _prunable_shapes(arch), str(path))
+    masks = Mask.validated(raw_masks, _prunable_shapes(arch), str(path))
     if weights is not None and source_format != "paper-masks":
         init, fitted = _load_weights(Path(weights), arch), init
     provenance = {"source_format": source_format, "source_file": path.name}
@@ -716,7 +716,7 @@ def _generator_ticket(
         provenance["net"] = net or "netG"
     if weights is not None:
         provenance["weights_file"] = Path(weights).name
-    masks = validate_masks(raw_masks, shapes, str(path))
+    masks = Mask.validated(raw_masks, shapes, str(path))
     return Ticket(arch=arch, init=init, masks=masks, fitted=fitted, provenance=provenance, source=str(path))
 
 
@@ -748,4 +748,4 @@ def ticket_from_model(
         state = model.state_dict()
         masks = {n: state[n + "_mask"] if n + "_mask" in state else (sd[n] != 0).float() for n in shapes}
     raw = dict(masks)
-    return Ticket(arch=arch, init=sd, masks=validate_masks(raw, shapes), provenance=dict(provenance))
+    return Ticket(arch=arch, init=sd, masks=Mask.validated(raw, shapes), provenance=dict(provenance))

@@ -1,4 +1,4 @@
-"""The backends registry and the compaction hand-off: one vocabulary, old spellings as deprecated aliases."""
+"""The backends registry and the compaction hand-off: one vocabulary."""
 
 from __future__ import annotations
 
@@ -37,11 +37,9 @@ def test_registry_names_and_aliases():
     # dense is the baseline, reference never
     assert [b.name for b in _dispatched()] == ["triton-bsr", "triton-bsr32x16", "triton-csr", "triton-kernel"]
     assert [b.name for b in _dispatched("csr")] == ["triton-csr"]
-    with pytest.warns(DeprecationWarning):
-        assert resolve("torch") == "reference"
-    with pytest.warns(DeprecationWarning):
-        assert resolve("triton", "kernel") == "triton-kernel"
     assert resolve(AUTO) == AUTO and resolve("triton-csr") == "triton-csr"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve("torch")  # an implementation's name, not a backend
     with pytest.raises(ValueError, match="backend must be one of auto, dense"):
         resolve("cudnn")
     with pytest.raises(ValueError, match="already registered"):
@@ -99,15 +97,6 @@ def test_fit_runs_a_registered_backend_and_rejects_unknown_ones():
 
     with pytest.raises(InputError, match="backend must be one of"):
         fit(ticket, obs, FitConfig(iters=1, backend="cudnn"))
-
-
-def test_old_module_paths_still_import():
-    from lipdeploy.compact import CompactNet as A
-    from lipdeploy.compaction import CompactNet as B
-    from lipdeploy.sparse import sparse_layers as s1
-    from lipdeploy.sparse import sparsify as s2
-
-    assert A is B and s1 is sparse_layers and s2 is sparsify
 
 
 def test_importing_the_package_imports_no_triton():

@@ -288,7 +288,7 @@ def test_cli_job_filter_and_listing(tmp_path):
     assert not (tmp_path / "l").exists()  # listing writes nothing
     res = runner.invoke(cli, ["bench", "--preset", "ci", "--jobs", "quality/nope/*", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "matches no job" in res.output
-    args = ["bench", "--preset", "ci", "--threads", "1", "--no-progress", "--jobs", "quality/dd-k64/*"]
+    args = ["bench", "--preset", "ci", "--threads", "1", "--quiet", "--jobs", "quality/dd-k64/*"]
     res = runner.invoke(cli, [*args, "-o", str(tmp_path / "f")])
     assert res.exit_code == 0, res.output
     _, jobs = RowStore.read_all(tmp_path / "f")
@@ -300,7 +300,7 @@ def test_cli_job_filter_and_listing(tmp_path):
 def test_cli_redo_reruns_finished_jobs_and_their_new_rows_replace_the_old(tmp_path):
     runner = CliRunner()
     out = tmp_path / "f"
-    args = ["bench", "--preset", "ci", "--threads", "1", "--no-progress", "--jobs", "quality/dd-k64/*", "-o", str(out)]
+    args = ["bench", "--preset", "ci", "--threads", "1", "--quiet", "--jobs", "quality/dd-k64/*", "-o", str(out)]
     assert runner.invoke(cli, args).exit_code == 0
     rows1, jobs1 = RowStore.read_all(out)
     res = runner.invoke(cli, [*args, "--redo", "quality/dd-k64/coffee"])

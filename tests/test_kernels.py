@@ -10,7 +10,7 @@ import torch
 from lipdeploy.kernels import (
     SparseConv2d,
     check_format,
-    choose_backend,
+    choose_fastest,
     pack_conv_weight,
     sparse_conv2d,
     sparse_conv2d_reference,
@@ -303,10 +303,10 @@ def test_module_state_dict_and_formats():
         SparseConv2d.from_dense(w, m, backend="cudnn")
 
 
-def test_choose_backend_cpu_is_dense():
+def test_choose_fastest_cpu_is_the_baseline():
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour only")
-    assert choose_backend("x", lambda: None, lambda: None) == "dense"
+    assert choose_fastest("x", {"dense": lambda: None, "sparse": lambda: None}) == "dense"
 
 
 def test_import_without_triton(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lipdeploy.errors import InputError
-from lipdeploy.masks import Mask, density, prunable_shapes, validate_masks
+from lipdeploy.masks import Mask, density, prunable_shapes
 from lipdeploy.testing import tiny_skip
 
 SHAPES = {"a.weight": torch.Size([4, 2, 3, 3]), "b.weight": torch.Size([3, 4, 1, 1])}
@@ -33,10 +33,10 @@ def test_validated_checks_layers_and_shapes_and_fills_dense_layers():
     with pytest.raises(InputError, match=r"has shape \[4, 2, 3\] but the weight has shape \[4, 2, 3, 3\]"):
         Mask.validated({"a.weight": torch.ones(4, 2, 3)}, SHAPES)
     with pytest.raises(InputError, match="values other than 0 and 1"):
-        validate_masks({"a.weight": ones * 3}, SHAPES)
+        Mask.validated({"a.weight": ones * 3}, SHAPES)
     half = torch.zeros(SHAPES["b.weight"])
     half[:1] = 1
-    m = validate_masks({"b.weight": half}, SHAPES)  # the alias keeps existing callers working
+    m = Mask.validated({"b.weight": half}, SHAPES)
     assert isinstance(m, Mask) and list(m) == list(SHAPES)  # reference order, missing layers dense
     assert torch.equal(m["a.weight"], ones) and torch.equal(m["b.weight"], half)
 

@@ -39,7 +39,7 @@ def test_torch_backend_matches_masked_network(arch, bn):
         masks[first][:2] = 0
 
     ticket = _ticket(spec, 0.8, edit=edit)
-    net = sparsify(ticket, backend="torch", bn=bn)
+    net = sparsify(ticket, backend="reference", bn=bn)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert not convs and sparse_layers(net)
     if arch == "skip":  # reflection padding folded into the sparse convs
@@ -53,7 +53,7 @@ def test_torch_backend_matches_masked_network(arch, bn):
 def test_sparsify_copies_a_compacted_network():
     ticket = _ticket(SMALL, 0.9)
     dense = compact(ticket)
-    net = sparsify(dense, backend="torch")
+    net = sparsify(dense, backend="reference")
     assert isinstance(net, CompactNet) and sparse_layers(net) and not sparse_layers(dense)
     x = make_input(SMALL, 32, 32)
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_one_adam_step_matches_masked_dense():
         h.remove()
     ref_w = {n: p.detach() for n, p in ref.named_parameters()}
 
-    net = sparsify(compact(ticket.build().double()), backend="torch")
+    net = sparsify(compact(ticket.build().double()), backend="reference")
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     nn.functional.mse_loss(net(x), target).backward()
     opt.step()
@@ -113,8 +113,8 @@ def test_triton_backend_interpreted_forward_and_grad():
     pytest.importorskip("triton")
     ticket = _ticket(TINY, 0.7, seed=1)
     x = make_input(TINY, 16, 16)
-    net = sparsify(ticket, backend="triton")
-    ref = sparsify(ticket, backend="torch")
+    net = sparsify(ticket, backend="triton-csr")
+    ref = sparsify(ticket, backend="reference")
     out = net(x)
     with torch.no_grad():
         assert (out - ticket.build()(x)).abs().max().item() <= 1e-4
@@ -160,7 +160,8 @@ def _sparse_aware_timer(monkeypatch, costs: dict[str, float]):
 @pytest.mark.parametrize("workload", ["forward", "fit"])
 def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypatch, workload):
     """The CUDA dispatcher's logic, run on CPU (Triton interpreter) with a timer that prices what actually ran."""
-    from lipdeploy.backends.sparsify import _auto
+    from lipdeploy.backends import BACKENDS
+    from lipdeploy.backends.sparsify import _dispatch
     from lipdeploy.kernels import cached_times
     from lipdeploy.kernels.sparse_conv import candidate_configs
 
@@ -169,8 +170,9 @@ def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypat
     x = make_input(TINY, 16, 16)
     want = ticket.build()(x).detach()
 
+    csr_and_kernel = [BACKENDS["triton-csr"], BACKENDS["triton-kernel"]]
     timer = _sparse_aware_timer(monkeypatch, {"dense": 2.0, "csr": 1.5, "kernel": 1.0})
-    net = _auto(compact(ticket), x, ("csr", "kernel"), workload, timer=timer)
+    net = _dispatch(compact(ticket), x, csr_and_kernel, workload, timer=timer)
     layers = [m for m in net.modules() if isinstance(m, SparseConv2d)]
     n_convs = sum(isinstance(m, nn.Conv2d) for m in compact(ticket).modules())
     assert len(layers) == n_convs and all(m.format == "kernel" and m.config is not None for m in layers)
@@ -191,13 +193,13 @@ def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypat
 
     # cached verdicts are reused: a timer that would now keep everything dense is never consulted
     slow = _sparse_aware_timer(monkeypatch, {"dense": 1.0, "csr": 5.0, "kernel": 5.0})
-    again = _auto(compact(ticket), x, ("csr", "kernel"), workload, timer=slow)
+    again = _dispatch(compact(ticket), x, csr_and_kernel, workload, timer=slow)
     assert len(sparse_layers(again)) == n_convs
 
     # a fresh cache with sparse slower (or within the 5% margin) keeps every layer on the dense path
     monkeypatch.setenv("LIPDEPLOY_CACHE", str(tmp_path / "other"))
     close = _sparse_aware_timer(monkeypatch, {"dense": 1.0, "csr": 0.97, "kernel": 1.2})
-    dense = _auto(compact(ticket), x, ("csr", "kernel"), workload, timer=close)
+    dense = _dispatch(compact(ticket), x, csr_and_kernel, workload, timer=close)
     assert not sparse_layers(dense)
     assert (dense(x) - want).abs().max().item() <= 1e-5
 
@@ -205,7 +207,7 @@ def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypat
 def test_sparsify_rejects_bad_format_and_workload():
     ticket = _ticket(TINY, 0.5)
     with pytest.raises(ValueError, match="format"):
-        sparsify(ticket, backend="torch", format="bsr")
+        sparsify(ticket, backend="reference", format="bsr")
     with pytest.raises(ValueError, match="workload"):
         sparsify(ticket, backend="auto", workload="train")
 
@@ -322,8 +324,7 @@ def test_auto_dispatch_fit_workload_trains_the_picked_bsr_layers(tmp_path, monke
 
 def test_auto_dispatch_times_a_backend_added_after_a_layer_was_tuned(tmp_path, monkeypatch):
     """A verdict cached before bsr was a candidate must not hide it: the layers are timed again once bsr is offered
-    (the cache stores which candidates it timed), and then reused; an old entry without that list counts its timed
-    candidates by its ``ms`` keys."""
+    (the cache stores which candidates it timed), and then reused; an entry without that list is timed again."""
     pytest.importorskip("triton")
     import json
 
@@ -357,7 +358,7 @@ def test_auto_dispatch_times_a_backend_added_after_a_layer_was_tuned(tmp_path, m
     slow = _pricing_timer(monkeypatch, {"dense": 0.1, "csr": 9.0, "bsr16x16": 9.0})
     again = _dispatch(compact(ticket), x, both, "forward", timer=lambda fn: (timed.append("x"), slow(fn))[1])
     assert not timed and {k for k, m in again.ops.items() if isinstance(m, BsrConv2d)} == worth
-    # an entry written before the "candidates" field: its "ms" keys say what was timed, so it is still reused
+    # an entry that does not say which candidates it timed is not trusted: timed again (dense now wins everywhere)
     cache.write_text(json.dumps({k: {f: v for f, v in e.items() if f != "candidates"} for k, e in entries.items()}))
-    old = _dispatch(compact(ticket), x, both, "forward", timer=lambda fn: (timed.append("x"), slow(fn))[1])
-    assert not timed and {k for k, m in old.ops.items() if isinstance(m, BsrConv2d)} == worth
+    untrusted = _dispatch(compact(ticket), x, both, "forward", timer=lambda fn: (timed.append("x"), slow(fn))[1])
+    assert timed and not any(isinstance(m, BsrConv2d) for m in untrusted.ops.values())

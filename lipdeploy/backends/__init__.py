@@ -16,9 +16,6 @@ benchmarks' rows. Registered here:
 - ``"reference"`` (:mod:`.sparse_kernels`): the same ``SparseConv2d`` computed by its pure-PyTorch reference (testing,
   CPU; never dispatched).
 
-Old spellings still work with a ``DeprecationWarning``: "triton" (-> "triton-csr", or "triton-<format>"), "torch"
-(-> "reference").
-
 **A new backend** (a tensor-core kernel, a vendor library, ...) is one new module in this package that subclasses
 :class:`Backend` and calls :func:`register` at import, plus its import below and its tests; ``sparsify``, the
 dispatcher, ``fit`` and the benchmarks then offer it by name. Backends may import ``lipdeploy.kernels`` and core;
@@ -28,7 +25,7 @@ core (networks, masks, ticket, compaction) never imports backends.
 from __future__ import annotations
 
 from . import bsr, dense, sparse_kernels  # noqa: F401  (register the built-in backends)
-from .registry import AUTO, BACKENDS, DEPRECATED_ALIASES, Backend, register, resolve
+from .registry import AUTO, BACKENDS, Backend, register, resolve
 from .sparsify import sparse_layers, sparsify
 
-__all__ = ["AUTO", "BACKENDS", "DEPRECATED_ALIASES", "Backend", "register", "resolve", "sparse_layers", "sparsify"]
+__all__ = ["AUTO", "BACKENDS", "Backend", "register", "resolve", "sparse_layers", "sparsify"]

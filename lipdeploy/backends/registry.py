@@ -8,7 +8,6 @@ maps each backend's name to it; that name is the one vocabulary of the API (``sp
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +16,10 @@ from torch import nn
 
 from ..compaction import CompactLayer
 
-__all__ = ["AUTO", "BACKENDS", "DEPRECATED_ALIASES", "Backend", "register", "resolve"]
+__all__ = ["AUTO", "BACKENDS", "Backend", "register", "resolve"]
 
 AUTO = "auto"
 """Not a backend: per layer, the fastest registered backend that supports the layer (see ``lipdeploy.backends``)."""
-
-DEPRECATED_ALIASES: dict[str, str] = {"torch": "reference", "triton": "triton-csr"}
-"""Old backend spellings of ``sparsify`` -> registered name ("triton" follows ``format=`` when one is given)."""
 
 
 class Backend:
@@ -77,24 +73,16 @@ BACKENDS: dict[str, Backend] = {}
 
 def register(backend: Backend) -> Backend:
     """Add ``backend`` to :data:`BACKENDS` under its name (a second registration of a name is an error)."""
-    if not backend.name or backend.name == AUTO or backend.name in DEPRECATED_ALIASES:
-        raise ValueError(f"a backend needs a name other than {AUTO!r} and the old aliases, got {backend.name!r}")
+    if not backend.name or backend.name == AUTO:
+        raise ValueError(f"a backend needs a name other than {AUTO!r}, got {backend.name!r}")
     if backend.name in BACKENDS:
         raise ValueError(f"backend {backend.name!r} is already registered")
     BACKENDS[backend.name] = backend
     return backend
 
 
-def resolve(name: str, format: str | None = None) -> str:
-    """The registered backend name (or ``"auto"``) that ``name`` selects; old aliases warn and map.
-
-    ``format`` ("csr" / "kernel"): the sparse packing an old spelling asked for ("triton" + "kernel" is
-    "triton-kernel").
-    """
+def resolve(name: str) -> str:
+    """``name`` if it is a registered backend or ``"auto"``; otherwise a ValueError listing the names."""
     if name == AUTO or name in BACKENDS:
         return name
-    if name in DEPRECATED_ALIASES:
-        new = f"triton-{format}" if name == "triton" and format else DEPRECATED_ALIASES[name]
-        warnings.warn(f"backend {name!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=3)
-        return new
     raise ValueError(f"backend must be one of {', '.join([AUTO, *sorted(BACKENDS)])}; got {name!r}")

@@ -97,13 +97,12 @@ def sparsify(
     it is), "triton-bsr" / "triton-bsr32x16" (the block-sparse tensor-core kernels, 16x16 / 32x16 channel blocks per
     tap: exact for any mask, fast for block tickets; TF32 products on CUDA, as PyTorch's dense conv); or "auto" (see
     the module docstring; ``example_input`` gives the input size to time at on CUDA, default the paper's 256 x 256;
-    the network must already be on the GPU or is moved there). Deprecated spellings: "triton" (-> "triton-csr", or
-    "triton-<format>"), "torch" (-> "reference"). ``format``: the sparse packing ("csr" unstructured, "kernel"
-    whole-kernel granular) of "reference", or the only packing "auto" tries. ``workload`` (for "auto"): what the
-    layers are timed on, "fit" (forward + backward, for fitting the ticket) or "forward" (inference). Output equals
-    the masked network's up to float rounding; gradients flow to the kept weights only.
+    the network must already be on the GPU or is moved there). ``format``: the sparse packing ("csr" unstructured,
+    "kernel" whole-kernel granular) of "reference", or the only packing "auto" tries. ``workload`` (for "auto"): what
+    the layers are timed on, "fit" (forward + backward, for fitting the ticket) or "forward" (inference). Output
+    equals the masked network's up to float rounding; gradients flow to the kept weights only.
     """
-    name = resolve(backend, format)
+    name = resolve(backend)
     if format is not None and format not in packing_formats():
         raise ValueError(f"format must be one of {', '.join(repr(f) for f in packing_formats())}, got {format!r}")
     if workload not in ("fit", "forward"):
@@ -200,18 +199,6 @@ def _values_needing_grad(net: CompactNet) -> set[int]:
 def _mask_digest(mask: torch.Tensor) -> str:
     """Short fingerprint of a sparsity pattern (two layers with equal nnz but different patterns tune separately)."""
     return hashlib.blake2b(mask.detach().bool().cpu().numpy().tobytes(), digest_size=6).hexdigest()
-
-
-def _auto(
-    net: CompactNet,
-    example_input: torch.Tensor | None,
-    formats: tuple[str, ...],
-    workload: Workload,
-    timer: Timer | None = None,
-) -> CompactNet:
-    """:func:`_dispatch` over the Triton backends of the sparse packings ``formats`` (the pre-registry signature)."""
-    backends = [b for b in _dispatched() if getattr(b, "format", None) in formats]
-    return _dispatch(net, example_input, backends, workload, timer)
 
 
 def _dispatch(

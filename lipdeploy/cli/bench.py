@@ -121,7 +121,6 @@ def _split(values: tuple[str, ...]) -> list[str]:
 )
 @click.option("--report-only", is_flag=True, help="Only rebuild the report from the rows files in the folder.")
 @quiet_option(help="No progress bar: one line per job (with an ETA) on stderr instead.")
-@click.option("--no-progress", is_flag=True, hidden=True, help="No progress bar (kept for old scripts).")
 @json_option("the run's statistics")
 def bench_command(
     preset_name,
@@ -143,7 +142,6 @@ def bench_command(
     out,
     report_only,
     quiet,
-    no_progress,
     as_json,
 ) -> None:
     """Benchmark the dense DIP, deep decoders and LIP tickets: PSNR/SSIM, latency, memory, time to quality.
@@ -153,7 +151,6 @@ def bench_command(
     bar runs; with the log redirected each job prints one line with an ETA. Latency rows record the load average
     and are flagged when it exceeded the core count.
     """
-    no_progress = no_progress or quiet
     # the harness imports torch and the whole library: loaded to run, not for `lipdeploy bench --help`
     from ..bench.harness import Bench, parse_shard, shard_jobs
     from ..bench.harness.presets import get_preset, rounds_for
@@ -223,7 +220,7 @@ def bench_command(
         return
     created = not outp.exists()
     try:
-        stats = bench.run(progress=not no_progress, only=only, redo=redo)
+        stats = bench.run(progress=not quiet, only=only, redo=redo)
     except InputError:
         if created:
             _remove_if_no_results(outp)  # a rejected run leaves no folder holding only preset.json
