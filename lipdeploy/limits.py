@@ -135,10 +135,13 @@ def activation_bytes(arch, height: int, width: int, training: bool) -> int:
     """A rough upper bound of the activation memory of one forward pass (and backward when ``training``) at
     ``height`` x ``width``: every layer's output as float32, summed over the levels, times a factor for the layers
     within a level (conv, norm, activation each keep one tensor) and for the gradients."""
-    if getattr(arch, "kind", "dip") == "dd":
+    kind = getattr(arch, "kind", "dip")
+    if kind == "dd":
         widest = arch.k
         levels = arch.depth + 1
         per_pixel = sum(widest * 3 / 4**i for i in range(levels))  # the code grows to the image size
+    elif kind == "pgan":  # two convs per scale, each keeping conv, activation and pixel-norm outputs; output last
+        per_pixel = sum(depth * 6 / 4**i for i, depth in enumerate(reversed(arch.depths))) + arch.dim_output
     else:
         per_pixel = 0.0
         for i in range(arch.depth):

@@ -12,6 +12,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from lipdeploy.generator import Generator, PGANSpec, make_latent
+from lipdeploy.limits import activation_bytes
 from lipdeploy.networks import ARCHITECTURES, arch_from_dict, prunable_names
 
 SCHEDULES = [
@@ -159,6 +160,14 @@ def test_paper_generator_size():
     params = dict(model.named_parameters())
     assert sum(p.numel() for p in params.values()) == 23_051_989
     assert sum(params[n].numel() for n in prunable_names(model)) == 18_844_992
+
+
+def test_memory_estimate_knows_the_generator():
+    """The activation estimate (limits.activation_bytes) covers the generator: the 512-channel 4x4 to 64-channel
+    256x256 maps of the paper's generator, about 6 x 64 floats per output pixel at the last scale."""
+    low, high = activation_bytes(PGANSpec(), 256, 256, training=False), activation_bytes(PGANSpec(), 256, 256, True)
+    last_scale = 6 * 64 * 256 * 256 * 4
+    assert last_scale < low < 2 * last_scale and high == 4 * low
 
 
 def test_initialisation_is_the_zoos():
