@@ -16,6 +16,8 @@ from ..imp import ImpConfig, find_ticket
 from ..limits import activation_bytes, check_lr, check_memory
 from ..priors import PriorSpec
 from ..runlock import check_output_folder
+from .find_generator import find_with_generator
+from .generator_options import GeneratorSource, generator_options
 from .options import (
     RegistryChoice,
     Reporter,
@@ -29,11 +31,11 @@ from .options import (
     image_size_options,
     json_option,
     make_prior,
+    optional_task_options,
     pattern_names,
     prior_options,
     quiet_option,
     shrink_image,
-    task_options,
 )
 
 EXAMPLES = examples(
@@ -42,13 +44,30 @@ EXAMPLES = examples(
     "lipdeploy find photo.png --task inpaint --drop 0.5 --granularity channel -o channel_tickets",
     "lipdeploy find photo.png --task denoise --crop 128x128 --granularity block --block 32x16 -o block_tickets",
     "lipdeploy find a.png b.png c.png --task denoise --crop 128x128 --iters 300 -o multi  # one ticket for 3 images",
+    "lipdeploy find --example-generator --rounds 3 --epochs 5 -o gan_tickets  # GAN IMP on the demo generator",
+    "lipdeploy find --generator celebaHQ_s6_i80000-6196db68.pth --data celebahq/ --epochs 30 --rounds 7 -o pgan",
 )
 
 
 @click.command("find", epilog=EXAMPLES)
-@click.argument("images", nargs=-1, required=True, type=str)
-@task_options
+@click.argument("images", nargs=-1, required=False, type=str)
+@optional_task_options
 @prior_options
+@generator_options
+@click.option(
+    "--data",
+    default=None,
+    metavar="DIR|skimage:lfw_faces",
+    help="GAN IMP: training images, a folder or scikit-image's LFW faces (:train / :test for the demo generator's "
+    "split; its default with --example-generator is :train).",
+)
+@click.option("--epochs", type=int, default=30, show_default=True, help="GAN IMP: WGAN-GP epochs per round.")
+@click.option("--batch", type=int, default=64, show_default=True, help="GAN IMP: images per WGAN-GP step.")
+@click.option(
+    "--fresh-discriminator",
+    is_flag=True,
+    help="GAN IMP: start the discriminator from scratch (needed when the generator file has no netD).",
+)
 @image_size_options
 @click.option(
     "-o",
@@ -102,7 +121,9 @@ EXAMPLES = examples(
     help="What each round fits: paper = clean image for denoising, the observation otherwise.",
 )
 @click.option("--random", "random_", is_flag=True, help="Random pruning baseline at the same densities.")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--lr", type=float, default=None, show_default="0.01; 2e-4 for GAN IMP, the paper's", help="Adam learning rate."
+)
 @ema_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the network, input and observation.")
 @click.option(
@@ -120,6 +141,11 @@ def find_command(
     images: tuple[str, ...],
     task_spec: TaskSpec,
     prior: PriorSpec,
+    source: GeneratorSource,
+    data: str | None,
+    epochs: int,
+    batch: int,
+    fresh_discriminator: bool,
     out_dir: Path,
     rounds: int,
     rate: float,
@@ -130,7 +156,7 @@ def find_command(
     rewind_iter: int,
     target: str,
     random_: bool,
-    lr: float,
+    lr: float | None,
     ema: float,
     ema_mode: str,
     seed: int,
@@ -152,7 +178,27 @@ def find_command(
     Writes round_00 (the dense fit) .. round_R, each a ticket with its masks, rewind-point weights, fitted weights
     and provenance, plus imp.json. Rerunning with more --rounds continues after the last complete round. Each round
     is a full fit (--iters): the expected time is printed before starting; --crop / --resize make it minutes.
+
+    With --generator G.pth (or --example-generator): GAN IMP on a pre-trained progressive GAN instead (no IMAGES, no
+    --task): per round G and its discriminator (the checkpoint's netD) are retrained with WGAN-GP on --data for
+    --epochs, 20% of each one's conv weights pruned by magnitude (--random: at random), both rewound to the
+    pre-trained weights. round_XX.pt is the generator ticket (retrained weights as fitted), round_XX.discriminator.pt
+    D's masks and weights.
     """
+    if source.given:
+        if images or task_spec.name is not None or prior.ticket is not None or prior.has_arch:
+            raise InputError(None, "GAN IMP (--generator) takes no IMAGES, --task, --ticket or --arch: it trains on "
+                             "--data")  # fmt: skip
+        return find_with_generator(
+            source=source, net=prior.net, data=data, out_dir=out_dir, rounds=rounds, rate=rate, epochs=epochs,
+            batch=batch, lr=2e-4 if lr is None else lr, random=random_, fresh=fresh_discriminator, seed=seed,
+            device=device, quiet=quiet, as_json=as_json,
+        )  # fmt: skip
+    if not images or task_spec.name is None:
+        raise InputError(None, "find needs IMAGES and --task (or --generator G.pth for GAN IMP)")
+    if data is not None or fresh_discriminator:
+        raise InputError(None, "--data and --fresh-discriminator are for GAN IMP (--generator)")
+    lr = 0.01 if lr is None else lr
     log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
     if not 0 <= ema < 1:
         raise InputError(None, f"--ema must be in [0, 1), got {ema}")

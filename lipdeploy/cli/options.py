@@ -303,14 +303,15 @@ def _task_spec(**values: Any) -> TaskSpec:
     )
 
 
-def task_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--task`` and its parameters, passed to the command as ``task_spec: TaskSpec``."""
+def task_options(fn: Callable[..., Any], required: bool = True) -> Callable[..., Any]:
+    """``--task`` and its parameters, passed to the command as ``task_spec: TaskSpec`` (``name`` None when
+    ``required`` is False and no --task was given)."""
     decorators = [
         click.option(
             "--task",
             "task_name",
             type=RegistryChoice(_task_names),
-            required=True,
+            required=required,
             help="The inverse problem: denoise, inpaint or sr (super-resolution); cs (compressive sensing) and inpaint "
             "with --generator.",
         ),
@@ -333,6 +334,12 @@ def task_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]
     fields = ("task_name", "sigma", "drop", "mask_path", "factor")
     return _apply(_bundle(fn, "task_spec", fields, _task_spec), decorators)
+
+
+def optional_task_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`task_options` with ``--task`` optional, for a command where another option makes it unnecessary
+    (``find --generator`` trains a GAN: no task); the command checks it."""
+    return task_options(fn, required=False)
 
 
 # --------------------------------------------------------------------------------------------------- device, sizes

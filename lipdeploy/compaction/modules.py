@@ -136,21 +136,25 @@ class CompactPixelNorm(nn.Module):
     ``x * rsqrt((sum(x^2) + const_square) / channels + eps)``: the channels compaction removed were constant, and
     ``const_square`` is the sum of their squares. Constant nonzero channels that a later layer reads are no longer
     constant after the norm (the factor varies per pixel): they are appended, ``values * factor``, after ``x``'s.
+    ``keep``: the channels of ``x`` to output (None: all); the others count in the mean but no later layer reads them.
     """
 
-    def __init__(self, channels: int, const_square: float, values: torch.Tensor, eps: float) -> None:
+    def __init__(
+        self, channels: int, const_square: float, values: torch.Tensor, eps: float, keep: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.channels = int(channels)
         self.const_square = float(const_square)
         self.eps = float(eps)
         self.register_buffer("values", values.detach().clone().reshape(-1))
+        self.register_buffer("keep", keep.clone() if keep is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         square = (x * x).sum(dim=1, keepdim=True)
         if self.const_square:
             square = square + self.const_square
         factor = torch.rsqrt(square / self.channels + self.eps)
-        out = x * factor
+        out = (x if self.keep is None else x[:, self.keep]) * factor
         if self.values.numel():
             out = torch.cat([out, _channel_view(self.values, x.dim()) * factor], dim=1)
         return out

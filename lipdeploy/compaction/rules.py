@@ -284,15 +284,19 @@ class PixelNormRule(Rule):
         return torch.nonzero(~live(src) & (src != 0) & b.need[i]).flatten()
 
     def kept(self, i: int, node: Node, b: Builder) -> torch.Tensor:
-        if not bool(b.need[i].any()):
-            return torch.zeros(0, dtype=torch.long)
-        return torch.cat([b.kept[node.inputs[0]], self.appended(i, node, b)])
+        """The needed ones of the input's channels (the norm reads them all, but outputs only what is read), then the
+        appended ones."""
+        have = b.kept[node.inputs[0]]
+        return torch.cat([have[b.need[i][have]], self.appended(i, node, b)])
 
     def build(self, i: int, node: Node, b: Builder) -> None:
         src = b.const[node.inputs[0]]
         consts = torch.where(live(src), torch.zeros_like(src), src)
         values = src[self.appended(i, node, b)].to(b.dtype)
-        module = CompactPixelNorm(node.channels, float((consts * consts).sum()), values, node.module.eps)
+        have = b.kept[node.inputs[0]]
+        out = b.need[i][have]
+        keep = None if bool(out.all()) else torch.nonzero(out).flatten()
+        module = CompactPixelNorm(node.channels, float((consts * consts).sum()), values, node.module.eps, keep)
         b.module_step(i, node, self.kind, module)
 
 

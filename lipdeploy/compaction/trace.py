@@ -101,7 +101,6 @@ class _Walker:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedLayer(f"{where}: torch.fx cannot trace it ({first[:160]})") from None
         env: dict[fx.Node, Any] = {}
-        nodes_of: dict[int, int] = {}  # id(traced value) -> node index, for the rules' from_call
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise UnsupportedLayer(f"{where}: its forward takes {len(placeholders)} inputs; compaction needs one")
@@ -114,7 +113,7 @@ class _Walker:
             elif n.op == "call_module":
                 env[n] = self.call_module(module, n, env, prefix)
             elif n.op in ("call_function", "call_method"):
-                env[n] = self.call(n, env, prefix, nodes_of)
+                env[n] = self.call(n, env, prefix, where)
             elif n.op == "output":
                 out = fx.node.map_arg(n.args[0], lambda a: env[a])
         if not isinstance(out, _Traced):
@@ -131,7 +130,7 @@ class _Walker:
             raise UnsupportedLayer(f"layer {path!r} ({type(sub).__name__}): called with more than one input")
         return _Traced(self.walk(sub, args[0].index, f"{path}."))
 
-    def call(self, n: fx.Node, env: dict, prefix: str, nodes_of: dict[int, int]) -> Any:
+    def call(self, n: fx.Node, env: dict, prefix: str, where: str) -> Any:
         args = fx.node.map_arg(n.args, lambda a: env[a])
         kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
         traced = [a for a in _flat(args) + _flat(kwargs) if isinstance(a, _Traced)]
@@ -143,7 +142,7 @@ class _Walker:
         name = f"{prefix}{n.name}"
         if rule is None:
             what = n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
-            raise UnsupportedLayer(f"{_owner(n, prefix)}: no compaction rule for {n.op} {what!r}")
+            raise UnsupportedLayer(f"{_owner(n, prefix, where)}: no compaction rule for {n.op} {what!r}")
         values = {id(a): a for a in traced}
         try:
             node, inputs = (
@@ -152,12 +151,12 @@ class _Walker:
                 else rule.from_call(name, args, values)
             )
         except ValueError as exc:
-            raise UnsupportedLayer(f"{_owner(n, prefix)}: {exc}") from None
+            raise UnsupportedLayer(f"{_owner(n, prefix, where)}: {exc}") from None
         if rule is CONCAT_RULE:
             return _Traced(self.concat([t.index for t in inputs], name))
         channels = {self.nodes[t.index].channels for t in inputs}
         if len(channels) != 1:
-            raise UnsupportedLayer(f"{_owner(n, prefix)}: {name!r} combines tensors of {sorted(channels)} channels")
+            raise UnsupportedLayer(f"{_owner(n, prefix, where)}: {name!r} combines tensors of {sorted(channels)} channels")
         return _Traced(self.add(node, [t.index for t in inputs]))
 
 
@@ -183,10 +182,10 @@ def _attr(module: nn.Module, target: str) -> Any:
     return obj.detach() if isinstance(obj, torch.Tensor) else obj
 
 
-def _owner(n: fx.Node, prefix: str) -> str:
-    """'layer PATH (Class)' of the innermost module whose forward made the fx node."""
+def _owner(n: fx.Node, prefix: str, where: str) -> str:
+    """'layer PATH (Class)' of the innermost module whose forward made the fx node (``where``: the traced one)."""
     stack = n.meta.get("nn_module_stack") or {}
     if stack:
         path, cls = list(stack.values())[-1]
         return f"layer {prefix + path!r} ({getattr(cls, '__name__', cls)})"
-    return f"layer {prefix.rstrip('.') or '<root>'!r}"
+    return where
