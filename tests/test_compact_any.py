@@ -14,7 +14,7 @@ from torch import nn
 
 from lipdeploy.compaction import UnsupportedLayer, analyze_compaction, compact
 from lipdeploy.generator import PGANSpec, make_latent
-from lipdeploy.layers import EqualizedConv2d, EqualizedLinear, PixelNorm
+from lipdeploy.layers import EqualizedConv2d, PixelNorm
 from lipdeploy.masks import prunable_shapes
 from lipdeploy.ticket import ticket_from_model
 

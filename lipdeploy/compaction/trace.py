@@ -156,7 +156,8 @@ class _Walker:
             return _Traced(self.concat([t.index for t in inputs], name))
         channels = {self.nodes[t.index].channels for t in inputs}
         if len(channels) != 1:
-            raise UnsupportedLayer(f"{_owner(n, prefix, where)}: {name!r} combines tensors of {sorted(channels)} channels")
+            problem = f"{name!r} combines tensors of {sorted(channels)} channels"
+            raise UnsupportedLayer(f"{_owner(n, prefix, where)}: {problem}")
         return _Traced(self.add(node, [t.index for t in inputs]))
 
 
