@@ -32,7 +32,7 @@ Design (why it looks like this)
   and zero padding clamps the coordinates and drops an out-of-range tap's contribution with one select per tap
   (reflection needs neither). A masked load costs a predicate and a zeroed register per element; without them the
   hot loop is one load, one FMA and a 64-bit address add per element, plus the per-nonzero index work amortised
-  over a thread's pixels (``python -m lipdeploy.bench.kernel_sass`` reads this off the sm_90 SASS).
+  over a thread's pixels (``python -m lipdeploy.bench.gpu.kernel_sass`` reads this off the sm_90 SASS).
 * All accumulation is fp32; inputs may be fp16/bf16/fp32; outputs take the input dtype.
 * Tunables: ``KernelConfig`` (BLOCK_P per kernel, BLOCK_J nonzeros per step, num_warps). A thread's pixels per
   nonzero (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index loads and arithmetic; BLOCK_J x pixels is the

@@ -342,8 +342,8 @@ def _adam(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> 
     """Adam with the fused kernel where PyTorch has one (CPU since 2.4, CUDA): same update, one pass over the weights.
 
     A zero gradient still gives an exactly zero update, so pruned weights stay zero (tested). Whole-step effect
-    (bench/cpu_fit_step.py, 2-core AMD EPYC, 1 thread, paper net): the engine's whole step (with backtracking,
-    averaging and PSNR tracking) costs 0.99x the plain loop's at 64x64 and 1.005x at 128x128, i.e. the same.
+    (``python -m lipdeploy.bench.cpu.fit_step``, 2-core AMD EPYC, 1 thread, paper net): the engine's whole step (with
+    backtracking, averaging and PSNR tracking) costs 0.99x the plain loop's at 64x64 and 1.005x at 128x128, the same.
     """
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)

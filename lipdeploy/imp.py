@@ -20,8 +20,8 @@ Two patterns score differently (each module's docstring says why). ``block`` (16
 ``block32x16`` and ``block16x8`` too) ranks blocks by the RMS of their weights (the L2 norm per element), so edge
 blocks of layers whose channel counts are not multiples of the block compete fairly with full ones; its block size is
 recorded in the settings and provenance as ``block: [Bo, Bi]``. ``channel`` divides each layer's scores by their
-mean and keeps a minimum width per layer, so global ranking no longer drains the decoder to one channel; its settings
-name that rule (``channel_rule``), so a folder of channel rounds made by the earlier rule is not continued with it.
+mean and keeps a minimum width per layer, so that global ranking cannot drain the decoder to one channel; its settings
+name that rule (``channel_rule``), so a folder of channel rounds made by another rule is not continued with it.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def method_fields(m: Method, t: Ticket) -> dict[str, Any]:
     }
     # fields the first presets' rows do not have (added only where they say something, so those rows stay as they
     # were): the IMP round a size-matched or ticket method stands for, the method across tasks, where a ticket came
-    # from, a channel ticket's pruning rule (tickets of the earlier rule record none) and a narrow DIP's width
+    # from, a channel ticket's pruning rule (global mean |w| tickets record none) and a narrow DIP's width
     if m.rounds is not None and (m.find or m.match or m.task):
         f["rounds"] = m.rounds
         f["sparsity_nominal"] = round(m.sparsity_nominal or 0.0, 6)

@@ -8,20 +8,21 @@ and every row carries its name, so numbers from different presets are never mixe
   nothing about the paper's claims.
 - ``cpu``: the paper's network on 128x128 crops, 1000 fitting iterations (500 per IMP round): a workstation's run.
   Its cost is dominated by IMP (10 rounds x 500 iterations per image, 38-49 min on one core of a 2-core AMD EPYC) and
-  by the ~1000-iteration fits of the full-width network (~7 min each): 6.7 core-hours measured in all, so about an
-  hour with ``--shard i/8`` (or ``--jobs`` filters) on an 8-core workstation. Kernel/channel tickets (4 rounds, 59%)
+  by the ~1000-iteration fits of the full-width network (4-7 min each): at least 12.5 core-hours measured with the
+  structured frontier (bench/RESULTS.md), so about two hours with ``--shard i/8`` (or ``--jobs`` filters) on an
+  8-core workstation. Kernel/channel tickets (4 rounds, 59%)
   are found on the first image only (each is another IMP run).
 - ``paper``: the paper's settings (full images cropped to multiples of 32, 3000 iterations per fit and per IMP round);
   meant for a GPU.
-- ``fidelity``: the paper's claims across its range (issue 16): chains to 0.8^24 on denoising, inpainting and x4
+- ``fidelity``: the paper's claims across its range: chains to 0.8^24 on denoising, inpainting and x4
   super-resolution, random pruning and matched deep decoders at the same points, tickets transferred across images
   and tasks; sized for ~8 core-hours on a 2-core machine (the reasons for each size are at the preset).
 
-The cpu preset's structured frontier (issue 12) adds block-16 and channel tickets at 59/83/89/95% on its three images
-with random-block rows and matched narrow-DIP rows. Its channel tickets use the channel pattern's current rule
-(per-layer normalised scores, minimum width: ``channel_rule`` in their provenance) and are named ``lip-channel-norm-*``
-(find kind ``channel-norm``), so they never collide with the committed ``lip-channel-59`` rows, which were found by the
-earlier rule (global mean |w|; their tickets carry no ``channel_rule``) and stay as measured, labelled by the report.
+The cpu preset's structured frontier adds block-16 and channel tickets at 59/83/89/95% on its three images with
+random-block rows and matched narrow-DIP rows. Its channel tickets use per-layer normalised scores with a minimum width
+(``channel_rule`` in their provenance) and are named ``lip-channel-norm-*`` (find kind ``channel-norm``), so they never
+collide with the committed ``lip-channel-59`` rows, which were found by global mean |w| scores with no minimum width
+(their tickets carry no ``channel_rule``) and stay as measured, labelled by the report.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def round_sparsity(k: int, rate: float = PRUNE_RATE) -> float:
 
 
 # Find kinds: the name of a ticket chain (a find job, a tickets folder) -> (pattern in lipdeploy.patterns.PATTERNS,
-# random pruning?). "channel" is the pattern's *current* rule too; "channel-norm" exists so that a results folder
-# whose "channel" chain was found by the earlier rule (the cpu preset's) gets its new-rule chain beside it.
+# random pruning?). "channel" and "channel-norm" run the same pattern; "channel-norm" is a separate chain name so that
+# a results folder whose "channel" chain was found by global mean |w| scores (the cpu preset's) gets a chain of the
+# per-layer normalised rule beside it instead of continuing the old chain with a different rule.
 FIND_KINDS: dict[str, tuple[str, bool]] = {
     "unstructured": ("unstructured", False),
     "random": ("unstructured", True),
@@ -85,19 +87,19 @@ class Preset:
     the network stride). ``imp_iters``: fitting iterations per IMP round; ``iters``: per quality fit.
     ``structured_images``: images on which kernel/channel tickets are found and fitted (None = every image).
 
-    The structured frontier (issue 12): ``frontier`` names find kinds (:data:`FIND_KINDS`) whose tickets are fitted
+    The structured frontier: ``frontier`` names find kinds (:data:`FIND_KINDS`) whose tickets are fitted
     at ``frontier_rounds`` on ``frontier_images`` (None = every image), ``frontier_random`` the random baselines of
     the same structure, and ``narrow_dip`` adds, per channel-kind point, the dense DIP of uniformly reduced width
     with the ticket's parameter count (``dip-narrow-*``).
 
-    Several tasks (issue 16): ``tasks`` (None = ``(task,)``). With more than one, every method name carries its task
+    Several tasks: ``tasks`` (None = ``(task,)``). With more than one, every method name carries its task
     (``lip-unstructured-95@sr``), so rows of different tasks never average together; ``transfer_tasks`` fits tickets
     found on one task on another (pairs ``(from, to)``) at ``transfer_rounds`` (None = the largest of ``rounds``);
     ``transfer_images`` transfers each image's ticket to the other images of the preset at those rounds on every
     task. ``multi_image``: images on which one multi-image ticket is found (:func:`lipdeploy.imp.find_ticket` given
     several images), fitted on the preset's images not among them at the transfer rounds.
 
-    Seeds (issue 25): every quality and transfer fit runs ``seeds`` times, with fit seeds ``seed``, ``seed + 1``, ...
+    Seeds: every quality and transfer fit runs ``seeds`` times, with fit seeds ``seed``, ``seed + 1``, ...
     (:attr:`seed_list`): the seed sets the network input code and its per-step perturbation, and for a network
     without a ticket (dense DIP, deep decoders, narrow DIPs) its initialisation; a ticket keeps the initial weights
     IMP rewinds to, and every observation stays fixed per image (its own seed). ``keep_jobs``: globs over job keys
@@ -247,7 +249,7 @@ PRESETS: dict[str, Preset] = {
         latency_warmup=2,
         latency_repeats=7,
         log_every=10,
-        # issue 12's frontier: block-16 and (current-rule) channel chains to 14 rounds on every image, fitted at
+        # the structured frontier: block-16 and normalised-rule channel chains to 14 rounds on every image, fitted at
         # 59/83/89/95%. Each chain is 15 IMP fits of 500 iterations of the full-width network (~52 min per image on
         # one core), each point a ~7 min fit: ~10 core-hours for the whole frontier (6 chains, 48 fits, latency and
         # memory). Random blocks cost no IMP (random scores need no fitted weights); narrow DIPs are cheap fits.
@@ -255,6 +257,7 @@ PRESETS: dict[str, Preset] = {
         frontier_rounds=(4, 8, 10, 14),
         frontier_random=("random-block",),
         narrow_dip=True,
+        # printed verbatim in the report (its text is part of the committed results' report.md)
         notes=(
             "lip-channel-59 was found by the channel pattern's earlier rule (global mean |w|, no minimum width); "
             "lip-channel-norm-* by the current one (per-layer normalised scores, minimum width)",
@@ -274,7 +277,7 @@ PRESETS: dict[str, Preset] = {
         latency_repeats=20,
         log_every=10,
     ),
-    # Issue 16 at a 2-core machine's scale: at most ~8 core-hours. The sizes and why:
+    # The paper's claims at a 2-core machine's scale: at most ~8 core-hours. The sizes and why:
     # - 96x96 crops: the smallest side at which x4 super-resolution still has a 24x24 observation (64 px would leave
     #   16x16, and DOMAIN.md notes sides under 64 are fragile); a fitting step of the paper's network costs ~0.25 s on
     #   one core there (0.12 s at 64 px, 0.42 s at 128 px);
@@ -289,7 +292,7 @@ PRESETS: dict[str, Preset] = {
     #   network fitted to three images) and its 4 held-out fits ~0.7 h: ~7.2 core-hours in all.
     # Measured (2-core AMD EPYC, two single-thread processes, 2026-11-27): a fitting step costs ~0.14 s, not the 0.25 s
     # assumed above: a 24-round chain took 1003-1009 s, a 500-iteration DIP fit 66-77 s, a matched deep decoder up to
-    # 105 s; the whole preset ~4.5 core-hours (job times summed, rows files), 2.4 hours of wall time.
+    # 105 s; the whole preset 4.4 core-hours (job times summed, rows files), 2.4 hours of wall time.
     # Numbers at 500 iterations and 96 px are not the paper's (3000 iterations, full images): the report compares
     # methods on the same crops and budgets, it does not reproduce the paper's absolute PSNRs.
     "fidelity": Preset(
