@@ -44,8 +44,9 @@ Layout = Literal["pgan-checkpoint", "pgan-state-dict", "pgan-prune", "pgan-masks
 
 
 def is_checkpoint_content(content: Mapping[str, Any]) -> bool:
-    """Whether a loaded file is a zoo checkpoint (it has a ``config`` or a generator entry)."""
-    return any(key in content for key in ("config", *GENERATOR_NETS))
+    """Whether a loaded file is a zoo checkpoint: it has a generator entry (``netG`` or ``avgG``). A ``config`` alone
+    does not make one (other tools save ``{'config', 'state_dict'}``)."""
+    return any(key in content for key in GENERATOR_NETS)
 
 
 def is_generator_content(content: Mapping[str, Any]) -> bool:

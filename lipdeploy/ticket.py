@@ -689,8 +689,6 @@ def _generator_ticket(
     if weights is not None:
         wpath = Path(weights)
         base = read_generator_file(wpath, read_tensor_file(wpath)[0], net or "netG")
-        if base.layout == "pgan-masks":
-            raise InputError(wpath, "holds masks only: the weights file must hold the generator's weights")
     elif net is not None and not is_checkpoint_content(content):
         raise InputError(path, f"net={net!r} picks a network of a progressive-GAN checkpoint; this file is not one")
     masks_only = source.layout == "pgan-masks"

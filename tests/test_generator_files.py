@@ -287,6 +287,8 @@ def test_net_and_overrides_outside_generator_files(tmp_path, files):
 
     dip = write_ticket_files(tmp_path)["torch-prune"]["path"]
     refused(dip, "not one", net="avgG")
+    wrapped = save(tmp_path / "wrapped.pth", {"config": {"lr": 0.01}, "state_dict": torch.load(dip, weights_only=True)})
+    assert load_ticket(wrapped).arch.kind == "dip"  # a config beside a DIP state dict is no GAN checkpoint
     refused(files["zoo"], "upsample_mode do not apply", upsample_mode="nearest")
     refused(files["zoo"], "net must be one of", names=None, net="netX")
 
