@@ -62,26 +62,82 @@ def cpu_model() -> str:
 def git_commit(path: Path | None = None) -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the git checkout holding ``path`` (default: this package), ``(None, None)`` outside one.
 
+    Nothing in the checkout is written: the commit is read from ``HEAD`` and the ref files, and ``dirty`` comes from
+    ``git diff --quiet HEAD`` under ``GIT_OPTIONAL_LOCKS=0`` (``git status`` refreshes the index and takes
+    ``.git/index.lock`` doing so, which makes a concurrent ``git commit`` in the same checkout fail).
     A result computed from an installed wheel has no commit; its ``lipdeploy`` version identifies the code instead.
     """
-    where = Path(__file__).resolve().parent if path is None else path
+    where = Path(__file__).resolve().parent if path is None else Path(path)
+    gitdir = _git_dir(where)
+    if gitdir is None:
+        return None, None
+    commit = _read_head(gitdir)
+    if commit is None:
+        return None, None
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-        if head.returncode != 0:
-            return None, None
-        status = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+        diff = subprocess.run(
+            ["git", "-C", str(where), "diff", "--no-ext-diff", "--quiet", "HEAD", "--"],
             capture_output=True,
-            text=True,
             timeout=5,
             check=False,
+            env=env,
         )
     except (OSError, subprocess.SubprocessError):
-        return None, None
-    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
-    return head.stdout.strip() or None, dirty
+        return commit, None
+    return commit, {0: False, 1: True}.get(diff.returncode)
+
+
+def _git_dir(where: Path) -> Path | None:
+    """The ``.git`` folder of the checkout holding ``where`` (a worktree's ``.git`` file followed), or None."""
+    for folder in (where, *where.parents):
+        dot = folder / ".git"
+        if dot.is_dir():
+            return dot
+        if dot.is_file():
+            try:
+                text = dot.read_text().strip()
+            except OSError:
+                return None
+            if text.startswith("gitdir:"):
+                linked = Path(text[len("gitdir:") :].strip())
+                return linked if linked.is_absolute() else (folder / linked).resolve()
+            return None
+    return None
+
+
+def _read_head(gitdir: Path) -> str | None:
+    """The commit ``HEAD`` names: a detached hash, or its branch's ref file, or its line in ``packed-refs``."""
+    try:
+        head = (gitdir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref:"):
+        return head if _is_hash(head) else None
+    ref = head[len("ref:") :].strip()
+    common = gitdir
+    try:  # a linked worktree keeps its branches in the main repository's folder
+        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+    except OSError:
+        pass
+    for folder in dict.fromkeys((gitdir, common)):
+        try:
+            value = (folder / ref).read_text().strip()
+            return value if _is_hash(value) else None
+        except OSError:
+            pass
+        try:
+            for line in (folder / "packed-refs").read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref and _is_hash(parts[0]):
+                    return parts[0]
+        except OSError:
+            pass
+    return None
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
 def environment() -> dict[str, Any]:

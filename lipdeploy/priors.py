@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
-from .limits import MAX_CHANNELS
+from .limits import MAX_CHANNELS, check_work
 from .masks import Mask
 from .networks import ArchSpec, DeepDecoderSpec, SkipSpec
 from .ticket import Ticket, load_ticket, ticket_from_model
@@ -103,6 +103,7 @@ def dense_prior(spec: PriorSpec, seed: int, names: Mapping[str, str] | None = No
     """The dense network ``spec`` describes as a ticket: all-ones masks, weights initialised from ``seed`` (PyTorch's
     default initialisation, as DIP uses), so it fits through the same engine as any ticket."""
     arch = dense_arch(spec, names)
+    check_work(arch, 0, 0, training=True, what=f"fitting {arch.describe()}")  # before its weights are allocated
     torch.manual_seed(seed)
     model = arch.build()
     return ticket_from_model(model, arch, Mask.ones_like(model), source_format="dense", seed=seed)

@@ -11,6 +11,7 @@ import click
 
 from ..errors import InputError
 from .options import (
+    SEED,
     Reporter,
     examples,
     force_option,
@@ -147,7 +148,7 @@ PRECISION_WARN_DB = 35.0  # an fp16 / int8 output below this PSNR vs fp32 differ
     "example ticket: a warning is printed below 35 dB).",
 )
 @click.option("--embed-input", "embed_input", default=None, metavar="HxW", help="Bake a fixed noise code in.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise code (embedded / parity).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the noise code (embedded / parity).")
 @click.option("--opset", type=click.IntRange(17, 21), default=17, show_default=True, help="ONNX opset version.")
 @click.option("--test-size", "test_size", default=None, metavar="HxW", help="Size for the parity check.")
 @click.option(

@@ -13,12 +13,14 @@ from ..errors import InputError
 from ..fit import FitConfig
 from ..images import check_min_side, crop_to_multiple, image_name, load_image
 from ..imp import ImpConfig, find_ticket
-from ..limits import activation_bytes, check_lr, check_memory
+from ..limits import check_lr, check_work
 from ..priors import PriorSpec
 from ..runlock import check_output_folder
 from .find_generator import find_with_generator
 from .generator_options import GeneratorSource, generator_options
 from .options import (
+    FINITE_FLOAT,
+    SEED,
     RegistryChoice,
     Reporter,
     TaskSpec,
@@ -87,7 +89,9 @@ EXAMPLES = examples(
     "a multiple of the network's stride: crop = the centre of each (no resampling), resize = each resampled to it.",
 )
 @click.option("--rounds", type=int, default=5, show_default=True, help="Pruning rounds (density 0.8^rounds).")
-@click.option("--rate", type=float, default=0.2, show_default=True, help="Fraction of remaining weights per round.")
+@click.option(
+    "--rate", type=FINITE_FLOAT, default=0.2, show_default=True, help="Fraction of remaining weights per round."
+)
 @click.option("--iters", type=int, default=3000, show_default=True, help="Fitting iterations per round.")
 @click.option(
     "--scope",
@@ -122,10 +126,14 @@ EXAMPLES = examples(
 )
 @click.option("--random", "random_", is_flag=True, help="Random pruning baseline at the same densities.")
 @click.option(
-    "--lr", type=float, default=None, show_default="0.01; 2e-4 for GAN IMP, the paper's", help="Adam learning rate."
+    "--lr",
+    type=FINITE_FLOAT,
+    default=None,
+    show_default="0.01; 2e-4 for GAN IMP, the paper's",
+    help="Adam learning rate.",
 )
 @ema_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the network, input and observation.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the network, input and observation.")
 @click.option(
     "--format",
     "fmt",
@@ -274,7 +282,7 @@ def _clean_image(
     clean, msg = crop_to_multiple(img, mult)
     check_image_size(image, clean, mult)
     check_min_side(image, clean.shape[2], clean.shape[3], start.arch.min_side)
-    check_memory(activation_bytes(start.arch, clean.shape[2], clean.shape[3], training=True), "this fit")
+    check_work(start.arch, clean.shape[2], clean.shape[3], training=True, what="this fit")
     if msg:
         log(msg)
     if mask is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import InputError
+from ..limits import check_size
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +66,50 @@ class RegistryChoice(click.Choice):
 
 GENERATOR_TASKS = ("cs",)
 """Tasks only a generator prior restores (``restore --generator``): compressive sensing."""
+
+
+class SeedType(click.ParamType):
+    """An integer seed in [0, 2**63 - 1], refused at parse time as one ``error:`` line (torch raises an overflow
+    traceback for seeds beyond 64 bits, after the command has loaded its inputs)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from ..limits import check_seed  # light: no torch
+
+        if isinstance(value, int):
+            return check_seed(value, _flag(param))
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise InputError(None, f"{_flag(param)} must be an integer, got {value!r}"[:200]) from None
+        return check_seed(number, _flag(param))
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that refuses NaN and +-Inf at parse time (``--input-noise nan`` would run and write junk)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from ..limits import check_finite  # light: no torch
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(None, f"{_flag(param)} must be a number, got {value!r}"[:200]) from None
+        return check_finite(number, _flag(param))
+
+
+def _flag(param: click.Parameter | None) -> str:
+    """The option's longest spelling (``--seed``), for messages."""
+    if param is None or not getattr(param, "opts", None):
+        return "value"
+    return max(param.opts, key=len)
+
+
+SEED = SeedType()
+FINITE_FLOAT = FiniteFloat()
 
 
 def _task_names() -> list[str]:
@@ -316,10 +361,14 @@ def task_options(fn: Callable[..., Any], required: bool = True) -> Callable[...,
             "with --generator.",
         ),
         click.option(
-            "--sigma", type=float, default=None, show_default="25", help="denoise: noise sigma on the 0-255 scale."
+            "--sigma",
+            type=FINITE_FLOAT,
+            default=None,
+            show_default="25",
+            help="denoise: noise sigma on the 0-255 scale.",
         ),
         click.option(
-            "--drop", type=float, default=None, show_default="0.5", help="inpaint: fraction of pixels dropped."
+            "--drop", type=FINITE_FLOAT, default=None, show_default="0.5", help="inpaint: fraction of pixels dropped."
         ),
         click.option(
             "--mask",
@@ -346,7 +395,15 @@ def optional_task_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--device`` and ``--backend`` (how fitting runs the network)."""
+    """``--device`` and ``--backend`` (how fitting runs the network), checked together before the command runs."""
+
+    command = fn
+
+    @functools.wraps(command)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_backend(kwargs["device"], kwargs["backend"])
+        return command(*args, **kwargs)
+
     fn = click.option(
         "--backend",
         type=RegistryChoice(backend_names),
@@ -355,10 +412,33 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="auto: a pruned network runs on the sparse kernels on CUDA (per layer, where faster than cuDNN) and as "
         "the masked dense network on CPU; sparse: compacted + sparse kernels on any device; dense: masked network; "
         "a registered backend's name: compacted, every conv on that backend.",
-    )(fn)
+    )(checked)
     return click.option(
         "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where to fit."
     )(fn)
+
+
+def check_backend(device: str, backend: str) -> None:
+    """Refuse ``--device cuda`` without CUDA, and a ``--backend`` that cannot run on ``--device`` (the Triton kernels
+    on CPU without Triton's interpreter), asking the backend itself about a small probe layer."""
+    import torch  # imports torch: only when a command runs
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device is available here (use --device cpu)")
+    from ..backends import BACKENDS
+
+    if backend not in BACKENDS:
+        return  # auto, sparse, dense: every layer runs somewhere on any device
+    from ..compaction import compact
+    from ..testing import random_mask_ticket, tiny_skip
+
+    layer = next(iter(compact(random_mask_ticket(tiny_skip(), 0.5, seed=0)).convs.values()))
+    if not BACKENDS[backend].supports(layer, torch.device(device)):
+        raise InputError(
+            None,
+            f"--backend {backend} cannot run on --device {device} (the Triton kernels need CUDA, or TRITON_INTERPRET=1 "
+            "on CPU for testing); use --device cuda or --backend auto",
+        )
 
 
 def say(msg: str) -> None:
@@ -457,8 +537,8 @@ def parse_resize(text: str, height: int, width: int) -> tuple[int, int]:
             raise InputError(None, f"--resize {text!r} is neither HxW nor a factor") from None
         if not 0 < factor <= 16:
             raise InputError(None, f"--resize factor must be in (0, 16], got {text}")
-        return max(1, round(height * factor)), max(1, round(width * factor))
-    return parse_size(text)
+        return check_size(max(1, round(height * factor)), max(1, round(width * factor)), "--resize")
+    return check_size(*parse_size(text), "--resize")
 
 
 def shrink_image(
@@ -500,7 +580,11 @@ def ema_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "paper code's, which starts at the untrained output (still 37% of it after 100 iterations).",
     )(fn)
     return click.option(
-        "--ema", type=float, default=0.99, show_default=True, help="Output averaging weight (0: off, the raw output)."
+        "--ema",
+        type=FINITE_FLOAT,
+        default=0.99,
+        show_default=True,
+        help="Output averaging weight (0: off, the raw output).",
     )(fn)
 
 

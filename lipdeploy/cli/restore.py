@@ -28,11 +28,13 @@ from ..images import (
     resize_image,
     write_png,
 )
-from ..limits import activation_bytes, check_lr, check_memory
+from ..limits import check_lr, check_work
 from ..priors import PriorSpec
 from ..tasks import Task
 from .generator_options import GeneratorSource, SensingSpec, generator_options, sensing_options
 from .options import (
+    FINITE_FLOAT,
+    SEED,
     Reporter,
     TaskSpec,
     check_image_size,
@@ -86,16 +88,16 @@ EXAMPLES = examples(
     show_default="3000, the paper's; 1500 with a generator",
     help="Fitting iterations.",
 )
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=FINITE_FLOAT, default=0.01, show_default=True, help="Adam learning rate.")
 @click.option(
     "--input-noise",
-    type=float,
+    type=FINITE_FLOAT,
     default=None,
     show_default="the task's: 1/30 denoise, 0.03 otherwise",
     help="Std of the noise added to the network input each step.",
 )
 @ema_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the network, the input and --simulate.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the network, the input and --simulate.")
 @device_options
 @quiet_option
 @json_option("the record written to OUT.json")
@@ -153,6 +155,8 @@ def restore_command(
     if not 0 <= ema < 1:
         raise InputError(None, f"--ema must be in [0, 1), got {ema}")
     check_lr(lr, "--lr")
+    if input_noise is not None and input_noise < 0:
+        raise InputError(None, f"--input-noise must be >= 0, got {input_noise}")
     out_png = check_output_path(output, force)
     out_json = check_output_path(output.with_suffix(".json"), force)
     out_obs = check_output_path(output.with_suffix(".observation.png"), force) if simulate else None
@@ -216,7 +220,7 @@ def restore_command(
             f = f_gt
             gt_img = gt_full[:, :, top * f : (top + nh) * f, left * f : (left + nw) * f].contiguous()
     check_min_side(image, img_c.shape[2], img_c.shape[3], _min_obs_side(ticket.arch.min_side, img_c, observation))
-    check_memory(activation_bytes(ticket.arch, *observation.out_size, training=True), "this fit")
+    check_work(ticket.arch, *observation.out_size, training=True, what="this fit")
     if crop_msg:
         log(crop_msg)
 
@@ -280,7 +284,7 @@ def restore_command(
     # the PNG (and observation), then the record naming the PNG's sha256, as one output set: a reader never finds a
     # record beside an image it does not describe
     outputs = [out_png] + ([out_obs] if out_obs is not None else []) + [out_json]
-    with atomic_output_set(*outputs) as tmps:
+    with atomic_output_set(*outputs, exclusive=not force) as tmps:
         write_png(result.output, tmps[0])
         if out_obs is not None:
             write_png(observation.image, tmps[1])

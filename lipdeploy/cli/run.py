@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import check_output_path
 from ..limits import activation_bytes, check_memory, check_size, check_threads
-from .options import examples, force_option, json_option, parse_size, quiet_option
+from .options import SEED, examples, force_option, json_option, parse_size, quiet_option
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -142,7 +142,7 @@ EXAMPLES = examples(
     show_default="256x256; fixed for embedded models",
     help="Image size.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise code.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the noise code.")
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path, readable=False), required=True, help="Output image (PNG)."
 )
