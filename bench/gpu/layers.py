@@ -13,7 +13,7 @@ each for the forward pass and for forward+backward (grad input, grad weight, gra
 the sparse forward vs the fp32 reference. Masks: ``random`` (uniform) and ``imp`` (global-magnitude pruning of a weight
 tensor with heavy-tailed, channel- and tap-structured magnitudes: a layer-level stand-in for an IMP ticket).
 
-``--blocks`` (issue 13): block tickets instead, at ``--block-sparsities`` (default 0.9 0.5 0.75 0: the 2.5x target,
+``--blocks``: block tickets instead, at ``--block-sparsities`` (default 0.9 0.5 0.75 0: the 2.5x target,
 the never-slower check, then the rest), with random whole ``block32x16`` blocks (mask ``block32x16``: also a 16x16
 block mask, so both bsr packings skip the same work). Rows, each forward and forward+backward:
 
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--blocks",
         action="store_true",
-        help="block tickets instead (issue 13): dense TF32 / fp32, csr, bsr16, bsr32 at --block-sparsities",
+        help="block tickets instead: dense TF32 / fp32, csr, bsr16, bsr32 at --block-sparsities",
     )
     ap.add_argument("--block-sparsities", type=float, nargs="*", default=list(BLOCK_SPARSITIES))
     ap.add_argument(

@@ -26,7 +26,7 @@ kernel runs).
 ``--fit-step`` (``--sizes 256 512 --sparsities 0.5 0.8 0.9``) times the engine's whole fitting step instead
 (:func:`lipdeploy.fit.fit`: forward, backward, Adam, output average, PSNR tracking, backtracking): dense, then per
 sparsity the ``--fit-variants``: ``masked`` and ``sparse`` (``--fit-backend``) on the first ``--masks`` kind, ``bsr``
-on a ``--block-mask`` ticket fitted on the 16 x 16 tensor-core kernels (backend "triton-bsr"; issue 13's rows), each
+on a ``--block-mask`` ticket fitted on the 16 x 16 tensor-core kernels (backend "triton-bsr"), each
 eager and captured in a CUDA graph (``lipdeploy.captured``), with the convolutions' ms vs the other kernels' ms and the
 launches per step from torch.profiler (:func:`run_fit_step`).
 """
@@ -242,7 +242,7 @@ def _print(row: dict) -> None:
     )
 
 
-# ---- the engine's fitting step, eager vs captured (issue 13 part 3): ``--fit-step`` ----
+# ---- the engine's fitting step, eager vs captured: ``--fit-step`` ----
 
 _CONV_KERNEL = ("conv", "cudnn", "xmma", "implicit", "gemm", "dgrad", "wgrad", "winograd", "sparse", "csr", "bsr")
 _LAUNCH_API = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
@@ -295,7 +295,7 @@ def run_fit_step(args: argparse.Namespace) -> Results:
     Sparsities run in the order given (most important first: rows are saved as they come), after the dense rows
     every speedup is measured against. ``masked`` (the masked reference network) and ``sparse`` (``--fit-backend``)
     fit the first ``--masks`` kind; ``bsr`` fits a ``--block-mask`` ticket on backend "triton-bsr" (mask
-    ``block-*``, backend ``triton-bsr``: the rows ``gpu.verdict`` reads for issue 13's fitting-step targets).
+    ``block-*``, backend ``triton-bsr``: the rows ``gpu.verdict`` reads for its block fitting-step targets).
 
     ``step_ms`` is the fit's own per-step time (``FitResult.step_ms``: loop time over iterations, setup and capture
     excluded). Per-step launches and conv / other ms come from the profiler as the difference between a fit of

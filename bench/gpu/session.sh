@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Everything issues 4 and 13 need from a GPU, in one call (the device tool lends a card rarely and briefly):
+# Everything the GPU verdict (bench/gpu/verdict.py) needs from a GPU, in one call (the device tool lends a card rarely and briefly):
 #   bash bench/gpu/session.sh            # from the repository root on the CUDA machine
 # Steps, most important first, each under a time cap so one slow step cannot starve the rest of the call
 # (BUDGET seconds in all, default 540: the device tool's 600 s per command minus transfers):
 # 1. install lipdeploy into the machine's own Python without touching its torch/triton (offline, no deps);
-# 2. the target layer (128 -> 128 3x3 at 256x256, all sparsities, both masks and formats): issue 4's 2.5x number;
+# 2. the target layer (128 -> 128 3x3 at 256x256, all sparsities, both masks and formats): target 1's 2.5x;
 # 3. the GPU-marked tests (kernels compiled for the real card, sparse vs reference, fitting on CUDA; the
 #    torch.compile test is left out: minutes of compiling);
 # 4. the same layer on block tickets (gpu.layers --blocks: 256, 512, 64 px at 90/50/75/0% block sparsity; dense TF32,
-#    dense fp32, csr, bsr16, bsr32; forward and forward+backward): issue 13's 2.5x number;
+#    dense fp32, csr, bsr16, bsr32; forward and forward+backward): target 4's 2.5x;
 # 5. the engine's fitting step, eager vs captured (gpu.network --fit-step, 256 and 512 px, dense and bsr on 16x16
-#    block tickets at 80/50/90%): issue 13's 2x number;
-# 6. the whole network at 256x256: forward + fitting step, every variant incl. the tuned dispatcher (issue 4's 2x);
+#    block tickets at 80/50/90%): target 5's 2x;
+# 6. the whole network at 256x256: forward + fitting step, every variant incl. the tuned dispatcher (target 2's 2x);
 # 7. the kernel-config sweep on the target layer (gpu.layers --tune: what to tune the defaults to);
 # 8. every other layer shape and size.
 # Results (JSON + logs named with the card, and the dispatcher's cache of measured verdicts) go to
@@ -33,7 +33,7 @@ NET=()     # narrows the network step
 BSR_SIZES=(256 512 64)  # block-ticket layer rows, most important first (rows are saved as they come)
 FIT_SIZES=(256 512)     # the fitting step's
 BLK=()     # narrows the block-ticket layer step
-# the fitting step's: dense and the block ticket on the bsr kernels (issue 13's rows; no unstructured rows, which no
+# the fitting step's: dense and the block ticket on the bsr kernels (targets 5-6; no unstructured rows, which no
 # target reads, so that both sizes fit the cap), sparsities most important first
 FIT=(--fit-iters 100 --fit-variants bsr --sparsities 0.8 0.5 0.9)
 if [ "$SMOKE" = 1 ]; then
@@ -86,7 +86,7 @@ step 75 gpu_target $PY -m lipdeploy.bench.gpu.layers --layers conv3x3_128_s1 --s
 # the GPU tests second: on 2026-11-27 9 of 22 failed on an H100 and the step's cap cut off their tracebacks (see
 # GPU_NOTES.md); the torch.compile test is left out (minutes of compiling, it ate the rest of that step)
 step 100 gpu_tests $PY -m pytest -m gpu -q -p no:cacheprovider --tb=short -rfE tests/ -k "not compiled"
-# issue 13: block tickets on the tensor-core kernels (compiles 2 x 3 bsr kernels per size), then the fitting step
+# targets 4-6: block tickets on the tensor-core kernels (compiles 2 x 3 bsr kernels per size), then the fitting step
 step 120 gpu_bsr $PY -m lipdeploy.bench.gpu.layers --blocks --layers conv3x3_128_s1 --sizes "${BSR_SIZES[@]}" \
   ${DEV[@]+"${DEV[@]}"} ${BLK[@]+"${BLK[@]}"} -o "$RES/gpu_bsr_$CARD.json"
 step 120 gpu_fitstep $PY -m lipdeploy.bench.gpu.network --fit-step --sizes "${FIT_SIZES[@]}" \

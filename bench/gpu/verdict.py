@@ -1,9 +1,10 @@
-"""Issue 4's and issue 13's GPU targets, checked against the benchmark JSON of one GPU session (no GPU needed).
+"""The GPU targets of the sparse kernels, checked against the benchmark JSON of one GPU session (no GPU needed).
 
 ``python -m lipdeploy.bench.gpu.verdict bench/results/gpu_session`` reads ``gpu_target_*.json``, ``gpu_tune_*.json``,
 ``gpu_layers_*.json`` (layer rows), ``gpu_bsr_*.json`` (block-ticket layer rows: ``gpu.layers --blocks``),
 ``gpu_network_*.json`` (network rows) and ``gpu_fitstep_*.json`` (the engine's fitting step, eager vs captured:
-``gpu.network --fit-step``) from that folder and prints, per card, one line per target:
+``gpu.network --fit-step``) from that folder and prints, per card, one line per target. Unstructured and
+kernel-granular tickets (csr / kernel packings):
 
 1. a 128 -> 128 3x3 layer at 256x256 and 90% sparsity runs >= 2.5x faster than dense (forward; the better of the two
    packing formats, per mask kind);
@@ -11,7 +12,7 @@
 3. at 50% sparsity nothing is slower than dense (the ``auto`` network, forward and fitting step; a 3% allowance for
    timing noise, stated in the line).
 
-Issue 13 (block tickets, the tensor-core bsr kernels, the captured fitting step):
+Block tickets (the tensor-core bsr kernels, the captured fitting step):
 
 4. at 90% block sparsity the 128 -> 128 3x3 layer at 256x256 runs >= 2.5x faster than TF32 cuDNN (forward; the
    better of the bsr16 / bsr32 packings);
@@ -25,7 +26,7 @@ Fitting-step rows count as block rows when their ``mask`` names a block pattern 
 of unstructured masks do not stand in for them (MISSING).
 
 Each line says PASS, FAIL or MISSING (the run did not reach that case) with the measured ratio, so a session with a
-GPU turns its numbers into the issue's verdict, and the README's, in one command.
+GPU turns its numbers into the verdict of bench/RESULTS.md in one command.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _median_speedups(fit_rows: list[dict]) -> list[dict]:
 
 
 def block_verdicts(bsr_rows: list[dict], fit_rows: list[dict]) -> list[dict]:
-    """Issue 13's targets (module docstring, 4-6) from ``gpu.layers --blocks`` rows and fitting-step rows."""
+    """The block-ticket targets (module docstring, 4-6) from ``gpu.layers --blocks`` rows and fitting-step rows."""
     out = []
     cand = [
         r
@@ -186,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for card in cards:
         print(f"== {card}")
-        issue4 = verdicts(layers.get(card, []), networks.get(card, []))
-        for v in issue4 + block_verdicts(bsr.get(card, []), fit_steps.get(card, [])):
+        unstructured = verdicts(layers.get(card, []), networks.get(card, []))
+        for v in unstructured + block_verdicts(bsr.get(card, []), fit_steps.get(card, [])):
             ratio = "-" if v["ratio"] is None else f"x{v['ratio']:.2f}"
             print(f"{v['status']:<7} {v['target']:<50} {ratio:>7} (need x{v['need']})  {v['detail']}")
     return 0
