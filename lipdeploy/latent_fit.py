@@ -75,13 +75,16 @@ class LatentFitConfig:
 
 @dataclass
 class LatentFitResult:
-    """Outcome of :func:`fit_latent`. ``output``: ``G(z)`` of the kept restart, ``[1, 3, H, W]`` on [-1, 1] (raw)."""
+    """Outcome of :func:`fit_latent` for K measured images (K = 1 for a 1-D ``y``). ``output``: ``G(z)`` of each
+    image's kept restart, ``[K, 3, H, W]`` on [-1, 1] (raw); ``restarts[k]`` the restart kept for image k and
+    ``restart_losses[k]`` all of image k's measurement losses. ``mse`` / ``psnr`` / ``ssim``: means over the images
+    (``per_image`` holds each one's)."""
 
     output: torch.Tensor
     latent: torch.Tensor
     measurement_loss: float
-    restart_losses: list[float]
-    restart: int
+    restart_losses: list[list[float]]
+    restarts: list[int]
     mse: float | None
     psnr: float | None
     ssim: float | None
@@ -89,6 +92,7 @@ class LatentFitResult:
     iterations: int
     step_ms: float
     history: list[dict[str, float]]
+    per_image: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def image(self) -> torch.Tensor:
@@ -110,11 +114,24 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def image_metrics(output: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
-    """Per-pixel MSE on [-1, 1] (raw ``output``), PSNR and SSIM on [0, 1], of ``output`` to ``gt`` (both [-1, 1])."""
-    out, ref = output.detach().cpu().float().reshape(gt.shape), gt.detach().cpu().float()
-    mse = float((out - ref).square().mean())
-    a, b = to_unit(out), to_unit(ref)
-    return {"mse": mse, "psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b)}
+    """Per-pixel MSE on [-1, 1] (raw ``output``), PSNR and SSIM on [0, 1], of ``output`` to ``gt`` (both on [-1, 1];
+    ``[K, C, H, W]``: the means over the K images)."""
+    rows = per_image_metrics(output, gt)
+    return {k: sum(r[k] for r in rows) / len(rows) for k in ("mse", "psnr", "ssim")}
+
+
+def per_image_metrics(output: torch.Tensor, gt: torch.Tensor) -> list[dict[str, float]]:
+    """:func:`image_metrics` of each image of a batch."""
+    out = output.detach().cpu().float().reshape(gt.shape)
+    ref = gt.detach().cpu().float()
+    if ref.dim() == 3:
+        out, ref = out[None], ref[None]
+    rows = []
+    for a, b in zip(out, ref, strict=True):
+        mse = float((a - b).square().mean())
+        ua, ub = to_unit(a[None]), to_unit(b[None])
+        rows.append({"mse": mse, "psnr": metrics.psnr(ua, ub), "ssim": metrics.ssim(ua, ub)})
+    return rows
 
 
 def mom_loss(res_f: torch.Tensor, res_g: torch.Tensor, batch: int, perm: torch.Tensor) -> torch.Tensor:
@@ -129,9 +146,12 @@ def mom_loss(res_f: torch.Tensor, res_g: torch.Tensor, batch: int, perm: torch.T
     return d.reshape(d.shape[0], blocks, batch).mean(dim=2).median(dim=1).values
 
 
-def measurement_loss(meas: Measurements, x: torch.Tensor, config: LatentFitConfig) -> torch.Tensor:
-    """What restarts are compared by, per image ``x`` ``[B, n]``: see the module docstring."""
-    r = meas.residuals(x)
+def measurement_loss(
+    meas: Measurements, x: torch.Tensor, config: LatentFitConfig, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """What restarts are compared by, per image ``x`` ``[B, n]`` against ``y`` (``[B, m]``; default ``meas.y``): see
+    the module docstring."""
+    r = (meas.y if y is None else y) - meas.predict(x)
     if config.objective == "ls":
         return r.square().mean(dim=1)
     zero = torch.zeros_like(r)
@@ -161,22 +181,32 @@ def fit_latent(
     callback: Callable[[int, float], None] | None = None,
 ) -> LatentFitResult:
     """Fit latents of ``generator`` (any module mapping ``[B, d]`` to ``[B, 3, H, W]``, weights left untouched) to
-    ``meas``; ``gt`` (on [-1, 1]) adds MSE/PSNR/SSIM. ``callback(step, loss)`` is called after every step."""
+    ``meas`` (one image, or K images measured by one operator: all fitted in one batch); ``gt`` (on [-1, 1], one
+    image per row of ``y``) adds MSE/PSNR/SSIM. ``callback(step, loss)`` is called after every step."""
     config = config or LatentFitConfig()
     device = torch.device(config.device)
     d = dim or latent_dim(generator)
-    gen = torch.Generator().manual_seed(config.seed)
+    y = meas.y.reshape(-1, meas.m).to(device)
+    images, restarts = y.shape[0], config.restarts
+    rows = images * restarts  # image k's restart j is row k * restarts + j
     mom = config.objective == "mom"
-    count = config.restarts * (2 if mom else 1)  # mom: the zf's, then the zg's, in one batch
+    count = rows * (2 if mom else 1)  # mom: the zf's, then the zg's, in one batch
+    y_rows = y.repeat_interleave(restarts, dim=0).repeat(2 if mom else 1, 1)
+    gen = torch.Generator().manual_seed(config.seed)
     z = torch.randn(count, d, generator=gen).to(device).requires_grad_()
     perm_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     meas_d = meas.to(device)
-    gt_flat = gt.reshape(1, -1).to(device) if gt is not None else None
-    if gt_flat is not None and gt_flat.shape[1] != meas.n:
-        raise InputError(None, f"the ground truth has {gt_flat.shape[1]} values, the measurements describe {meas.n}")
-    opt_f = torch.optim.Adam([z], lr=config.lr)  # ascent for the zg rows: their gradient is negated below
+    gt_rows = None
+    if gt is not None:
+        gt_flat = gt.reshape(images, -1).to(device)
+        if gt_flat.shape[1] != meas.n:
+            raise InputError(
+                None, f"the ground truth has {gt_flat.shape[1]} values, the measurements describe {meas.n}"
+            )
+        gt_rows = gt_flat.repeat_interleave(restarts, dim=0)
+    opt = torch.optim.Adam([z], lr=config.lr)  # ascent for the zg rows: their gradient is negated below
     sign = torch.ones(count, 1, device=device)
-    sign[config.restarts :] = -1.0
+    sign[rows:] = -1.0
     history: list[dict[str, float]] = []
     bar = progress_bar(progress, description, config.iters)
     bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
@@ -191,32 +221,33 @@ def fit_latent(
             bar.start()
         for i in range(config.iters):
             x = generator(z).reshape(count, -1)
-            r = meas_d.residuals(x)
+            r = y_rows - meas_d.predict(x)
             if mom:
                 perm = torch.randperm(r.shape[1], generator=perm_gen, device=device)
-                per = mom_loss(r[: config.restarts], r[config.restarts :], config.mom_batch, perm)
+                per = mom_loss(r[:rows], r[rows:], config.mom_batch, perm)
             else:
                 per = r.square().mean(dim=1) + config.z_penalty * z.square().sum(dim=1)
-            opt_f.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             per.sum().backward()
             z.grad.mul_(sign)
-            opt_f.step()
-            loss = float(per.detach().min())
+            opt.step()
+            loss = float(per.detach().view(images, restarts).min(dim=1).values.mean())
             if callback is not None:
                 callback(i + 1, loss)
             if (i + 1) % config.log_every == 0 or i == config.iters - 1:
                 entry = {"iter": i + 1, "seconds": round(time.perf_counter() - t0, 4), "loss": loss}
-                if gt_flat is not None:
-                    entry["mse"] = float((x[: config.restarts].detach() - gt_flat).square().mean(dim=1).min())
+                if gt_rows is not None:
+                    mse = (x[:rows].detach() - gt_rows).square().mean(dim=1).view(images, restarts)
+                    entry["mse"] = float(mse.min(dim=1).values.mean())
                 history.append(entry)
                 if bar:
                     bar.update(bar_task, completed=i + 1, stats=f"loss {loss:.5g}")
             elif bar:
                 bar.update(bar_task, completed=i + 1)
         with torch.no_grad():
-            zf = z[: config.restarts].detach()
+            zf = z[:rows].detach()
             final = generator(zf)
-            losses = measurement_loss(meas_d, final.reshape(config.restarts, -1), config)
+            losses = measurement_loss(meas_d, final.reshape(rows, -1), config, y_rows[:rows]).view(images, restarts)
     finally:
         if bar:
             bar.stop()
@@ -224,19 +255,22 @@ def fit_latent(
             p.requires_grad_(g)
         generator.train(was_training)
     seconds = time.perf_counter() - t0
-    k = int(torch.argmin(losses))
-    output = final[k : k + 1].cpu()
-    quality = image_metrics(output, gt) if gt is not None else {"mse": None, "psnr": None, "ssim": None}
+    kept = torch.argmin(losses, dim=1)
+    index = torch.arange(images, device=kept.device) * restarts + kept
+    output = final[index].cpu()
+    per_image = per_image_metrics(output, gt) if gt is not None else []
+    quality = {k: sum(r[k] for r in per_image) / len(per_image) if per_image else None for k in ("mse", "psnr", "ssim")}
     return LatentFitResult(
         output=output,
-        latent=zf[k : k + 1].cpu(),
-        measurement_loss=float(losses[k]),
-        restart_losses=[float(v) for v in losses],
-        restart=k,
+        latent=zf[index].cpu(),
+        measurement_loss=float(losses.min(dim=1).values.mean()),
+        restart_losses=[[float(v) for v in row] for row in losses.cpu()],
+        restarts=[int(k) for k in kept],
         seconds=seconds,
         iterations=config.iters,
         step_ms=1000.0 * seconds / config.iters,
         history=history,
+        per_image=per_image,
         **quality,
     )
 
@@ -250,5 +284,6 @@ __all__ = [
     "latent_dim",
     "measurement_loss",
     "mom_loss",
+    "per_image_metrics",
     "to_unit",
 ]

@@ -225,7 +225,8 @@ def make_operator(kind: str, n: int, m: int, seed: int = 0) -> Operator:
 
 @dataclass
 class Measurements:
-    """``y`` (``[m]``, first the operator's rows, then ``outliers`` rows of ones) and how it was made."""
+    """``y`` (``[m]``, first the operator's rows, then ``outliers`` rows of ones; ``[K, m]`` for K images measured by
+    the same operator) and how it was made."""
 
     operator: Operator
     y: torch.Tensor
@@ -233,7 +234,7 @@ class Measurements:
     noise_sigma: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.y.dim() != 1 or self.y.numel() != self.m:
+        if self.y.dim() not in (1, 2) or self.y.shape[-1] != self.m:
             raise InputError(None, f"expected {self.m} measurements, got a tensor of shape {list(self.y.shape)}")
         if not bool(torch.isfinite(self.y).all()):
             raise InputError(None, "the measurements contain NaN or Inf")
@@ -246,6 +247,11 @@ class Measurements:
     @property
     def n(self) -> int:
         return self.operator.n
+
+    @property
+    def images(self) -> int:
+        """How many images ``y`` measures (1 for a 1-D ``y``)."""
+        return 1 if self.y.dim() == 1 else self.y.shape[0]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The noiseless measurements of images ``x`` ``[B, n]``: ``[B, m]`` (an outlier row measures ``sum(x)``)."""
@@ -274,21 +280,23 @@ class Measurements:
 def simulate_measurements(
     x: torch.Tensor, operator: Operator, noise_sigma: float = 0.0, outliers: int = 0, seed: int = 0
 ) -> Measurements:
-    """The paper's measurements of image ``x`` (any shape with ``operator.n`` values, on [-1, 1]): ``A x`` plus
-    N(0, noise_sigma^2) noise (seeded), then ``outliers`` rows of ones measuring :data:`OUTLIER_VALUE`."""
+    """The paper's measurements of image ``x`` (on [-1, 1], ``operator.n`` values; ``[K, C, H, W]`` with K > 1: one row
+    of ``y`` per image): ``A x`` plus N(0, noise_sigma^2) noise (seeded), then ``outliers`` rows of ones measuring
+    :data:`OUTLIER_VALUE`."""
     if not math.isfinite(noise_sigma) or noise_sigma < 0:
         raise InputError(None, f"noise sigma must be a finite number >= 0, got {noise_sigma}")
     if outliers < 0:
         raise InputError(None, f"outliers must be >= 0, got {outliers}")
-    flat = x.reshape(1, -1).float()
+    k = x.shape[0] if x.dim() == 4 else 1
+    flat = x.reshape(k, -1).float()
     if flat.shape[1] != operator.n:
         raise InputError(None, f"the image has {flat.shape[1]} values, the operator measures {operator.n}")
-    clean = operator.apply(flat.to(_device(operator)))[0].cpu()
+    clean = operator.apply(flat.to(_device(operator))).cpu()
     gen = torch.Generator().manual_seed(int(seed))
     y = clean + noise_sigma * torch.randn(clean.shape, generator=gen)
     if outliers:
-        y = torch.cat([y, torch.full((outliers,), OUTLIER_VALUE)])
-    return Measurements(operator, y, outliers, noise_sigma)
+        y = torch.cat([y, torch.full((k, outliers), OUTLIER_VALUE)], dim=1)
+    return Measurements(operator, y[0] if k == 1 else y, outliers, noise_sigma)
 
 
 def _device(operator: Operator) -> torch.device:
@@ -300,16 +308,20 @@ def _device(operator: Operator) -> torch.device:
 
 
 def back_projection(meas: Measurements) -> torch.Tensor:
-    """``A^T y`` over the operator's rows (told which rows are outliers, and without them): ``[n]``."""
-    y = meas.y[: meas.operator.m].to(_device(meas.operator))
-    return meas.operator.adjoint(y[None])[0].cpu()
+    """``A^T y`` over the operator's rows (told which rows are outliers, and without them): ``[n]`` (``[K, n]``)."""
+    y = meas.y.reshape(-1, meas.m)[:, : meas.operator.m].to(_device(meas.operator))
+    out = meas.operator.adjoint(y).cpu()
+    return out[0] if meas.y.dim() == 1 else out
 
 
 def least_squares(meas: Measurements) -> torch.Tensor | None:
-    """The minimum-norm least-squares image ``A^+ y`` over the operator's rows, or None where it is not cheap."""
-    y = meas.y[: meas.operator.m].to(_device(meas.operator))
-    out = meas.operator.pseudo_inverse(y[None])
-    return None if out is None else out[0].cpu()
+    """The minimum-norm least-squares image ``A^+ y`` over the operator's rows (``[n]``, ``[K, n]``), or None where
+    it is not cheap."""
+    y = meas.y.reshape(-1, meas.m)[:, : meas.operator.m].to(_device(meas.operator))
+    out = meas.operator.pseudo_inverse(y)
+    if out is None:
+        return None
+    return out[0].cpu() if meas.y.dim() == 1 else out.cpu()
 
 
 MEASUREMENTS_FORMAT = "lipdeploy.measurements"

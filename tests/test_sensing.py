@@ -140,9 +140,24 @@ def test_fit_latent_recovers_a_generator_image_better_than_the_linear_baselines(
     base = image_metrics(least_squares(meas).view(1, 3, 4, 4), x)
     assert res.mse < 0.1 * base["mse"]
     assert res.psnr > base["psnr"] + 10
-    assert len(res.restart_losses) == 3 and res.measurement_loss == min(res.restart_losses)
+    assert len(res.restart_losses[0]) == 3 and res.measurement_loss == min(res.restart_losses[0])
     assert res.history[-1]["iter"] == 300 and res.output.shape == (1, 3, 4, 4)
     assert all(p.requires_grad for p in g.parameters()) and g.fc.weight.grad is None  # weights untouched
+
+
+def test_several_images_fit_in_one_batch_each_keeping_its_best_restart():
+    g = LinearGenerator()
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        x = g(z)
+    meas = simulate_measurements(x, GaussianOperator(48, 12, seed=0), noise_sigma=0.01, seed=1)
+    assert meas.y.shape == (3, 12) and meas.images == 3
+    assert torch.allclose(meas.y[1], simulate_measurements(x[1:2], meas.operator, seed=1).y, atol=0.05)
+    res = fit_latent(g, meas, LatentFitConfig(iters=300, lr=0.05, restarts=2), gt=x)
+    assert res.output.shape == (3, 3, 4, 4) and len(res.per_image) == 3 and len(res.restarts) == 3
+    assert all(row["mse"] < 0.02 for row in res.per_image)
+    assert res.mse == pytest.approx(sum(r["mse"] for r in res.per_image) / 3)
+    assert back_projection(meas).shape == (3, 48) and least_squares(meas).shape == (3, 48)
 
 
 def test_mom_resists_outliers_where_least_squares_fails():

@@ -126,7 +126,7 @@ def restore_with_generator(
     if as_json:
         click.echo(json.dumps(json.loads(dumps_record(record)), indent=2))
         return
-    click.echo(f"restored in {result.seconds:.1f} s ({result.step_ms:.1f} ms/step), restart {result.restart} kept")
+    click.echo(f"restored in {result.seconds:.1f} s ({result.step_ms:.1f} ms/step), restart {result.restarts[0]} kept")
     if result.mse is not None:
         click.echo(
             f"final iteration: MSE {result.mse:.5f} per pixel on [-1, 1], PSNR {result.psnr:.2f} dB, SSIM "
@@ -236,7 +236,7 @@ def _record(image, original, res, gen_path, ticket, label, ticket_obj, task, tas
             "iterations": result.iterations,
             "ms_per_step": round(result.step_ms, 3),
         },
-        "restarts": {"losses": result.restart_losses, "kept": result.restart, "loss": result.measurement_loss},
+        "restarts": {"losses": result.restart_losses[0], "kept": result.restarts[0], "loss": result.measurement_loss},
         "metrics": result.metrics_record() if with_gt else None,
         "history": result.history,
         "environment": environment(),
