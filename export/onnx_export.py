@@ -54,7 +54,9 @@ from .graph_tidy import fold_small_constants, shorten_names
 from .sparse_pack import PackedTensor, pack_initializers
 
 INPUT_NAME = "code"
+LATENT_NAME = "latent"
 OUTPUT_NAME = "image"
+PARITY_BATCH = 2  # a generator's parity batch: more than one sample, so a batch-size bug shows
 NOISE_SCALE = 0.1
 DEFAULT_TOLERANCE = 1e-4
 
@@ -68,7 +70,8 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportSummary:
-    """What an export produced and measured. Errors are max abs differences on the [0, 1] image scale."""
+    """What an export produced and measured. Errors are max abs differences on the network's own output scale
+    ([0, 1] for a DIP or deep decoder, nominally [-1, 1] for a generator, whose parity runs on a batch of latents)."""
 
     path: str
     manifest_path: str
@@ -93,6 +96,7 @@ class ExportSummary:
     removed: dict[str, Any] = field(default_factory=dict)
     packed: list[dict[str, Any]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    model_input: str = ""  # the graph input in words, e.g. "latent 'latent' [N, 512], batch N dynamic"
 
     @property
     def size_ratio(self) -> float:
@@ -102,6 +106,62 @@ class ExportSummary:
         d = asdict(self)
         d["size_ratio"] = self.size_ratio
         return d
+
+
+# --------------------------------------------------------------------------------------------------- input
+
+
+def is_generator(arch: Any) -> bool:
+    """A latent-input prior (a GAN generator): its exported input is the latent ``[batch, latent_dim]``."""
+    return hasattr(arch, "latent_dim")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The exported graph's input and how parity and calibration inputs are drawn.
+
+    A noise-code prior (DIP, deep decoder) takes ``code`` ``[1, C, H, W]`` (height and width dynamic); a generator
+    takes ``latent`` ``[batch, latent_dim]`` (batch dynamic) and makes ``[batch, 3, R, R]``.
+    """
+
+    name: str
+    axes: dict[int, str]
+    output_axes: dict[int, str]
+    image_size: tuple[int, int]  # the parity image size
+    arch: Any = field(repr=False)
+
+    @property
+    def generator(self) -> bool:
+        return self.name == LATENT_NAME
+
+    def describe(self) -> str:
+        if self.generator:
+            return f"latent {self.name!r} [N, {self.arch.latent_dim}], batch N dynamic"
+        return f"noise code {self.name!r} [1, C, H, W], H and W dynamic"
+
+    def draw(self, seed: int) -> torch.Tensor:
+        """One input at the parity size (a generator: :data:`PARITY_BATCH` latents)."""
+        if self.generator:
+            from lipdeploy.generator import make_latent  # the generator module: only for generator exports
+
+            return make_latent(self.arch, PARITY_BATCH, seed=seed)
+        return make_input(self.arch, *self.image_size, seed=seed, scale=NOISE_SCALE)
+
+
+def model_input(arch: Any, test_size: tuple[int, int]) -> ModelInput:
+    """The input of ``arch``'s exported model, with parity at ``test_size`` (a generator's own resolution)."""
+    if is_generator(arch):
+        side = arch.resolution
+        return ModelInput(LATENT_NAME, {0: "batch"}, {0: "batch"}, (side, side), arch)
+    code_dims = {2: "height", 3: "width"} if arch.kind != "dd" else {2: "code_height", 3: "code_width"}
+    return ModelInput(INPUT_NAME, code_dims, {2: "height", 3: "width"}, tuple(test_size), arch)
+
+
+def generator_activation_bytes(arch: Any, batch: int) -> int:
+    """A generator's activations for ``batch`` latents: every op's output of its traced graph, float32."""
+    from lipdeploy.compaction.trace import activation_bytes as traced_bytes  # tracer: only for generators
+
+    return traced_bytes(arch.build().to("meta"), arch.latent_dim, 2, batch)
 
 
 # --------------------------------------------------------------------------------------------------- module
@@ -149,7 +209,7 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _torch_to_onnx(module: nn.Module, example: torch.Tensor, opset: int, code_is_image_size: bool) -> onnx.ModelProto:
+def _torch_to_onnx(module: nn.Module, example: torch.Tensor, opset: int, inp: ModelInput) -> onnx.ModelProto:
     """The module traced to ONNX by the TorchScript-based exporter (``dynamo=False``), tidied.
 
     Why not the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, torch 2.13 + onnxscript 0.7.2), compared on
@@ -161,8 +221,6 @@ def _torch_to_onnx(module: nn.Module, example: torch.Tensor, opset: int, code_is
     the legacy exporter is removed.
     """
     buf = io.BytesIO()
-    dims = {0: "batch", 2: "height", 3: "width"}
-    code_dims = {2: "height", 3: "width"} if code_is_image_size else {2: "code_height", 3: "code_width"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -171,14 +229,17 @@ def _torch_to_onnx(module: nn.Module, example: torch.Tensor, opset: int, code_is
             buf,
             dynamo=False,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=[inp.name],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: code_dims, OUTPUT_NAME: {2: dims[2], 3: dims[3]}},
+            dynamic_axes={inp.name: inp.axes, OUTPUT_NAME: inp.output_axes},
             do_constant_folding=True,
             training=torch.onnx.TrainingMode.PRESERVE,
         )
     model = onnx.load_from_string(buf.getvalue())
-    _name_output_dims(model)
+    if inp.generator:
+        _fix_image_dims(model, (inp.arch.dim_output, *inp.image_size))
+    else:
+        _name_output_dims(model)
     fold_small_constants(model)
     shorten_names(model)
     return model
@@ -191,6 +252,13 @@ def _name_output_dims(model: onnx.ModelProto) -> None:
         dims = out.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[0].dim_param:
             dims[0].dim_value = 1  # setting dim_value clears dim_param (a oneof)
+
+
+def _fix_image_dims(model: onnx.ModelProto, dims: tuple[int, int, int]) -> None:
+    """A generator's output ``[batch, C, R, R]``: C and R are fixed (the tracer names some after nodes)."""
+    out = model.graph.output[0].type.tensor_type.shape.dim
+    for d, v in zip(list(out)[1:], dims, strict=True):
+        d.dim_value = int(v)  # setting dim_value clears dim_param (a oneof)
 
 
 def _embed_input(model: onnx.ModelProto, code: np.ndarray, image_size: tuple[int, int]) -> None:
@@ -245,6 +313,7 @@ def _store_fp16(model: onnx.ModelProto, names: list[str]) -> None:
 
 
 def _quantize_int8(model: onnx.ModelProto, codes: list[np.ndarray]) -> onnx.ModelProto:
+    name = model.graph.input[0].name
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -253,7 +322,7 @@ def _quantize_int8(model: onnx.ModelProto, codes: list[np.ndarray]) -> onnx.Mode
 
         def get_next(self):
             code = next(self.it, None)
-            return None if code is None else {INPUT_NAME: code}
+            return None if code is None else {name: code}
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -314,7 +383,7 @@ def ort_session(
 
 def _run(model: onnx.ModelProto, code: np.ndarray | None) -> np.ndarray:
     sess = ort_session(model)
-    feeds = {} if code is None else {INPUT_NAME: code}
+    feeds = {} if code is None else {sess.get_inputs()[0].name: code}
     return sess.run(None, feeds)[0]
 
 
@@ -364,6 +433,32 @@ def manifest_path_for(path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- export
+
+
+def _input_and_sizes(
+    ticket: Ticket, embed_input: tuple[int, int] | None, test_size: tuple[int, int] | None
+) -> tuple[ModelInput, tuple[int, int] | None]:
+    """The model's input (parity size checked) and the checked embedded size; refuses what would not fit in memory."""
+    arch = ticket.arch
+    if is_generator(arch):
+        if embed_input is not None:
+            raise InputError(None, "a generator's input is its latent: a noise code cannot be embedded")
+        side = arch.resolution
+        if test_size is not None and tuple(test_size) != (side, side):
+            raise InputError(None, f"test size {test_size[0]}x{test_size[1]}: the generator makes {side}x{side} images")
+        # the reference (float32 and float64), the traced graph and ONNX Runtime each hold the activations
+        check_memory(4 * generator_activation_bytes(arch, PARITY_BATCH), f"export of a {side}x{side} generator")
+        return model_input(arch, (side, side)), None
+    stride = arch.stride
+    min_side = getattr(arch, "min_side", stride)
+    if embed_input is not None:
+        embed_input = _check_size(embed_input, stride, "embedded input size", min_side)
+    if test_size is None:
+        test_size = embed_input or (max(64, stride * 2), max(96, stride * 3))
+    test_size = _check_size(test_size, stride, "test size", min_side)
+    # the reference, the traced graph and ONNX Runtime each hold the activations (x 3), plus int8 calibration runs
+    check_memory(3 * activation_bytes(arch, *test_size, training=False), f"export at {test_size[0]}x{test_size[1]}")
+    return model_input(arch, test_size), embed_input
 
 
 def export_onnx(
@@ -417,22 +512,13 @@ def export_onnx(
         raise InputError(None, "--quantize int8 and --dtype fp16 exclude each other")
     if opset < 17:
         raise InputError(None, f"opset {opset} is too old: 17 or newer")
-    stride = ticket.arch.stride
-    min_side = getattr(ticket.arch, "min_side", stride)
-    if embed_input is not None:
-        embed_input = _check_size(embed_input, stride, "embedded input size", min_side)
     path, manifest_path = check_output_set(path, force)
-    if test_size is None:
-        test_size = embed_input or (max(64, stride * 2), max(96, stride * 3))
-    test_size = _check_size(test_size, stride, "test size", min_side)
-    # the reference, the traced graph and ONNX Runtime each hold the activations (x 3), plus int8 calibration runs
-    check_memory(
-        3 * activation_bytes(ticket.arch, *test_size, training=False), f"export at {test_size[0]}x{test_size[1]}"
-    )
+    inp, embed_input = _input_and_sizes(ticket, embed_input, test_size)
+    test_size = inp.image_size
 
     # 1-2: compacted module -> ONNX
     module, removed = export_module(ticket, weights, bn)
-    code_t = make_input(ticket.arch, *test_size, seed=seed, scale=NOISE_SCALE)
+    code_t = inp.draw(seed)
     with torch.no_grad():
         # The oracle is the masked network in float64: in float32 a channel that is constant (all its inputs pruned)
         # leaves a rounding residue that the next per-image BatchNorm divides by sqrt(var + eps), i.e. amplifies up to
@@ -443,7 +529,7 @@ def export_onnx(
         _check_finite_output(net(code_t.clone()).numpy(), "the network's output", ticket.source)
         reference = net.double()(code_t.clone().double()).float().numpy()
     code = code_t.numpy()
-    model = _torch_to_onnx(module, code_t, opset, ticket.arch.kind != "dd")
+    model = _torch_to_onnx(module, code_t, opset, inp)
     timings["torch_export"] = time.perf_counter() - t0
 
     # 3: post-processing
@@ -455,12 +541,9 @@ def export_onnx(
     dense_fp32_bytes = fp32_model.ByteSize()
     t1 = time.perf_counter()
     if quantize == "int8":
-        calib = [code] + [
-            make_input(ticket.arch, *test_size, seed=seed + 1000 + i, scale=NOISE_SCALE).numpy()
-            for i in range(max(0, calibration_codes - 1))
-        ]
+        calib = [code] + [inp.draw(seed + 1000 + i).numpy() for i in range(max(0, calibration_codes - 1))]
         if embed_input is not None:  # calibrate the graph with its input, then embed
-            plain = _torch_to_onnx(module, code_t, opset, ticket.arch.kind != "dd")
+            plain = _torch_to_onnx(module, code_t, opset, inp)
             model = _quantize_int8(plain, calib)
             _embed_input(model, code, embed_input)
         else:
@@ -540,6 +623,7 @@ def export_onnx(
         removed=removed,
         packed=[p.to_dict() for p in packed],
         timings_s=timings,
+        model_input=inp.describe(),
     )
     manifest = _manifest(summary, ticket)
     manifest["model_sha256"] = hashlib.sha256(data).hexdigest()
@@ -559,6 +643,16 @@ def export_onnx(
 def input_contract(ticket: Ticket, embed_input: tuple[int, int] | None, seed: int) -> dict[str, Any]:
     """How to feed the model (also read back by ``lipdeploy run``)."""
     arch = ticket.arch
+    if is_generator(arch):
+        side = arch.resolution
+        return {
+            "embedded": False,
+            "name": LATENT_NAME,
+            "dtype": "float32",
+            "shape": ["batch", arch.latent_dim],
+            "latent": "N(0, I): lipdeploy.generator.make_latent(spec, batch, seed)",
+            "output": {"name": OUTPUT_NAME, "shape": ["batch", arch.dim_output, side, side], "range": [-1, 1]},
+        }
     c = arch.input_channels
     if embed_input is not None:
         return {

@@ -43,7 +43,8 @@ class LayerStats:
 
 
 def output_sizes(ticket: Ticket, height: int, width: int) -> dict[str, tuple[int, int]]:
-    """Each convolution's output H x W for an image of ``height`` x ``width`` (shape-only pass on the meta device)."""
+    """Each convolution's output H x W for an image of ``height`` x ``width`` (shape-only pass on the meta device).
+    A convolution the forward never runs (a fully grown generator's earlier toRGB layers) is absent."""
     model = ticket.arch.build().to("meta")
     sizes: dict[str, tuple[int, int]] = {}
     for name, conv in conv_layers(model).items():
@@ -62,7 +63,7 @@ def layer_stats(ticket: Ticket, height: int = 256, width: int = 256) -> list[Lay
         mask = ticket.masks[f"{name}.weight"]
         cout, cin, kh, kw = mask.shape
         kernel_nnz = mask.reshape(cout, cin, kh * kw).sum(-1)  # nonzeros per (output, input) kernel
-        oh, ow = sizes[name]
+        oh, ow = sizes.get(name, (0, 0))  # (0, 0): never run, costs nothing
         nnz = int(mask.count_nonzero())
         rows.append(
             LayerStats(
@@ -158,10 +159,13 @@ def layer_labels(arch) -> dict[str, str]:
     conv, a conv, then the next level) and, after their concatenation, the up-side convs; the deep decoder is a chain
     of 1x1-conv blocks. The labels follow the order in which ``arch.build()`` creates the convolutions.
     """
-    from .networks import conv_layers
-
+    kind = getattr(arch, "kind", "dip")
+    if kind == "pgan":
+        return generator_labels(arch)
+    if kind not in ("dip", "dd"):  # a network from the user's code: its paths are its names
+        return {name: name for name in conv_layers(arch.build().to("meta"))}
     roles: list[str] = []
-    if getattr(arch, "kind", "dip") == "dd":
+    if kind == "dd":
         roles = [f"block {i + 1}, 1x1 conv" for i in range(arch.depth + 1)]
     else:
 
@@ -183,3 +187,19 @@ def layer_labels(arch) -> dict[str, str]:
     if len(names) != len(roles):  # an architecture this function does not know: the paths are still unique names
         return {name: name for name in names}
     return dict(zip(names, roles, strict=True))
+
+
+def generator_labels(arch) -> dict[str, str]:
+    """A progressive-GAN generator's convolutions by role: the 4 x 4 conv, two convs per further scale, one toRGB
+    per scale (only the last runs when fully grown; the one before it too in a mid-growth blend)."""
+    labels = {"groupScale0.0.module": "4x4, conv"}
+    for s in range(len(arch.depth_other_scales)):
+        side = 4 * 2 ** (s + 1)
+        labels[f"scaleLayers.{s}.0.module"] = f"{side}x{side}, conv 1 (after upsampling)"
+        labels[f"scaleLayers.{s}.1.module"] = f"{side}x{side}, conv 2"
+    last = len(arch.depths) - 1
+    for i in range(last + 1):
+        side = 4 * 2**i
+        used = i == last or (i == last - 1 and arch.alpha > 0)
+        labels[f"toRGBLayers.{i}.module"] = f"toRGB at {side}x{side}" + ("" if used else " (unused)")
+    return labels

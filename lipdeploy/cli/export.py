@@ -69,7 +69,7 @@ def print_summary(summary) -> None:
             "input",
             f"embedded code {summary.embed_input[0]}x{summary.embed_input[1]}, seed {summary.seed} (no input)"
             if summary.embed_input
-            else "noise code 'code' [1, C, H, W], H and W dynamic",
+            else summary.model_input,
         ),
         (
             f"parity @ {summary.parity_size[0]}x{summary.parity_size[1]}",
@@ -163,6 +163,9 @@ def export_command(
 ) -> None:  # fmt: skip
     """Export TICKET (default: the bundled example) to an ONNX model run by ONNX Runtime alone.
 
+    A generator (G.pth, or its ticket) exports with one input, the latent [batch, latent_dim] (batch dynamic), and
+    its image [batch, 3, R, R] as output, on the generator's own scale.
+
     The graph is the exactly compacted network; in fp32 its output equals the masked PyTorch network's within 1e-4
     (checked at export, recorded in the manifest written beside the model as NAME.manifest.json). fp16 and int8
     change the output: their measured error and PSNR against fp32 are reported and recorded.
@@ -177,10 +180,12 @@ def export_command(
         prior = replace(prior, ticket=require_bundled_ticket())
         log(f"using the bundled example ticket {prior.ticket}")
     t = open_ticket(prior)
-    stride = t.arch.stride
+    stride = getattr(t.arch, "stride", 1)  # a generator's image size is fixed: export_onnx checks it
     embed = parse_size(embed_input, stride) if embed_input else None
     tsize = parse_size(test_size, stride) if test_size else None
     target_img = None
+    if target is not None and hasattr(t.arch, "latent_dim"):
+        raise InputError(target, "--target is for noise-code priors; a generator's output is not fitted to one image")
     if target is not None:
         from ..images import crop_to_multiple, load_image  # torch: only with --target
 

@@ -9,6 +9,7 @@ import click
 
 from ..analysis import block_report, layer_labels, layer_stats
 from ..compaction import analyze_compaction
+from ..errors import InputError
 from ..fileio import atomic_write_text, check_output_path
 from ..priors import PriorSpec
 from .options import examples, force_option, json_option, open_ticket, parse_size, quiet_option, ticket_options
@@ -17,6 +18,7 @@ EXAMPLES = examples(
     "lipdeploy inspect --example",
     "lipdeploy inspect tickets/round_10.pt --size 512x512",
     "lipdeploy inspect masks.pt --weights init.pt --json -o report.json",
+    "lipdeploy inspect celebaHQ_s6_i80000-6196db68.pth --net avgG",
 )
 
 
@@ -50,6 +52,16 @@ def inspect_report(ticket, height: int, width: int) -> dict:
     report["compaction"] = _compaction(ticket, height, width)
     report["blocks"] = block_report(ticket)  # None unless the masks are block-structured
     return report
+
+
+def image_size(arch, size: str | None) -> tuple[int, int]:
+    """The image size the FLOPs are counted at: ``--size`` (default 256x256), a generator's own resolution."""
+    side = getattr(arch, "resolution", None)
+    if side is None:
+        return parse_size(size or "256x256", arch.stride)
+    if size is not None and parse_size(size) != (side, side):
+        raise InputError(None, f"--size {size}: the generator makes {side}x{side} images")
+    return side, side
 
 
 def _compaction(ticket, height: int, width: int) -> dict:
@@ -176,22 +188,30 @@ def provenance_rows(provenance: dict) -> list[tuple[str, str]]:
 
 @click.command("inspect", epilog=EXAMPLES)
 @ticket_options(required=True)
-@click.option("--size", default="256x256", show_default=True, help="Image size HxW for the FLOP counts.")
+@click.option(
+    "--size",
+    default=None,
+    show_default="256x256; a generator's own resolution",
+    help="Image size HxW for the FLOP counts.",
+)
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON to this file."
 )
 @json_option("the report")
 @quiet_option(help="With -o FILE: write the file only, no table.")
 @force_option
-def inspect_command(prior: PriorSpec, size: str, output: Path | None, as_json: bool, quiet: bool, force: bool) -> None:
+def inspect_command(
+    prior: PriorSpec, size: str | None, output: Path | None, as_json: bool, quiet: bool, force: bool
+) -> None:
     """Per-layer structure of TICKET: density, unused inputs, dead outputs, zero kernels, FLOPs, compaction.
 
-    Layers are named by their place in the network (level, branch, conv) beside their state-dict path.
+    Layers are named by their place in the network (level, branch, conv) beside their state-dict path. TICKET may be
+    a generator (G.pth: FLOPs per latent at its resolution).
     """
     if output is not None:
         check_output_path(output, force)
     t = open_ticket(prior)
-    height, width = parse_size(size, t.arch.stride)
+    height, width = image_size(t.arch, size)
     report = inspect_report(t, height, width)
     if output is not None:
         atomic_write_text(output, json.dumps(report, indent=2) + "\n")

@@ -94,7 +94,8 @@ class ConstMap(nn.Module):
     """Constant channels at an absolute resolution (a generator's maps), or constant features of a vector.
 
     ``values``: [C] (each channel one value) or [C, H, W] (fixed maps, e.g. a dead linear layer's output viewed as
-    4 x 4); ``size``: (H, W) of the maps, None for a vector [N, C]. The batch size comes from the network input ``x``.
+    4 x 4); ``size``: (H, W) of the maps, None for a vector [N, C]. The batch size comes from the network input ``x``,
+    a vector [N, L] (maps of absolute size only arise from a vector input).
     """
 
     def __init__(self, values: torch.Tensor, size: tuple[int, int] | None) -> None:
@@ -106,7 +107,10 @@ class ConstMap(nn.Module):
             self.register_buffer("plane", torch.zeros((1, 1, *self.size), dtype=values.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = torch.zeros_like(x.flatten(1)[:, :1])  # [N, 1]: the batch of the input, finite whatever x holds
+        # [N, 1]: the batch of the input (a vector: absolute sizes only follow a vector viewed as maps). A product,
+        # not zeros_like, which exports as ConstantOfShape (a tensor sized by data, which `lipdeploy run` refuses);
+        # a non-finite input makes the reference's output non-finite anyway.
+        base = x[:, :1] * 0.0
         if self.size is None:
             return base + self.values
         return base.view(-1, 1, 1, 1) + self.values + self.plane
@@ -182,7 +186,7 @@ class AlignedSum(nn.Module):
     def _aligned(self, j: int, x: torch.Tensor) -> torch.Tensor:
         if not self.gathers[j]:
             return x
-        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        padded = torch.cat([x, x[:, :1] * 0.0], dim=1)  # the zero channel (see ConstMap for why not zeros_like)
         return padded[:, getattr(self, f"index{j}")]
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -202,20 +206,22 @@ class AlignedSum(nn.Module):
 
 class ViewMap(nn.Module):
     """A vector's features viewed as ``channels`` maps of ``size`` (``nn.Unflatten(1, (C, H, W))``), after gathering
-    the features of the kept channels: ``index`` into ``x``'s features followed by ``values`` (constant features of a
-    channel whose other features are live, or whose constants differ)."""
+    the features of the kept channels: ``index`` (None: all, in order) into ``x``'s features followed by ``values``
+    (constant features of a channel whose other features are live, or whose constants differ)."""
 
-    def __init__(self, index: torch.Tensor, values: torch.Tensor, channels: int, size: tuple[int, int]) -> None:
+    def __init__(self, index: torch.Tensor | None, values: torch.Tensor, channels: int, size: tuple[int, int]) -> None:
         super().__init__()
-        self.register_buffer("index", index.clone())
+        self.register_buffer("index", index.clone() if index is not None else None)
         self.register_buffer("values", values.detach().clone().reshape(1, -1))
         self.channels = int(channels)
         self.size = (int(size[0]), int(size[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.values.numel():
-            x = torch.cat([x, torch.zeros_like(x[:, :1]) + self.values], dim=1)
-        return x[:, self.index].unflatten(1, (self.channels, *self.size))
+            x = torch.cat([x, x[:, :1] * 0.0 + self.values], dim=1)
+        if self.index is not None:
+            x = x[:, self.index]
+        return x.reshape(-1, self.channels, *self.size)  # a constant shape: no Shape op in the exported graph
 
     def extra_repr(self) -> str:
         return f"{self.channels}, size={self.size}"

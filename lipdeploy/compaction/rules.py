@@ -515,10 +515,8 @@ class UnflattenRule(Rule):
         cpos = {f: len(have) + k for k, f in enumerate(consts)}
         index = torch.tensor([pos[int(f)] if int(f) in pos else cpos[int(f)] for f in feats], dtype=torch.long)
         values = src[torch.tensor(consts, dtype=torch.long)] if consts else torch.zeros(0, dtype=torch.float64)
-        if not consts and len(have) == len(feats) and bool((index == torch.arange(len(feats))).all()):
-            module: nn.Module = nn.Unflatten(1, (len(idx), *node.size))
-        else:
-            module = ViewMap(index, values.to(b.dtype), len(idx), node.size)
+        identity = not consts and len(have) == len(feats) and bool((index == torch.arange(len(feats))).all())
+        module = ViewMap(None if identity else index, values.to(b.dtype), len(idx), node.size)
         b.module_step(i, node, self.kind, module)
 
 

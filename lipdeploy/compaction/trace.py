@@ -10,6 +10,7 @@ with one line naming the module path and class.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -44,6 +45,13 @@ def trace(model: nn.Module, channels: int, rank: int) -> list[Node]:
     nodes = [Node("input", [], channels, "input", rank=rank)]
     _Walker(nodes).walk(model, 0, "")
     return nodes
+
+
+def activation_bytes(model: nn.Module, channels: int, rank: int, batch: int, height: int = 1, width: int = 1) -> int:
+    """Every op's output of ``model`` as float32 for ``batch`` inputs of ``height`` x ``width`` (a bound of one
+    forward pass's activation memory, from the traced graph's shapes alone)."""
+    nodes = trace(model, channels, rank)
+    return 4 * batch * sum(n.channels * math.prod(n.output_hw(height, width)) for n in nodes)
 
 
 def _plain_sequential(module: nn.Module) -> bool:
