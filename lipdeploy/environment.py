@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -138,6 +139,20 @@ def _read_head(gitdir: Path) -> str | None:
 
 def _is_hash(text: str) -> bool:
     return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
+def import_onnxruntime() -> ModuleType:
+    """ONNX Runtime with its telemetry off; every module of the toolkit that runs ONNX Runtime imports it here.
+
+    Importing ``onnxruntime`` 1.32 writes a device id and an event database under ``~/.cache/Microsoft/DeveloperTools``
+    unless ``ORT_DISABLE_TELEMETRY=1`` is set before its first import (a user who sets it to 0 keeps it);
+    ``disable_telemetry_events()`` turns off the events its sessions log (producer, graph and machine details).
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime  # slow to import: loaded only by the commands that run a model
+
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime
 
 
 def environment() -> dict[str, Any]:

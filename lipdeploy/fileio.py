@@ -55,10 +55,11 @@ def check_regular_file(path: str | Path, what: str = "file") -> Path:
         raise InputError(path, "no such file" if not path.is_symlink() else "is a dangling symbolic link") from None
     except OSError as exc:
         raise InputError(path, f"cannot examine the {what} ({exc.strerror or exc})") from None
+    article = "an" if what[:1] in "aeiouAEIOU" else "a"
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(path, f"is a directory, not a {what}")
+        raise InputError(path, f"is a directory, not {article} {what}")
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(path, f"is {_special_kind(st.st_mode) or 'not a regular file'}, not a {what}: refused")
+        raise InputError(path, f"is {_special_kind(st.st_mode) or 'not a regular file'}, not {article} {what}: refused")
     if not os.access(path, os.R_OK):
         raise InputError(path, "cannot be read (permission denied)")
     return path

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
-from .fileio import atomic_output
+from .fileio import atomic_output, check_regular_file
 from .limits import MAX_IMAGE_PIXELS, check_image_pixels
 
 SKIMAGE_PREFIX = "skimage:"
@@ -73,11 +73,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     text = str(path)
     if text.startswith(SKIMAGE_PREFIX):
         return standard_image(text[len(SKIMAGE_PREFIX) :])
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not an image")
+    path = check_regular_file(path, "image")  # a FIFO would block Pillow's open() forever
     try:
         with _pixel_limit(), Image.open(path) as im:
             # the header's size, before any pixel is decoded: a 165 kB PNG can claim 12000 x 12000

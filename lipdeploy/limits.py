@@ -183,7 +183,7 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         parts = [(k, getattr(self, k)) for k in ("weights", "gradients", "optimizer", "copies", "activations", "extra")]
-        return ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts if v)
+        return ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts if v >= 0.05 * 2**30) or "all parts < 0.1"
 
 
 def parameter_count(arch: Any) -> int:

@@ -137,9 +137,11 @@ def test_manifest_is_strict_json_and_names_model_hash(tiny):
 def test_run_refuses_non_finite_output(tmp_path):
     x = helper.make_tensor_value_info("code", TensorProto.FLOAT, [1, 3, "h", "w"])
     y = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])
-    log = helper.make_node("Log", ["neg"], ["image"])
-    neg = helper.make_node("Neg", ["code"], ["neg"])
-    model = helper.make_model(helper.make_graph([neg, log], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    neg = helper.make_node("Sub", ["zero", "code"], ["neg"])  # -code < 0: its square root is NaN
+    root = helper.make_node("Sqrt", ["neg"], ["image"])
+    graph = helper.make_graph([neg, root], "g", [x], [y], initializer=[zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "nan.onnx")
     r = run("run", tmp_path / "nan.onnx", "--size", "16x16", "-o", tmp_path / "o.png")
     one_line_error(r, "not finite")
