@@ -64,3 +64,15 @@ def test_example_generator_from_the_cli(tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads(out.with_suffix(".json").read_text())["prior"]["generator"] == "example_generator.pth"
+
+
+@bundled
+def test_find_example_generator_trains_on_its_faces(tmp_path):
+    r = CliRunner().invoke(
+        cli, ["find", "--example-generator", "--rounds", "1", "--epochs", "1", "--batch", "40", "-o",
+              str(tmp_path / "t"), "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "t" / "imp.json").read_text())["settings"]
+    assert settings["data"] == "skimage:lfw_faces:train" and settings["data_images"] == 80
+    assert settings["discriminator"] == "checkpoint"
