@@ -43,9 +43,10 @@ from torch import nn
 
 from lipdeploy import __version__
 from lipdeploy.compaction import CompactionReport, compact
+from lipdeploy.environment import import_onnxruntime
 from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_output_set, check_output_path, dumps_record
-from lipdeploy.limits import activation_bytes, check_memory
+from lipdeploy.limits import activation_bytes, check_memory, check_work
 from lipdeploy.limits import check_size as check_size_limit
 from lipdeploy.networks import make_input
 from lipdeploy.ticket import Ticket
@@ -153,8 +154,23 @@ def model_input(arch: Any, test_size: tuple[int, int]) -> ModelInput:
     if is_generator(arch):
         side = arch.resolution
         return ModelInput(LATENT_NAME, {0: "batch"}, {0: "batch"}, (side, side), arch)
-    code_dims = {2: "height", 3: "width"} if arch.kind != "dd" else {2: "code_height", 3: "code_width"}
+    code_dims = {2: "height", 3: "width"} if code_factor(arch) == 1 else {2: "code_height", 3: "code_width"}
     return ModelInput(INPUT_NAME, code_dims, {2: "height", 3: "width"}, tuple(test_size), arch)
+
+
+def code_factor(arch: Any) -> int:
+    """How much smaller than the image the noise code is (the deep decoder's, and a user network's that upsamples)."""
+    if arch.kind == "dd":
+        return arch.stride
+    return int(getattr(arch, "output_scale", 1))
+
+
+def traced_activation_bytes(arch: Any, height: int, width: int) -> int:
+    """A user network's activations at an image of ``height`` x ``width``, from its traced graph's shapes."""
+    from lipdeploy.compaction.trace import activation_bytes as traced_bytes  # tracer: only for user networks
+
+    _, c, ih, iw = arch.input_shape(height, width)
+    return traced_bytes(arch.build().to("meta"), c, 4, 1, ih, iw)
 
 
 def generator_activation_bytes(arch: Any, batch: int) -> int:
@@ -314,6 +330,7 @@ def _store_fp16(model: onnx.ModelProto, names: list[str]) -> None:
 
 def _quantize_int8(model: onnx.ModelProto, codes: list[np.ndarray]) -> onnx.ModelProto:
     name = model.graph.input[0].name
+    import_onnxruntime()  # telemetry off before onnxruntime.quantization imports it
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -364,8 +381,7 @@ def ort_session(
     benchmark's round-robin): each idle session's spinning workers take the cores from the one running. Measured on the
     2-core VM, paper network at 128 px, four 2-thread sessions interleaved: dense 58.0 ms spinning vs 29.5 ms not,
     the 50%-channel ticket 30.5 vs 11.1 ms (ratio 1.90x vs 2.66x, stable across repeats only without spinning)."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -405,14 +421,13 @@ def _check_size(size: tuple[int, int], stride: int, what: str, min_side: int = 1
 def check_output_set(path: str | Path, force: bool = False) -> tuple[Path, Path]:
     """Check the model and its manifest as one output set: (model path, manifest path).
 
-    A manifest whose model is missing is what an interrupted export leaves (the model is renamed into place before
-    the manifest): it is stale, not a user's file, and is replaced without ``force``.
+    An existing manifest is refused without ``force`` even when the model is new: the output set's renames never
+    leave a manifest without its model (the old one is removed before the model is renamed), so it is someone's file.
     """
     path = Path(path)
     manifest_path = manifest_path_for(path)
     check_output_path(path, force)
-    model_missing = not path.exists() and not path.is_symlink()
-    check_output_path(manifest_path, force or model_missing)
+    check_output_path(manifest_path, force)  # even beside a new model: it may be a user's file
     return path, manifest_path
 
 
@@ -456,8 +471,17 @@ def _input_and_sizes(
     if test_size is None:
         test_size = embed_input or (max(64, stride * 2), max(96, stride * 3))
     test_size = _check_size(test_size, stride, "test size", min_side)
+    if arch.kind not in ("dip", "dd"):  # a network from the user's code: the toolkit's estimates do not know it
+        check_memory(3 * traced_activation_bytes(arch, *test_size), f"export at {test_size[0]}x{test_size[1]}")
+        return model_input(arch, test_size), embed_input
     # the reference, the traced graph and ONNX Runtime each hold the activations (x 3), plus int8 calibration runs
-    check_memory(3 * activation_bytes(arch, *test_size, training=False), f"export at {test_size[0]}x{test_size[1]}")
+    check_work(
+        arch,
+        *test_size,
+        training=False,
+        what=f"export at {test_size[0]}x{test_size[1]}",
+        extra_bytes=2 * activation_bytes(arch, *test_size, training=False),
+    )
     return model_input(arch, test_size), embed_input
 
 
@@ -631,7 +655,7 @@ def export_onnx(
     # An output set (see atomic_output_set): the old manifest goes first, then the model is renamed into place, then
     # the manifest naming the model's sha256. A reader, or a run killed in between, sees the old pair, a model without
     # a manifest, or the new pair; never a manifest beside a model it does not describe.
-    with atomic_output_set(path, manifest_path) as (tmp_model, tmp_manifest):
+    with atomic_output_set(path, manifest_path, exclusive=not force) as (tmp_model, tmp_manifest):
         tmp_model.write_bytes(data)
         tmp_manifest.write_text(manifest_text)
         if _before_write is not None:  # test hook: inject a failure after the temporary files exist
@@ -661,7 +685,7 @@ def input_contract(ticket: Ticket, embed_input: tuple[int, int] | None, seed: in
             "seed": seed,
             "noise": f"lipdeploy.make_input(arch, H, W, seed, scale={NOISE_SCALE})",
         }
-    factor = arch.stride if arch.kind == "dd" else 1
+    factor = code_factor(arch)
     shape = [1, c, "H", "W"] if factor == 1 else [1, c, f"H/{factor}", f"W/{factor}"]
     return {
         "embedded": False,

@@ -298,9 +298,12 @@ def test_export_set_written_model_first(tmp_path, tiny):
     with pytest.raises(RuntimeError):
         export_onnx(tiny["ticket"], out, test_size=(16, 16), _before_write=boom)
     assert list(tmp_path.iterdir()) == []
-    # a manifest without its model (an interrupted run) does not block a rerun
+    # a manifest without its model is someone's file (an output set never leaves one): refused without force
     manifest_path_for(out).write_text("{}")
-    export_onnx(tiny["ticket"], out, test_size=(16, 16))
+    with pytest.raises(InputError, match="manifest.json: already exists"):
+        export_onnx(tiny["ticket"], out, test_size=(16, 16))
+    assert manifest_path_for(out).read_text() == "{}" and not out.exists()
+    export_onnx(tiny["ticket"], out, test_size=(16, 16), force=True)
     assert _strict_json(manifest_path_for(out).read_text())["options"]["dtype"] == "fp32"
     export_onnx(tiny["ticket"], out, test_size=(16, 16), dtype="fp16", force=True)
     manifest = _strict_json(manifest_path_for(out).read_text())
