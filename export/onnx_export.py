@@ -46,7 +46,7 @@ from lipdeploy.compaction import CompactionReport, compact
 from lipdeploy.environment import import_onnxruntime
 from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_output_set, check_output_path, dumps_record
-from lipdeploy.limits import activation_bytes, check_memory
+from lipdeploy.limits import activation_bytes, check_memory, check_work
 from lipdeploy.limits import check_size as check_size_limit
 from lipdeploy.networks import make_input
 from lipdeploy.ticket import Ticket
