@@ -68,7 +68,7 @@ def script_environment(**settings: Any) -> dict[str, Any]:
 
 def needs_gpu(name: str, device: str) -> str | None:
     """Why a GPU script cannot run here (``None`` when it can): CUDA asked for but missing, or no Triton."""
-    import torch
+    import torch  # every script imports this module for its arguments: torch loads only to run
 
     if device == "cuda" and not torch.cuda.is_available():
         return f"{name}: needs a CUDA GPU (torch.cuda.is_available() is False); nothing was benchmarked"

@@ -40,7 +40,7 @@ def device_ms(
     """Median ms of ``fn`` on ``device``: ``do_bench`` (events, L2 flushed between runs) on CUDA; on CPU a single
     timed call (the CPU path exists for smoke tests through Triton's interpreter, not for numbers)."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from triton.testing import do_bench  # optional (the [triton] extra): only CUDA timings use it
 
         return float(
             do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(grad_to_none or []), return_mode="median")

@@ -2,10 +2,10 @@
 
 Pure-PyTorch parts (formats, reference op, module, dispatcher) import without triton. The Triton kernels live in
 ``lipdeploy.kernels.sparse_conv`` and are imported lazily: ``sparse_conv2d`` below, or a ``SparseConv2d`` with
-``backend="triton"``, import them on first use (set ``TRITON_INTERPRET=1`` before that to run them on CPU).
+``implementation="triton"``, import them on first use (set ``TRITON_INTERPRET=1`` before that to run them on CPU).
 
 The execution backends built on these kernels, and their names, are ``lipdeploy.backends.BACKENDS``; this package only
-provides the pieces (``SparseConv2d``'s ``backend`` argument is its implementation switch, :data:`IMPLEMENTATIONS`).
+provides the pieces (``SparseConv2d`` and ``BsrConv2d`` take ``implementation=``: :data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def triton_available() -> bool:
 
 def sparse_conv2d(x, packed, bias=None, stride=1, padding=0, padding_mode="zeros", negative_slope=None, config=None):
     """Triton sparse conv (autograd-capable); same signature as ``sparse_conv2d_reference`` plus ``config``."""
-    from .module import _triton_ops
+    from .module import _triton_ops  # imports triton: only on the first call of a Triton kernel
 
     return _triton_ops().sparse_conv2d(x, packed, bias, stride, padding, padding_mode, negative_slope, config)
 
@@ -62,6 +62,6 @@ def bsr_conv2d(
 ):
     """Triton block-sparse conv on tensor cores (autograd-capable); same signature as ``bsr_conv2d_reference`` plus
     ``config``. Imports triton on first use."""
-    from .bsr_module import _bsr_ops
+    from .bsr_module import _bsr_ops  # imports triton: only on the first call of a Triton kernel
 
     return _bsr_ops().bsr_conv2d(x, packed, bias, stride, padding, padding_mode, precision, bn_stats, config)

@@ -63,7 +63,7 @@ def _cuda_timer() -> Timer | None:
     if not torch.cuda.is_available():
         return None
     try:
-        from triton.testing import do_bench
+        from triton.testing import do_bench  # optional (the [triton] extra): without it nothing is timed
     except ImportError:
         return None
     return lambda fn: float(do_bench(fn, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS, return_mode="median"))

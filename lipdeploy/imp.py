@@ -37,8 +37,9 @@ from typing import Any, Literal
 
 import torch
 
+from . import __version__
 from .errors import InputError
-from .fileio import atomic_write_text
+from .fileio import atomic_output, atomic_write_text
 from .fit import FitConfig, FitResult, fit, simulate
 from .masks import Mask, Masks
 from .multi_image import image_records, stack_observations
@@ -218,7 +219,6 @@ def find_ticket(
         raise InputError(out_dir, "exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _msg: None)
-    from . import __version__
 
     images, names = _image_list(clean, image_name)
     multi = len(images) > 1
@@ -297,7 +297,6 @@ def find_ticket(
         )
         if r == 0 and imp.rewind_iter > 0:
             rewind_state = {k: v.cpu() for k, v in result.snapshots[imp.rewind_iter].items()}
-            from .fileio import atomic_output
 
             with atomic_output(rewind_file) as tmp:
                 torch.save(rewind_state, tmp)

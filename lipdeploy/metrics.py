@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+from skimage.metrics import structural_similarity
 
 # ITU-R BT.601 luma as MATLAB's rgb2ycbcr computes it (the SR literature's convention), inputs in [0, 1].
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -61,8 +62,6 @@ def _hwc(img: torch.Tensor) -> np.ndarray:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, y_channel: bool = False, border: int = 0) -> float:
     """SSIM (scikit-image, Gaussian-free 7x7 window, data range 1); on Y with a border crop for SR if asked."""
-    from skimage.metrics import structural_similarity
-
     if y_channel:
         a, b = rgb_to_y(a), rgb_to_y(b)
     a, b = shave(a, border), shave(b, border)

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from filelock import FileLock, Timeout
 
 from .errors import InputError
 from .fileio import clean_stale_temporaries
+from .ticket import read_tensor_file
 
 LOCK_NAME = ".lipdeploy.lock"
 # FitConfig fields that change where a fit runs or how it reports, not what it computes
@@ -78,8 +80,6 @@ def folder_locked(param: str = "out_dir") -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from filelock import FileLock, Timeout
-
             bound = sig.bind(*args, **kwargs)
             folder = check_output_folder(bound.arguments[param])
             created = not folder.exists()
@@ -129,8 +129,6 @@ def _holds_current_file(lock: Any, path: Path) -> bool:
 def load_rewind_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A rewind-point state dict written by an earlier run, read as untrusted input (weights_only, tensors checked
     against the file size) and refused in one line when corrupt or not finite."""
-    from .ticket import read_tensor_file
-
     path = Path(path)
     obj, _ = read_tensor_file(path)
     state: dict[str, torch.Tensor] = {}

@@ -16,6 +16,7 @@ Observation conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -262,8 +263,6 @@ def make_task(name: str, **params: Any) -> Task:
     cls = TASKS.get(name)
     if cls is None:
         raise ValueError(f"unknown task {name!r} ({', '.join(TASKS)})")
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in params.items() if k in names and v is not None}
     if cls is Inpaint and isinstance(kwargs.get("mask"), str):  # params() records a given mask by name only

@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import InputError
@@ -131,9 +133,7 @@ class Ticket:
         # (torch.save and safetensors' save_file given a path turn it into their own error types)
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             if path.suffix == ".safetensors":
-                from safetensors.torch import save
-
-                f.write(save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
+                f.write(safetensors_bytes(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
             else:
                 torch.save({**meta, "tensors": tensors}, f)
 
@@ -237,6 +237,7 @@ def _decode(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
 def _check_block_structure(path: Path, ticket: Ticket) -> None:
     """A ticket whose provenance says it was found at a block granularity must hold block masks (the bsr kernels
     and the block storage of the export rely on it): :class:`InputError` naming the file and the first bad layer."""
+    # the patterns registry (~0.1 s to import): loaded only for a ticket found at a block granularity
     from .patterns import PATTERNS, Block, block_pattern
     from .patterns.block import BLOCK_SIZES
 
@@ -273,8 +274,6 @@ def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise InputError(path, f"file of {size / 2**30:.1f} GiB is too large (at most {limit:g} GiB)")
     check_memory(2 * size, f"reading {path.name}")  # the file's bytes and the tensors made from them
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

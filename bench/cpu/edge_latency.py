@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from lipdeploy.analysis import layer_stats
 from lipdeploy.compaction import analyze_compaction
@@ -159,9 +161,6 @@ def run(spec: SkipSpec, sizes: list[int], warmup: int, rounds: int, workdir: Pat
 
 
 def print_table(res: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     t = Table(title="file sizes (ratio to the unpruned dense fp32 export)")
     for col in ("ticket", "density", "dense fp32", "sparse fp32", "sparse fp16", "parity"):

@@ -29,7 +29,7 @@ from .sass import hot_loop, sass_row
 
 def kernel_specs(kernel: str, fmt: str, stride: int, cfg) -> tuple[object, list[str], dict, int]:
     """(jit function, argument types, constexprs, num_warps) of one kernel variant, as the host wrappers launch it."""
-    from lipdeploy.kernels import sparse_conv as S
+    from lipdeploy.kernels import sparse_conv as S  # the Triton kernels' module imports triton: loaded to compile
 
     kfmt = fmt == "kernel"
     geo = dict(STRIDE=stride, KH=3, KW=3, KERNEL_FMT=kfmt)
@@ -50,6 +50,7 @@ def kernel_specs(kernel: str, fmt: str, stride: int, cfg) -> tuple[object, list[
 
 def compile_sm90(kernel: str, fmt: str, stride: int, cfg) -> bytes:
     """The cubin of one kernel variant for sm_90 (raises if Triton or ptxas cannot build it)."""
+    # triton loads only to compile (the script's report and --help run without it)
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("kernel_sass: unset TRITON_INTERPRET (it compiles the real kernels; nothing runs)", file=sys.stderr)
         return 2
-    import torch
+    import torch  # here, not at the top: importing the kernels imports triton (start-up time)
 
     from lipdeploy.kernels.sparse_conv import config_grid, default_config
 

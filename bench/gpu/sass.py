@@ -24,7 +24,7 @@ _INT = ("IMAD", "IADD", "LEA", "SHF", "ISETP", "LOP", "VIADD", "SEL", "IABS", "I
 
 
 def cuobjdump_path() -> str:
-    import triton
+    import triton  # only where SASS is read: the module's parsers run without triton
 
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 

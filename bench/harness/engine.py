@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lipdeploy import imp
 from lipdeploy.fit import FitConfig, FitResult, fit
 from lipdeploy.masks import Mask
 from lipdeploy.networks import ArchSpec, DeepDecoderSpec
@@ -160,8 +161,6 @@ def find_tickets(
     at random needs no fitted weights (scores are random), so the bench applies :func:`lipdeploy.imp.prune` with
     ``random=True`` round after round without fitting; the masks have exactly IMP's kept counts per round.
     """
-    from lipdeploy import imp
-
     COUNTERS["finds"] += 1
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)

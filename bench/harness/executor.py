@@ -75,7 +75,7 @@ class RayExecutor(Executor):
     name: str = field(default="ray", init=False)
 
     def run(self, bench: Bench, jobs: list[Job], stats: RunStats) -> None:
-        import ray
+        import ray  # optional (the [ray] extra): the serial executor runs without it
 
         started = False
         if not ray.is_initialized():
@@ -311,6 +311,7 @@ def run_job_on_worker(
     whose tickets are among them (recorded as done here, so the job reads them instead of running IMP again).
     Returns ``rows`` (without bookkeeping fields), ``seconds``, ``fits``, ``env`` (this worker's environment) and
     ``files`` (every file the job wrote or changed under a subfolder, by relative path)."""
+    # in a Ray worker: the job's imports are paid by the worker that runs it, not by the driver importing this module
     import torch
 
     from . import engine
@@ -321,7 +322,7 @@ def run_job_on_worker(
         given: dict[str, bytes] = {}
         for rel, data in inputs.items():
             if not isinstance(data, bytes):
-                import ray
+                import ray  # an object ref: only in a Ray worker
 
                 data = ray.get(data)
             path = out / rel

@@ -14,6 +14,8 @@ Forward passes run in DIP mode (training-mode BatchNorm: per-image statistics) u
 
 from __future__ import annotations
 
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,6 @@ def timed_ms(fn, warmup: int, repeats: int) -> dict[str, float]:
     :func:`lipdeploy.bench.timing.median_ms`, so medians compare with earlier rows), with the spread of the timed
     calls: ``min``, quartiles ``q1``/``q3`` and ``max``. A wide spread (or a load average above the core count, which
     the rows record) says the machine was busy while measuring."""
-    import statistics
-    import time
-
     for _ in range(warmup):
         fn()
     times = []

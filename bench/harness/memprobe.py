@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args(argv)
 
+    # after parsing: a bad argument fails before torch loads (seconds), in the probe's own subprocess
     import torch
 
     from lipdeploy.masks import freeze_pruned

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -214,8 +215,6 @@ def job_line(done: int, total: int, key: str, seconds: list[float]) -> str:
 def _exclusive(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if missing) for the block: ``filelock`` works on every OS
     (``fcntl.flock`` only on POSIX)."""
-    from filelock import FileLock
-
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
         yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import asdict
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -204,7 +205,7 @@ def bench_command(
     shard_t = parse_shard(shard)
     if address and executor != "ray":
         raise InputError(None, "--address needs --executor ray")
-    from ..bench.harness.executor import make_executor
+    from ..bench.harness.executor import make_executor  # with the harness: loaded to run, not for --help
 
     runner = make_executor(executor, address, threads)
     patterns = _split(job_patterns)
@@ -239,8 +240,6 @@ def bench_command(
 
 def _remove_if_no_results(folder: Path) -> None:
     """Delete a results folder this run created if no job finished in it (no rows file has a line)."""
-    import shutil
-
     if any(p.stat().st_size for p in folder.glob("rows-*.jsonl")):
         return
     shutil.rmtree(folder, ignore_errors=True)

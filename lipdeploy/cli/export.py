@@ -13,6 +13,7 @@ from ..errors import InputError
 from .options import (
     SEED,
     Reporter,
+    arch_factory_option,
     examples,
     force_option,
     json_option,
@@ -157,9 +158,10 @@ PRECISION_WARN_DB = 35.0  # an fp16 / int8 output below this PSNR vs fp32 differ
 @force_option
 @json_option("the summary")
 @quiet_option(help="No summary table (the manifest has it); warnings still print.")
+@arch_factory_option
 def export_command(
     prior: PriorSpec, output, use, bn, weights_format, dtype, quantize, embed_input, seed, opset, test_size,
-    target, force, as_json, quiet,
+    target, force, as_json, quiet, arch_factory,
 ) -> None:  # fmt: skip
     """Export TICKET (default: the bundled example) to an ONNX model run by ONNX Runtime alone.
 
@@ -179,7 +181,7 @@ def export_command(
     if prior.ticket is None:
         prior = replace(prior, ticket=require_bundled_ticket())
         log(f"using the bundled example ticket {prior.ticket}")
-    t = open_ticket(prior)
+    t = open_ticket(prior, arch_factory)
     stride = getattr(t.arch, "stride", 1)  # a generator's image size is fixed: export_onnx checks it
     embed = parse_size(embed_input, stride) if embed_input else None
     tsize = parse_size(test_size, stride) if test_size else None

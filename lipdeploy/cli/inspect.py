@@ -12,13 +12,23 @@ from ..compaction import analyze_compaction
 from ..errors import InputError
 from ..fileio import atomic_write_text, check_output_path
 from ..priors import PriorSpec
-from .options import examples, force_option, json_option, open_ticket, parse_size, quiet_option, ticket_options
+from .options import (
+    arch_factory_option,
+    examples,
+    force_option,
+    json_option,
+    open_ticket,
+    parse_size,
+    quiet_option,
+    ticket_options,
+)
 
 EXAMPLES = examples(
     "lipdeploy inspect --example",
     "lipdeploy inspect tickets/round_10.pt --size 512x512",
     "lipdeploy inspect masks.pt --weights init.pt --json -o report.json",
     "lipdeploy inspect celebaHQ_s6_i80000-6196db68.pth --net avgG",
+    "lipdeploy inspect my_state.pt --arch-factory mynets:make_decoder --size 64x64",
 )
 
 
@@ -200,8 +210,15 @@ def provenance_rows(provenance: dict) -> list[tuple[str, str]]:
 @json_option("the report")
 @quiet_option(help="With -o FILE: write the file only, no table.")
 @force_option
+@arch_factory_option
 def inspect_command(
-    prior: PriorSpec, size: str | None, output: Path | None, as_json: bool, quiet: bool, force: bool
+    prior: PriorSpec,
+    size: str | None,
+    output: Path | None,
+    as_json: bool,
+    quiet: bool,
+    force: bool,
+    arch_factory: str | None,
 ) -> None:
     """Per-layer structure of TICKET: density, unused inputs, dead outputs, zero kernels, FLOPs, compaction.
 
@@ -210,7 +227,7 @@ def inspect_command(
     """
     if output is not None:
         check_output_path(output, force)
-    t = open_ticket(prior)
+    t = open_ticket(prior, arch_factory)
     height, width = image_size(t.arch, size)
     report = inspect_report(t, height, width)
     if output is not None:

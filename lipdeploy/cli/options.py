@@ -275,7 +275,7 @@ def ticket_options(required: bool = True) -> Decorator:
 
 def bundled_ticket() -> Path:
     """The bundled example ticket's path (:func:`lipdeploy.export.bundled.bundled_ticket_path`), checked."""
-    from ..export.bundled import require_bundled_ticket
+    from ..export.bundled import require_bundled_ticket  # lipdeploy.export imports onnx: only for --example
 
     return require_bundled_ticket()
 
@@ -287,11 +287,32 @@ def make_prior(prior: PriorSpec, seed: int) -> tuple[Ticket, str]:
     return _make_prior(prior, seed, names=PRIOR_FLAGS)
 
 
-def open_ticket(prior: PriorSpec) -> Ticket:
-    """The ticket file a :func:`ticket_options` command was given."""
+def open_ticket(prior: PriorSpec, arch_factory: str | None = None) -> Ticket:
+    """The ticket file a :func:`ticket_options` command was given (with :func:`arch_factory_option`: a state dict of
+    the network the user's factory builds)."""
+    if arch_factory is not None:
+        if prior.ticket is None:
+            raise click.UsageError("--arch-factory needs a TICKET file (a state dict of the factory's network)")
+        from ..factory import factory_ticket  # imports torch and the user's module: only when a command runs
+
+        return factory_ticket(prior.ticket, arch_factory, prior.weights)
     from ..priors import open_ticket as _open_ticket  # imports torch: only when a command runs
 
     return _open_ticket(prior)
+
+
+def arch_factory_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--arch-factory MODULE:CALLABLE`` (passed as ``arch_factory``): the network of TICKET comes from the user's
+    code, imported by name (never unpickled)."""
+    return click.option(
+        "--arch-factory",
+        "arch_factory",
+        default=None,
+        metavar="MODULE:CALLABLE",
+        help="Build the network with this function of your code (imported by name, called with no arguments; the "
+        "current directory is searched first); TICKET is then its state dict (exact zeros = mask, or "
+        "torch.nn.utils.prune's layout, or a mask-only file with --weights).",
+    )(fn)
 
 
 # --------------------------------------------------------------------------------------------------- the task
@@ -425,10 +446,11 @@ def check_backend(device: str, backend: str) -> None:
 
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError(None, "--device cuda: no CUDA device is available here (use --device cpu)")
-    from ..backends import BACKENDS
+    from ..backends import BACKENDS  # the kernels and backends: loaded to run, not for --help
 
     if backend not in BACKENDS:
         return  # auto, sparse, dense: every layer runs somewhere on any device
+    # loaded to run, not for --help
     from ..compaction import compact
     from ..testing import random_mask_ticket, tiny_skip
 
@@ -593,6 +615,7 @@ def estimate_fit(
 ) -> float:
     """Seconds per fitting step of ``ticket`` at output ``height x width``, measured on ``steps`` steps after one
     warm-up (a short :func:`lipdeploy.fit.fit` on a blank image): the basis of the time printed before a long fit."""
+    # the fitting engine (torch and the whole library): loaded to run, not for --help
     import torch
 
     from ..fit import FitConfig, fit
