@@ -4,9 +4,8 @@ A latency row's ``backend`` field is a runner's name (``torch-cpu``, ``triton-cu
 pair, because the same conv backend times differently under PyTorch and ONNX Runtime, or on CPU and GPU. What runs
 each convolution is the runner's ``conv_backend``, named in the vocabulary of :mod:`lipdeploy.backends`
 (``dense``: a dense convolution, pruned weights stored as zeros or removed by compaction; ``triton-csr``: the Triton
-sparse kernels on the unstructured CSR packing). The names are those of every committed results folder, so old rows
-and new rows share report columns; should a runner ever be renamed, :data:`ALIASES` maps the old name to the new one
-for readers of old rows.
+sparse kernels on the unstructured CSR packing). The names are those of every committed results folder, so all rows
+share report columns.
 """
 
 from __future__ import annotations
@@ -64,14 +63,11 @@ LATENCY_RUNNERS: dict[str, LatencyRunner] = {
     )
 }
 
-# Former runner name -> current one, for reading rows written before a rename (none renamed so far).
-ALIASES: dict[str, str] = {}
-
 
 def runner(name: str) -> LatencyRunner:
-    """The runner called ``name`` (or a former name of it); ``ValueError`` for an unknown one."""
+    """The runner called ``name``; ``ValueError`` for an unknown one."""
     try:
-        return LATENCY_RUNNERS[ALIASES.get(name, name)]
+        return LATENCY_RUNNERS[name]
     except KeyError:
         raise ValueError(f"unknown latency backend {name!r} (known: {', '.join(LATENCY_RUNNERS)})") from None
 
