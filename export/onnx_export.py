@@ -154,8 +154,23 @@ def model_input(arch: Any, test_size: tuple[int, int]) -> ModelInput:
     if is_generator(arch):
         side = arch.resolution
         return ModelInput(LATENT_NAME, {0: "batch"}, {0: "batch"}, (side, side), arch)
-    code_dims = {2: "height", 3: "width"} if arch.kind != "dd" else {2: "code_height", 3: "code_width"}
+    code_dims = {2: "height", 3: "width"} if code_factor(arch) == 1 else {2: "code_height", 3: "code_width"}
     return ModelInput(INPUT_NAME, code_dims, {2: "height", 3: "width"}, tuple(test_size), arch)
+
+
+def code_factor(arch: Any) -> int:
+    """How much smaller than the image the noise code is (the deep decoder's, and a user network's that upsamples)."""
+    if arch.kind == "dd":
+        return arch.stride
+    return int(getattr(arch, "output_scale", 1))
+
+
+def traced_activation_bytes(arch: Any, height: int, width: int) -> int:
+    """A user network's activations at an image of ``height`` x ``width``, from its traced graph's shapes."""
+    from lipdeploy.compaction.trace import activation_bytes as traced_bytes  # tracer: only for user networks
+
+    _, c, ih, iw = arch.input_shape(height, width)
+    return traced_bytes(arch.build().to("meta"), c, 4, 1, ih, iw)
 
 
 def generator_activation_bytes(arch: Any, batch: int) -> int:
@@ -456,6 +471,9 @@ def _input_and_sizes(
     if test_size is None:
         test_size = embed_input or (max(64, stride * 2), max(96, stride * 3))
     test_size = _check_size(test_size, stride, "test size", min_side)
+    if arch.kind not in ("dip", "dd"):  # a network from the user's code: the toolkit's estimates do not know it
+        check_memory(3 * traced_activation_bytes(arch, *test_size), f"export at {test_size[0]}x{test_size[1]}")
+        return model_input(arch, test_size), embed_input
     # the reference, the traced graph and ONNX Runtime each hold the activations (x 3), plus int8 calibration runs
     check_work(
         arch,
@@ -667,7 +685,7 @@ def input_contract(ticket: Ticket, embed_input: tuple[int, int] | None, seed: in
             "seed": seed,
             "noise": f"lipdeploy.make_input(arch, H, W, seed, scale={NOISE_SCALE})",
         }
-    factor = arch.stride if arch.kind == "dd" else 1
+    factor = code_factor(arch)
     shape = [1, c, "H", "W"] if factor == 1 else [1, c, f"H/{factor}", f"W/{factor}"]
     return {
         "embedded": False,
