@@ -18,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lipdeploy.fileio import atomic_output, atomic_write_text
+from lipdeploy.errors import InputError
+from lipdeploy.fileio import atomic_output, atomic_write_text, read_json_file
 
 from .paper_claims import claims_markdown
 from .rows import RowStore, curve_path
@@ -65,6 +66,19 @@ def _mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else math.nan
 
 
+def read_curve(path: Path) -> dict[str, Any]:
+    """A fit's curve file (``curves/*.json``): an object whose ``curve`` lists ``[iteration, seconds, psnr]`` numbers;
+    InputError naming the file otherwise."""
+    data = read_json_file(path, "curve file")
+    curve = data.get("curve") if isinstance(data, dict) else None
+    ok = isinstance(curve, list) and all(
+        isinstance(p, list) and len(p) == 3 and all(isinstance(x, (int, float)) for x in p) for p in curve
+    )
+    if not ok or not all(isinstance(data.get(k), str) for k in ("method", "image")):
+        raise InputError(path, "not a curve file: 'method', 'image' (text) and 'curve' ([iteration, seconds, psnr])")
+    return data
+
+
 def load(out: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     rows, jobs = RowStore.read_all(out)
     envs = {}
@@ -74,7 +88,9 @@ def load(out: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], di
             envs[e["env_id"]] = e
         except (OSError, ValueError, KeyError):
             continue
-    preset = json.loads((out / "preset.json").read_text()) if (out / "preset.json").exists() else {}
+    preset = read_json_file(out / "preset.json", "preset file") if (out / "preset.json").exists() else {}
+    if not isinstance(preset, dict):
+        raise InputError(out / "preset.json", f"a JSON {type(preset).__name__}, not a preset (an object)")
     return rows, jobs, envs, preset
 
 
@@ -90,7 +106,7 @@ def time_to_quality(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any
         path = curve_path(out, method, image)
         if not path.exists():
             continue
-        curve = json.loads(path.read_text())["curve"]
+        curve = read_curve(path)["curve"]
         t = next((sec for _it, sec, p in curve if p >= threshold), None)
         r = {k: base.get(k) for k in CSV_COLUMNS if k in base}
         r.update(
@@ -501,7 +517,7 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
         _save(fig, out / "latency_vs_sparsity.png")
         made.append("latency_vs_sparsity.png")
     curves = sorted((out / "curves").glob("*.json")) if (out / "curves").exists() else []
-    loaded = [json.loads(p.read_text()) for p in curves]
+    loaded = [read_curve(p) for p in curves]
     loaded = [c for c in loaded if c.get("curve")]
     if loaded:
         # one facet per image (every image, not only the first), one colour + marker per method across facets

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lipdeploy.fileio import read_json_lines
+
 
 def slug(text: str) -> str:
     """``text`` as a file-name part: every run of characters other than letters, digits, ``_ . -`` becomes ``_``."""
@@ -30,6 +32,37 @@ def curve_path(out: Path, method: str, image: str, seed: int | None = None) -> P
     with another seed than the preset's own, ``..__seed<seed>.json``)."""
     tail = "" if seed is None else f"__seed{seed}"
     return out / "curves" / f"{slug(method)}__{slug(image)}{tail}.json"
+
+
+# Fields of a rows-file record and the types they may have (a value may be a number, a string or null).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "type": (str,),
+    "job": (str,),
+    "finished_at": (str,),
+    "kind": (str,),
+    "env": (str, type(None)),
+    "image": (str,),
+    "metric": (str,),
+    "method": (str, type(None)),
+    "unit": (str, type(None)),
+    "value": (int, float, str, bool, type(None)),
+}
+
+
+def record_problem(rec: dict[str, Any]) -> str | None:
+    """What is wrong with one rows-file record (None if nothing): an unknown type, a missing ``job``, a field of the
+    wrong type. :meth:`RowStore.read_all` refuses such a file with its name and the line number."""
+    kind = rec.get("type")
+    if kind not in ("row", "job"):
+        return f"record type {kind!r} is neither 'row' nor 'job'"[:160]
+    needed = ("job",) if kind == "job" else ("job", "metric")
+    missing = [key for key in needed if key not in rec]
+    if missing:
+        return f"a {kind!r} record without {', '.join(repr(k) for k in missing)}"
+    for key, types in _FIELD_TYPES.items():
+        if key in rec and not isinstance(rec[key], types):
+            return f"field {key!r} is a {type(rec[key]).__name__}, not {' or '.join(t.__name__ for t in types)}"
+    return None
 
 
 class RowStore:
@@ -49,11 +82,7 @@ class RowStore:
         jobs: dict[str, dict[str, Any]] = {}
         for path in sorted(out.glob("rows-*.jsonl")):
             pending: list[dict[str, Any]] = []
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+            for _, rec in read_json_lines(path, record_problem, "rows file"):
                 if rec.get("type") == "row":
                     pending.append(rec)
                 elif rec.get("type") == "job":

@@ -23,7 +23,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +286,51 @@ def atomic_write_json(path: str | Path, obj: object, indent: int = 1) -> None:
     row, so a run cut off by a time limit keeps what it measured)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, dumps_record(obj, indent=indent) + "\n")
+
+
+def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
+    """The JSON document in ``path`` (a regular file): InputError naming the file (and the line) for bytes that are not
+    UTF-8 or not JSON."""
+    path = check_regular_file(path, what)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"byte {exc.start}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"line {exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def read_json_lines(
+    path: str | Path, check: Callable[[dict[str, Any]], str | None] | None = None, what: str = "JSON-lines file"
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for each line of a JSON-lines file whose records are JSON objects; ``check(record)``
+    returns a problem (or None). A last line without its newline that does not parse is a write cut short (a crash
+    mid-append) and is skipped; any other bad line is InputError naming the file and the line number."""
+    path = check_regular_file(path, what)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    lines = data.split(b"\n")
+    torn = lines[-1] != b""  # no newline at the end: the last line may be a partial write
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        last = number == len(lines)
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if last and torn:
+                return
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not valid JSON ({exc.msg})"
+            raise InputError(path, f"line {number}: {why}") from None
+        if not isinstance(record, dict):
+            raise InputError(path, f"line {number}: a JSON {type(record).__name__}, not a record (an object)")
+        problem = check(record) if check is not None else None
+        if problem:
+            raise InputError(path, f"line {number}: {problem}")
+        yield number, record

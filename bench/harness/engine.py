@@ -19,6 +19,7 @@ import torch
 
 from lipdeploy import imp
 from lipdeploy.fit import FitConfig, FitResult, fit
+from lipdeploy.limits import check_work
 from lipdeploy.masks import Mask
 from lipdeploy.networks import ArchSpec, DeepDecoderSpec
 from lipdeploy.tasks import Observation, Task
@@ -100,6 +101,7 @@ def run_fit(
     written before fits logged it fall back to ``iteration x seconds per iteration``). Deep decoders get no input
     perturbation (their reference fits none); DIP networks the task's.
     """
+    check_work(ticket.arch, *obs.out_size, training=True, what="a benchmark fit")  # before the fit allocates
     COUNTERS["fits"] += 1
     noise = 0.0 if isinstance(ticket.arch, DeepDecoderSpec) else None
     cfg = FitConfig(iters=iters, lr=lr, seed=seed, log_every=log_every, input_noise_std=noise)

@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..fileio import check_regular_file
+from ..limits import check_threads
 from .options import bundled_ticket, examples, json_option, quiet_option
 
 EXAMPLES = examples(
@@ -194,10 +196,11 @@ def bench_command(
     if example:
         tickets = (*tickets, str(bundled_ticket()))
     for t in tickets:
-        if not Path(t).exists():
-            raise InputError(t, "no such ticket file")
-    if threads is not None and threads < 1:
-        raise InputError(None, f"--threads must be >= 1, got {threads}")
+        check_regular_file(t, "ticket file")  # a FIFO would hang the job that reads it
+    if threads is not None:
+        check_threads(threads, "--threads")  # the same bound as run's: 10^6 threads segfaulted OpenMP
+        if threads < 1:
+            raise InputError(None, f"--threads must be >= 1, got {threads}")
     threads = threads or 1
     import torch  # module level would load it for `lipdeploy bench --help`; the harness has loaded it by now
 
