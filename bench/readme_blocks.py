@@ -18,6 +18,8 @@ DOCUMENT = "bench/RESULTS.md"
 BLOCKS = {
     "headline:cpu": "bench/results/cpu/headline.md",
     "claims:fidelity": "bench/results/fidelity/claims.md",
+    "noise:evidence": "bench/results/evidence/noise.md",
+    "comparisons:evidence": "bench/results/evidence/comparisons.md",
 }
 
 

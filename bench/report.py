@@ -21,8 +21,10 @@ from typing import Any
 from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_output, atomic_write_text, read_json_file
 
+from . import stats
 from .paper_claims import claims_markdown
 from .rows import RowStore, curve_path
+from .stats import Interval
 
 TTQ_MARGIN_DB = 0.5  # time to quality: seconds until PSNR >= dense DIP best - this
 HEADLINE_FAMILIES = (
@@ -95,15 +97,18 @@ def load(out: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], di
 
 
 def time_to_quality(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, image): first fitting time at which PSNR (best so far) >= dense best - 0.5 dB."""
-    dense_best = {r["image"]: r["value"] for r in rows if r["method"] == "dense" and r["metric"] == "psnr_best"}
-    quality = {(r["method"], r["image"]): r for r in rows if r["metric"] == "psnr_best"}
+    """Per (method, image, seed): first fitting time at which PSNR (best so far) >= dense best - 0.5 dB (the dense
+    DIP's fit on the same image with the same seed)."""
+    dense_best = {
+        (r["image"], seed_of(r)): r["value"] for r in rows if r["method"] == "dense" and r["metric"] == "psnr_best"
+    }
+    quality = {(r["method"], r["image"], seed_of(r)): r for r in rows if r["metric"] == "psnr_best"}
     derived = []
-    for (method, image), base in quality.items():
-        if image not in dense_best:
+    for (method, image, seed), base in quality.items():
+        if (image, seed) not in dense_best:
             continue
-        threshold = dense_best[image] - TTQ_MARGIN_DB
-        path = curve_path(out, method, image)
+        threshold = dense_best[(image, seed)] - TTQ_MARGIN_DB
+        path = curve_path(out, method, image, None if "seed" not in base or seed == DEFAULT_SEED else seed)
         if not path.exists():
             continue
         curve = read_curve(path)["curve"]
@@ -122,7 +127,9 @@ def time_to_quality(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over images of every per-image quality metric, as rows with image = "mean"."""
+    """Mean over images and seeds of every per-image quality metric, as rows with image = "mean": ``n`` fits
+    (``n_images`` images x ``n_seeds`` seeds at most) and the 95% interval of the mean (``ci_lo``, ``ci_hi``,
+    ``ci_kind``: :func:`lipdeploy.bench.stats.interval`)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("image") not in ("-", None, "mean") and isinstance(r.get("value"), (int, float)) and r.get("method"):
@@ -130,47 +137,91 @@ def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for rs in groups.values():
         r = {k: rs[0].get(k) for k in CSV_COLUMNS if k in rs[0]}
-        r.update(image="mean", value=round(_mean([x["value"] for x in rs]), 5), n_images=len(rs), derived=True)
+        iv = stats.interval([x["value"] for x in rs])
+        r.update(image="mean", value=round(_mean([x["value"] for x in rs]), 5), n=len(rs),
+                 n_images=len({x["image"] for x in rs}), n_seeds=len({seed_of(x) for x in rs}),
+                 ci_lo=None if not iv.known else round(iv.lo, 5), ci_hi=None if not iv.known else round(iv.hi, 5),
+                 ci_kind=iv.kind, derived=True)  # fmt: skip
         r.pop("job", None)
+        r.pop("seed", None)
         out.append(r)
     return out
+
+
+DEFAULT_SEED = 0  # the seed of rows written before rows carried one (every preset's own seed is 0)
+
+
+def seed_of(r: dict[str, Any]) -> int:
+    """The fit seed of a row (:data:`DEFAULT_SEED` for rows measured before seeds existed)."""
+    s = r.get("seed")
+    return DEFAULT_SEED if s is None else int(s)
 
 
 # --------------------------------------------------------------------------------------------------- claims
 
 
-def _q(rows, metric="psnr_best") -> dict[tuple[str, str], float]:
-    return {(r["method"], r["image"]): r["value"] for r in rows if r["metric"] == metric and r["image"] != "mean"}
+Unit = tuple[str, int]  # (image, seed): one fit of a method; paired differences pair two methods' fits on a unit
 
 
-def _paired(q: dict[tuple[str, str], float], a: str, b: str) -> tuple[float, int]:
-    imgs = sorted({i for m, i in q if m == a} & {i for m, i in q if m == b})
-    return _mean([q[(a, i)] - q[(b, i)] for i in imgs]), len(imgs)
+def _q(rows, metric="psnr_best") -> dict[tuple[str, str, int], float]:
+    """(method, image, seed) -> value of a per-image metric."""
+    return {
+        (r["method"], r["image"], seed_of(r)): r["value"]
+        for r in rows
+        if r["metric"] == metric and r["image"] not in ("mean", "-") and isinstance(r.get("value"), (int, float))
+    }
+
+
+def paired_diffs(q: dict[tuple[str, str, int], float], a: str, b: str) -> dict[Unit, float]:
+    """``a - b`` per (image, seed) on which both were fitted."""
+    units = sorted({(i, s) for m, i, s in q if m == a} & {(i, s) for m, i, s in q if m == b})
+    return {u: q[(a, *u)] - q[(b, *u)] for u in units}
+
+
+def paired_interval(q: dict[tuple[str, str, int], float], a: str, b: str) -> Interval:
+    """Mean and 95% interval of ``a - b`` over the (image, seed) units both have."""
+    return stats.interval(list(paired_diffs(q, a, b).values()))
+
+
+def _paired(q: dict[tuple[str, str, int], float], a: str, b: str) -> tuple[float, int]:
+    iv = paired_interval(q, a, b)
+    return iv.mean, iv.n
+
+
+def delta_intervals(rows: list[dict[str, Any]], metric: str = "psnr_best") -> dict[str, Interval]:
+    """Per method: the mean and 95% interval of (method - dense DIP on the same image with the same seed).
+
+    Methods are run on different image sets (structured tickets on the first image only, transfer on the others),
+    and PSNR varies by several dB between photographs, so differences are only meaningful paired."""
+    q = _q(rows, metric)
+    return {m: paired_interval(q, m, "dense") for m in {m for m, _, _ in q}}
 
 
 def delta_vs_dense(rows: list[dict[str, Any]], metric: str = "psnr_best") -> dict[str, tuple[float, int]]:
-    """Per method: mean over images of (method - dense DIP on the same image), and the number of images paired.
-
-    Methods are run on different image sets (structured tickets on the first image only, transfer on the others),
-    and PSNR varies by several dB between photographs, so differences are only meaningful paired by image."""
-    q = _q(rows, metric)
-    return {m: _paired(q, m, "dense") for m in {m for m, _ in q}}
+    """Per method: (mean of method - dense DIP paired by image and seed, the number of pairs)."""
+    return {m: (iv.mean, iv.n) for m, iv in delta_intervals(rows, metric).items()}
 
 
-def _better(q: dict[tuple[str, str], float], a: str, b: str) -> str | None:
-    """Verdict of "a beats b", paired by image: a mean lead is only called a win when every image agrees."""
-    imgs = sorted({i for m, i in q if m == a} & {i for m, i in q if m == b})
-    if not imgs:
+def units_text(diffs: dict[Unit, float]) -> str:
+    """``6: 2 image(s) x 3 seed(s)``: what a paired n stands on."""
+    images = len({i for i, _ in diffs})
+    seeds = len({s for _, s in diffs})
+    grid = "x" if images * seeds == len(diffs) else "pairs over"  # not every image has every seed yet
+    return f"{len(diffs)}: {images} image(s) {grid} {seeds} seed(s)"
+
+
+def interval_line(iv: Interval, diffs: dict[Unit, float]) -> str:
+    """``-0.26 [-0.61, +0.09] dB (n=6: 2 image(s) x 3 seed(s), t)``."""
+    return f"{iv.text()} dB (n={units_text(diffs)}, {iv.kind})" if iv.n else "no pairs"
+
+
+def _better(q: dict[tuple[str, str, int], float], a: str, b: str) -> str | None:
+    """Verdict of "a beats b" (a - b > 0), paired by image and seed, read from the interval of the difference."""
+    diffs = paired_diffs(q, a, b)
+    if not diffs:
         return None
-    diffs = [q[(a, i)] - q[(b, i)] for i in imgs]
-    d, wins = _mean(diffs), sum(x > 0 for x in diffs)
-    if d > 0 and wins == len(diffs):
-        verdict = "holds"
-    elif d > 0:
-        verdict = f"mixed: ahead on {wins} of {len(diffs)} images"
-    else:
-        verdict = "does not hold" + (f" (ahead on {wins} of {len(diffs)} images)" if wins else "")
-    return f"{d:+.2f} dB over {len(diffs)} image(s) -> {verdict}"
+    iv = stats.interval(list(diffs.values()))
+    return f"{interval_line(iv, diffs)} -> {stats.verdict(iv, 0.0, strict=True)}"
 
 
 def _beats(q: dict[tuple[str, str], float], lips: list[str], rival: str, title: str, what: str) -> list[str]:
@@ -190,8 +241,9 @@ NO_VERDICT_PRESETS = ("ci",)  # smoke-test presets: their numbers carry no evide
 
 
 def claims(rows: list[dict[str, Any]], preset: dict[str, Any] | None = None) -> list[str]:
-    """The paper's three claims with a verdict computed from the measured PSNRs (paired by image; "beats" needs a
-    lead on every image, so a mean lead driven by one photograph is reported as mixed). A smoke-test preset
+    """The paper's three claims with a verdict computed from the measured PSNRs, paired by image and seed: "holds"
+    only when the 95% interval of the difference clears the threshold, "within noise" when it straddles it, "does
+    not hold" when it lies on the wrong side (:func:`lipdeploy.bench.stats.verdict`). A smoke-test preset
     (:data:`NO_VERDICT_PRESETS`) gets one line saying why there is no verdict instead, a multi-task preset one line
     pointing to its per-task claims table."""
     if preset and preset.get("name") in NO_VERDICT_PRESETS:
@@ -205,7 +257,7 @@ def claims(rows: list[dict[str, Any]], preset: dict[str, Any] | None = None) -> 
         return ["- per task: see the table of the paper's claims (claims.md, and its section below)"]
     q = _q(rows)
     sp = {r["method"]: r.get("sparsity") for r in rows if r["metric"] == "psnr_best"}
-    lips = sorted({m for m, _ in q if m.startswith("lip-unstructured-")}, key=lambda m: (sp.get(m) or 0, m))
+    lips = sorted({m for m, _, _ in q if m.startswith("lip-unstructured-")}, key=lambda m: (sp.get(m) or 0, m))
     lines = []
     # 1. LIP at 80-90% within 0.5 dB of dense
     band = [m for m in lips if sp.get(m) is not None and CLAIM_BAND[0] <= sp[m] <= CLAIM_BAND[1]]
@@ -216,28 +268,29 @@ def claims(rows: list[dict[str, Any]], preset: dict[str, Any] | None = None) -> 
     if not band and lips:
         lines.append("- no LIP at 80-90% sparsity in this run; the LIPs measured are reported for information")
     for m in tested:
-        d, n = _paired(q, m, "dense")
-        if n == 0:
+        diffs = paired_diffs(q, m, "dense")
+        if not diffs:
             lines.append(f"- {m}: no dense result on the same images yet")
             continue
-        verdict = "holds" if d >= -0.5 else "does not hold"
+        iv = stats.interval(list(diffs.values()))
+        verdict = stats.verdict(iv, -NEAR_DENSE_DB)
         tag = verdict if m in band else f"({verdict} at this sparsity; outside the claim's range)"
-        lines.append(f"- {m} ({100 * sp[m]:.1f}% sparse) vs dense: {d:+.2f} dB over {n} image(s) -> {tag}")
+        lines.append(f"- {m} ({100 * sp[m]:.1f}% sparse) vs dense: {interval_line(iv, diffs)} -> {tag}")
     # 2. LIP beats DD of equal parameter count; 3. random pruning is worse
     claim2 = "**Claim 2: LIPs beat the deep decoder of (about) equal parameter count.**"
     lines += _beats(q, lips, "dd-matched-", claim2, "matched deep decoder")
     claim3 = "**Claim 3: random pruning at equal sparsity is worse than the LIP.**"
     lines += _beats(q, lips, "random-", claim3, "random")
     # transfer is the paper's fourth finding, reported without a pass/fail threshold
-    transfers = sorted({m for m, _ in q if m.startswith("transfer-")})
+    transfers = sorted({m for m, _, _ in q if m.startswith("transfer-")})
     if transfers:
         lines += ["", "**Transfer: a ticket found on one image, fitted to another (vs the target's own LIP).**"]
     for m in transfers:
         own = "lip-unstructured-" + m.split("-")[1]
-        d, n = _paired(q, m, own)
-        dd, nd = _paired(q, m, "dense")
-        vs_own = f"{d:+.2f} dB vs {own} over {n} image(s)" if n else f"no {own} on the same images yet"
-        vs_dense = f"{dd:+.2f} dB vs dense over {nd} image(s)" if nd else "no dense result on the same images"
+        d_own, d_dense = paired_diffs(q, m, own), paired_diffs(q, m, "dense")
+        iv_own, iv_dense = stats.interval(list(d_own.values())), stats.interval(list(d_dense.values()))
+        vs_own = f"{interval_line(iv_own, d_own)} vs {own}" if d_own else f"no {own} on the same images yet"
+        vs_dense = f"{interval_line(iv_dense, d_dense)} vs dense" if d_dense else "no dense result on the same images"
         lines.append(f"- {m}: {vs_own}; {vs_dense}")
     return lines
 
@@ -287,11 +340,36 @@ def method_order(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(info, key=lambda m: info[m])
 
 
+def per_image(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], float | None]:
+    """(method, image, metric) -> mean over the seeds of that image (None where every seed's value is None)."""
+    acc: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    for r in rows:
+        if r.get("image") not in ("mean", "-", None) and r.get("method"):
+            acc[(r["method"], r["image"], r["metric"])].append(r.get("value"))
+    out: dict[tuple[str, str, str], float | None] = {}
+    for k, vs in acc.items():
+        nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[k] = _mean(nums) if nums else None
+    return out
+
+
+def _mean_text(r: dict[str, Any] | None, nd: int = 2) -> str:
+    """A mean row's value with its interval: ``29.49 [29.01, 29.97]``, or the value alone without one."""
+    if not r:
+        return "-"
+    iv = Interval(r["value"], _none_nan(r.get("ci_lo")), _none_nan(r.get("ci_hi")), r.get("n", 0), r.get("ci_kind", ""))
+    return iv.text(nd, signed=False)
+
+
+def _none_nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
 def quality_tables(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     means = {(r["method"], r["metric"]): r for r in rows if r.get("image") == "mean"}
-    per = {(r["method"], r["image"], r["metric"]): r["value"] for r in rows if r.get("image") not in ("mean", "-")}
+    per = per_image(rows)
     images = sorted({r["image"] for r in rows if r["metric"] == "psnr_best" and r["image"] not in ("mean", "-")})
-    deltas = delta_vs_dense(rows)
+    deltas = delta_intervals(rows)
     body = []
     for m in method_order(rows):
         pb = means.get((m, "psnr_best"))
@@ -301,20 +379,20 @@ def quality_tables(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         ttq_s = "n/r" if ttq and all(t is None for t in ttq) else _fmt(_mean([t for t in ttq if t is not None]), 1)
         if ttq and any(t is None for t in ttq) and not all(t is None for t in ttq):
             ttq_s += f" ({sum(t is None for t in ttq)} n/r)"
-        d, n = deltas.get(m, (math.nan, 0))
+        iv = deltas.get(m)
         body.append(
             [
                 m,
                 _fmt(100 * pb["sparsity"], 1) if pb.get("sparsity") is not None else "-",
                 f"{pb.get('params', 0):,}",
-                _fmt(pb["value"]),
+                _mean_text(pb),
                 _fmt(means.get((m, "psnr_final"), {}).get("value")),
                 _fmt(means.get((m, "ssim_best"), {}).get("value"), 4),
                 _fmt(means.get((m, "ssim_final"), {}).get("value"), 4),
-                f"{d:+.2f} ({n})" if n else "-",
+                f"{iv.text()} ({iv.how()})" if iv and iv.n else "-",
                 ttq_s,
                 _fmt(means.get((m, "fit_seconds"), {}).get("value"), 1),
-                str(pb.get("n_images", "")),
+                f"{pb.get('n_images', '')} x {pb.get('n_seeds', 1)}",
             ]
         )
     t1 = _table(
@@ -322,14 +400,14 @@ def quality_tables(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
             "method",
             "sparsity %",
             "params",
-            "PSNR best",
+            "PSNR best [95% interval]",
             "PSNR final",
             "SSIM best",
             "SSIM final",
-            "Δ best vs dense (images)",
+            "Δ best vs dense [95% interval] (n, interval)",
             "time to quality s",
             "fit s",
-            "images",
+            "images x seeds",
         ],
         body,
     )
@@ -342,7 +420,7 @@ def quality_tables(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
             b, f = per.get((m, i, "psnr_best")), per.get((m, i, "psnr_final"))
             cells.append("-" if b is None else f"{b:.2f} / {_fmt(f)}")
         body2.append([m, *cells])
-    t2 = _table(["method (PSNR best / final, dB)", *images], body2)
+    t2 = _table(["method (PSNR best / final, dB; mean over seeds)", *images], body2)
     return t1, t2
 
 
@@ -476,14 +554,16 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
             if deltas.get(r["method"], (0, 0))[1]:
                 fams[r["family"]].append(r)
         styles = series_styles(list(fams))
+        ivs = delta_intervals(rows)
         for fam, rs in sorted(fams.items()):
             rs = sorted(rs, key=lambda r: r.get("params") or 0)
             ys = [deltas[r["method"]][0] for r in rs]
-            ax.plot([r["params"] for r in rs], ys, "-" if len(rs) > 1 else "", label=fam, **styles[fam])
+            ax.errorbar([r["params"] for r in rs], ys, yerr=error_bars([ivs[r["method"]] for r in rs]),
+                        linestyle="-" if len(rs) > 1 else "", capsize=3, label=fam, **styles[fam])  # fmt: skip
         ax.axhline(-TTQ_MARGIN_DB, color="grey", ls=":", lw=1, label="dense - 0.5 dB")
         ax.set_xscale("log")
         ax.set_xlabel("parameters (nonzero conv weights + biases + BN affine)")
-        ax.set_ylabel("best PSNR - dense DIP's (dB, paired by image)")
+        ax.set_ylabel("best PSNR - dense DIP's (dB, paired; bars: 95% interval)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("PSNR vs parameters, relative to the dense DIP")
@@ -549,6 +629,13 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
     return made
 
 
+def error_bars(ivs: list[Interval]) -> list[list[float]]:
+    """matplotlib's ``yerr`` (below, above) of intervals around their means; 0 where there is no interval."""
+    below = [iv.mean - iv.lo if iv.known else 0.0 for iv in ivs]
+    above = [iv.hi - iv.mean if iv.known else 0.0 for iv in ivs]
+    return [below, above]
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -600,6 +687,10 @@ def build_report(out: str | Path) -> dict[str, Any]:
     md = markdown(all_rows, jobs, envs, preset, pngs).rstrip("\n") + "\n" + "\n".join([*front_md, *task_lines, ""])
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "headline.md", headline(all_rows, preset) + "".join(f"{ln}\n" for ln in front))
+    atomic_write_text(out / "noise.md", "\n".join(noise_floor_lines(all_rows, preset)) + "\n")
+    if preset.get("name") not in NO_VERDICT_PRESETS:
+        table = comparison_table(all_rows) or ["- no paired comparison measured yet"]
+        atomic_write_text(out / "comparisons.md", "\n".join(table) + "\n")
     return {"rows": len(all_rows), "jobs": len(jobs), "plots": pngs}
 
 
@@ -622,38 +713,165 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
     # the deployable forms (a masked network costs what dense costs, whatever its ticket's structure), and only the
     # timings made in the same run as dense's: milliseconds from another run are not comparable
     lat = {b: {m: ms for m, (ms, _) in _beside_dense(rows, b).items()} for b in HEADLINE_LATENCY_BACKENDS}
-    deltas = delta_vs_dense(rows)
+    deltas = delta_intervals(rows)
+    timed = any(lat.values())
     body = []
     for m in method_order(rows):
         pb = means.get((m, "psnr_best"))
         if not pb or pb.get("family") not in HEADLINE_FAMILIES:
             continue
         sp = pb.get("sparsity")
-        d, n = deltas.get(m, (math.nan, 0))
+        iv = deltas.get(m)
         body.append(
             [
                 m,
                 "-" if not sp else f"{100 * sp:.0f}%",
                 f"{pb.get('params', 0):,}",
-                f"{pb['value']:.2f}",
-                f"{d:+.2f}" if n else "-",
+                _mean_text(pb),
+                iv.text() if iv and iv.n and m != "dense" else ("+0.00" if m == "dense" else "-"),
                 _fmt(means.get((m, "ssim_best"), {}).get("value"), 3),
-                *(_fmt(lat[b].get(m), 1) for b in HEADLINE_LATENCY_BACKENDS),
-                str(pb.get("n_images", "")),
+                *((_fmt(lat[b].get(m), 1) for b in HEADLINE_LATENCY_BACKENDS) if timed else ()),
+                f"{pb.get('n', pb.get('n_images', ''))} ({pb.get('n_images', '')} x {pb.get('n_seeds', 1)})",
             ]
         )
     name = preset.get("name", "?")
     lines = [
-        f"Preset `{name}`: {preset.get('net_description', '')}; best PSNR over iterations, mean over images; "
-        "Δ = PSNR minus the dense DIP's on the same image, averaged; fwd ms: forward pass of the first image's model, "
-        "timed in the same run as the dense DIP's ('-': not timed in that run).",
+        f"Preset `{name}`: {preset.get('net_description', '')}; best PSNR over iterations, mean over images and "
+        "seeds with its 95% interval; Δ = PSNR minus the dense DIP's on the same image with the same seed, mean and "
+        "95% interval of the pairs; n = fits (images x seeds); intervals: Student t below 20 fits, percentile "
+        f"bootstrap from 20, none below {stats.MIN_N} (n too small)"
+        + (
+            "; fwd ms: forward pass of the first image's model, timed in the same run as the dense DIP's ('-': not "
+            "timed in that run)."
+            if timed
+            else "."
+        ),
         "",
     ]
-    header = ["method", "sparsity", "params", "PSNR dB", "Δ vs dense dB", "SSIM"]
-    header += [f"fwd ms ({HEADLINE_LATENCY_BACKENDS[b]})" for b in HEADLINE_LATENCY_BACKENDS] + ["images"]
+    header = ["method", "sparsity", "params", "PSNR dB [95%]", "Δ vs dense dB [95%]", "SSIM"]
+    header += [f"fwd ms ({HEADLINE_LATENCY_BACKENDS[b]})" for b in HEADLINE_LATENCY_BACKENDS] if timed else []
+    header += ["n (images x seeds)"]
     lines += _table(header, body)
+    lines += [*threads_note(rows)]
     lines += ["", *[ln for ln in claims(rows, preset) if ln.startswith("- ")]]
     return "\n".join(lines) + "\n"
+
+
+def dense_of(method: str) -> str:
+    """The dense DIP a method is compared with: ``dense``, or ``dense@task`` for a multi-task preset's method."""
+    _, at, task = method.partition("@")
+    return f"dense@{task}" if at else "dense"
+
+
+def reference_pairs(methods: list[str], sparsity: dict[str, float]) -> list[tuple[str, str, str, float, bool]]:
+    """Every comparison the presets make, as (a, b, claim, threshold, strict): a - b must be above the threshold.
+    A ticket vs the dense DIP (within 0.5 dB), an unstructured LIP vs random pruning (above it; by >= 1 dB from 95%)
+    and vs the matched deep decoder (above it), a transferred ticket vs the image's own (within 0.5 dB), a channel
+    ticket vs the narrow DIP of its size (above it)."""
+    have = set(methods)
+    out = []
+    for m in methods:
+        base, at, task = m.partition("@")
+        tail = f"@{task}" if at else ""
+        dense = dense_of(m)
+        fam = base.rsplit("-", 1)[0]
+        if base.startswith("lip-") and dense in have:
+            out.append((m, dense, f"within {NEAR_DENSE_DB} dB of dense", -NEAR_DENSE_DB, False))
+        if base.startswith("lip-unstructured-"):
+            p = base.removeprefix("lip-unstructured-")
+            rnd, dd = f"random-{p}{tail}", f"dd-matched-{p}{tail}"
+            if rnd in have:
+                extreme = (sparsity.get(m) or 0) >= 0.95
+                out.append((m, rnd, "above random pruning" + (" by >= 1 dB" if extreme else ""),
+                            1.0 if extreme else 0.0, not extreme))  # fmt: skip
+            if dd in have:
+                out.append((m, dd, "above the matched deep decoder", 0.0, True))
+        if fam.startswith("transfer-") or base.startswith("transfer-") or base.startswith("xtask-"):
+            own = f"lip-unstructured-{base.split('-')[1]}{tail}"
+            if own in have:
+                out.append((m, own, f"within {NEAR_DENSE_DB} dB of the image's own ticket", -NEAR_DENSE_DB, False))
+        if base.startswith("lip-channel-norm-"):
+            narrow = base.replace("lip-channel-norm-", "dip-narrow-") + tail
+            if narrow in have:
+                out.append((m, narrow, "above the narrow DIP of equal size", 0.0, True))
+    return out
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every paired comparison of :func:`reference_pairs` with its mean difference, 95% interval, n and verdict."""
+    q = _q(rows)
+    sparsity = _sparsity_of(rows)
+    methods = method_order([r for r in rows if r["metric"] == "psnr_best"])
+    body = []
+    for a, b, claim, threshold, strict in reference_pairs(methods, sparsity):
+        diffs = paired_diffs(q, a, b)
+        if not diffs:
+            continue
+        iv = stats.interval(list(diffs.values()))
+        bar = f"{'>' if strict else '>='} {threshold:+.1f}"
+        body.append([f"{a} - {b}", claim, bar, iv.text(), units_text(diffs), iv.kind,
+                     stats.verdict(iv, threshold, strict)])  # fmt: skip
+    if not body:
+        return []
+    return _table(["difference (dB)", "claim", "bar", "mean [95% interval]", "n", "interval", "verdict"], body)
+
+
+def noise_floor(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed-to-seed noise of the folder's fits: the pooled standard deviation over seeds of one method's best PSNR
+    on one image (``fit_sd``, with ``fit_df`` degrees of freedom over ``fit_groups`` (method, image) groups), and of a
+    method's difference to the dense DIP on one image with the same seed (``diff_sd``, ``diff_df``,
+    ``diff_groups``); nan without two seeds of anything."""
+    q = _q(rows)
+    fits: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (m, i, _s), v in q.items():
+        fits[(m, i)].append(v)
+    diffs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for m in {m for m, _, _ in q}:
+        if m != dense_of(m):
+            for (i, _s), d in paired_diffs(q, m, dense_of(m)).items():
+                diffs[(m, i)].append(d)
+    fit_sd, fit_df = stats.pooled_sd(list(fits.values()))
+    diff_sd, diff_df = stats.pooled_sd(list(diffs.values()))
+    return {
+        "fit_sd": fit_sd, "fit_df": fit_df, "fit_groups": sum(len(v) > 1 for v in fits.values()),
+        "diff_sd": diff_sd, "diff_df": diff_df, "diff_groups": sum(len(v) > 1 for v in diffs.values()),
+        "seeds": len({s for _, _, s in q}),
+    }  # fmt: skip
+
+
+def noise_floor_lines(rows: list[dict[str, Any]], preset: dict[str, Any]) -> list[str]:
+    """The noise floor in words (:func:`noise_floor`), or a line saying that one seed per fit cannot show it."""
+    nf = noise_floor(rows)
+    name = preset.get("name", "?")
+    if not nf["fit_df"]:
+        return [f"- `{name}`: one seed per fit: the seed-to-seed noise is not measured in this folder"]
+    fit = (
+        f"- `{name}`: seed-to-seed standard deviation of a fit's best PSNR **{nf['fit_sd']:.2f} dB** (pooled over "
+        f"{nf['fit_groups']} (method, image) groups, {nf['fit_df']} degrees of freedom)"
+    )
+    if not nf["diff_df"]:
+        return [fit + "; no paired difference to the dense DIP with two seeds yet"]
+    gap = stats.t_quantile(nf["diff_df"]) * nf["diff_sd"]
+    return [
+        fit + f"; of a paired difference to the dense DIP (same image, same seed) **{nf['diff_sd']:.2f} dB** "
+        f"({nf['diff_groups']} groups, {nf['diff_df']} df): one pair's difference is noise up to about +-{gap:.2f} dB "
+        "(95%), a mean over n pairs up to about that / sqrt(n)"
+    ]
+
+
+def threads_note(rows: list[dict[str, Any]]) -> list[str]:
+    """A line when the quality rows ran with different torch thread counts (or some did not record theirs): a fit's
+    PSNR depends on its threads (seed 0, 96 px: 27.18 dB on one thread, 27.09 dB on two), so such rows are not
+    repeats of one measurement."""
+    fits = [r for r in rows if r["metric"] == "psnr_best" and r.get("image") not in ("mean", "-")]
+    counts: dict[str, int] = defaultdict(int)
+    for r in fits:
+        counts["not recorded" if r.get("threads") is None else str(r["threads"])] += 1
+    if len(counts) < 2:
+        return []
+    mix = ", ".join(f"{k} thread(s): {v} fits" for k, v in sorted(counts.items()))
+    return ["", f"Note: these fits ran with different torch thread counts ({mix}); a fit's PSNR depends on its "
+            "threads, so they are not repeats of one measurement."]  # fmt: skip
 
 
 def markdown(rows, jobs, envs, preset, pngs) -> str:
@@ -676,6 +894,18 @@ def markdown(rows, jobs, envs, preset, pngs) -> str:
     for j in jobs.values():
         kinds[j.get("kind")] += 1
     lines.append(f"- finished jobs: {len(jobs)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
+    lines += threads_note(rows)
+    lines += ["", "## Noise floor", "",
+              "Every quality number below is a mean over fits (images x seeds) with its 95% interval: Student t "
+              f"below {stats.BOOTSTRAP_MIN_N} fits, the percentile bootstrap ({stats.BOOTSTRAP_RESAMPLES} "
+              f"resamples, seeded) from {stats.BOOTSTRAP_MIN_N}, none below {stats.MIN_N} (n too small). "
+              "Differences are paired: same image, same seed. A verdict holds only when the interval clears its "
+              "threshold; 'within noise' when it straddles it.", ""]  # fmt: skip
+    lines += noise_floor_lines(rows, preset)
+    table = comparison_table(rows) if preset.get("name") not in NO_VERDICT_PRESETS else []
+    if table:
+        lines += ["", "## Paired comparisons", "", "Each difference is paired by image and seed; n = pairs.", ""]
+        lines += table
     lines += ["", "## Claims from the paper, checked against these measurements", ""]
     lines += claims(rows, preset)
     lines += [
@@ -769,12 +999,15 @@ def distinct_styles(names: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def frontier_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per ticket granularity: the sparsest ticket whose PSNR is within 0.5 dB of the dense DIP's (paired
-    by image, mean), and its forward latency ratio vs dense per runtime; then each channel ticket vs the narrow DIP
-    of equal parameter count. Empty when the rows hold no dense DIP."""
+    """One line per ticket granularity: the sparsest ticket whose mean PSNR is within 0.5 dB of the dense DIP's
+    (paired by image and seed), with the verdict its 95% interval gives ("within noise" when the interval straddles
+    -0.5 dB), and its forward latency ratio vs dense per runtime; then each channel ticket vs the narrow DIP of equal
+    parameter count. Empty when the rows hold no dense DIP."""
     deltas = delta_vs_dense(rows)
     if not deltas.get("dense", (0, 0))[1]:
         return []
+    ivs = delta_intervals(rows)
+    q = _q(rows)
     sparsity = _sparsity_of(rows)
     fams: dict[str, list[str]] = defaultdict(list)
     for r in rows:
@@ -784,25 +1017,28 @@ def frontier_lines(rows: list[dict[str, Any]]) -> list[str]:
     lat = {b: latency_vs_dense(rows, b) for b, _ in FRONTIER_BACKENDS}
     lines = []
     for fam in sorted(fams):
-        ok = [m for m in fams[fam] if deltas.get(m, (math.nan, 0))[1] and deltas[m][0] >= -NEAR_DENSE_DB]
+        paired = [m for m in fams[fam] if m in ivs and ivs[m].n]
         label = family_label(fam, rows)
+        verdicts = {m: stats.verdict(ivs[m], -NEAR_DENSE_DB) for m in paired}
+        ok = [m for m in paired if ivs[m].mean >= -NEAR_DENSE_DB]
         if not ok:
-            worst = ", ".join(f"{m} {deltas[m][0]:+.2f} dB" for m in sorted(fams[fam]) if deltas.get(m, (0, 0))[1])
+            worst = ", ".join(f"{m} {ivs[m].text()} dB" for m in sorted(paired))
             lines.append(f"- {label}: no ticket within {NEAR_DENSE_DB} dB of dense ({worst or 'no paired results'})")
             continue
         best = max(ok, key=lambda m: sparsity.get(m, 0.0))
-        d, n = deltas[best]
         speed = []
         for b, name in FRONTIER_BACKENDS:
             if lat[b].get(best):
                 speed.append(f"{name} latency {lat[b][best]:.2f}x dense's")
         sp = 100 * sparsity.get(best, 0.0)
+        how = {stats.HOLDS: "", stats.NOISE: " (within noise: its interval straddles the bar)",
+               stats.UNKNOWN: " (mean only: n too small for an interval)"}[verdicts[best]]  # fmt: skip
         lines.append(
-            f"- {label}: sparsest ticket within {NEAR_DENSE_DB} dB of dense: {best} ({sp:.1f}% sparse, {d:+.2f} dB "
-            f"over {n} image(s)); " + ("; ".join(speed) or "latency not measured in a run that timed dense")
+            f"- {label}: sparsest ticket within {NEAR_DENSE_DB} dB of dense{how}: {best} ({sp:.1f}% sparse, "
+            f"{interval_line(ivs[best], paired_diffs(q, best, 'dense'))}); "
+            + ("; ".join(speed) or "latency not measured in a run that timed dense")
         )
-    q = _q(rows)
-    for m in sorted({m for m, _ in q if m.startswith("lip-channel-norm-")}):
+    for m in sorted({m for m, _, _ in q if m.startswith("lip-channel-norm-")}):
         other = m.replace("lip-channel-norm-", "dip-narrow-")
         v = _better(q, m, other)
         if v:
@@ -827,13 +1063,20 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
     structured = sorted(m for m in paired if family[m].startswith("lip-"))
     ort = {m: 1.0 / r for m, r in latency_vs_dense(rows, "onnxruntime-cpu").items() if r > 0}  # speedups
 
+    ivs = delta_intervals(rows)
+    q = _q(rows)
+
     def desc(m: str) -> str:
-        d, n = paired[m]
         speed = f", {ort[m]:.2f}x dense's ONNX Runtime CPU speed" if m in ort else ""
-        return f"{m} ({100 * sparsity.get(m, 0.0):.1f}% sparse, {d:+.2f} dB over {n} image(s){speed})"
+        verdict = stats.verdict(ivs[m], -NEAR_DENSE_DB)
+        return (f"{m} ({100 * sparsity.get(m, 0.0):.1f}% sparse, {interval_line(ivs[m], paired_diffs(q, m, 'dense'))}"
+                f"{speed}: {verdict})")  # fmt: skip
+
+    def near_dense(m: str) -> bool:  # the mean is within 0.5 dB; desc() says what its interval makes of it
+        return paired[m][0] >= -NEAR_DENSE_DB
 
     lines = []
-    near = [m for m in structured if paired[m][0] >= -NEAR_DENSE_DB]
+    near = [m for m in structured if near_dense(m)]
     timed = [m for m in structured if m in ort]
     met = [m for m in near if m in timed and ort[m] >= TARGET_SPEEDUP]
     head = f"- target: a structured LIP within {NEAR_DENSE_DB} dB of dense, >= {TARGET_SPEEDUP:g}x faster in ORT CPU"
@@ -853,7 +1096,7 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not high:
         lines.append(f"{head}: not measured")
     else:
-        ok = [m for m in high if paired[m][0] >= -NEAR_DENSE_DB]
+        ok = [m for m in high if near_dense(m)]
         miss = [m for m in high if m not in ok]
         verdict = "met by " + "; ".join(desc(m) for m in ok) if ok else "not met"
         lines.append(f"{head}: {verdict}" + ("; not by " + "; ".join(desc(m) for m in miss) if miss else ""))
@@ -869,6 +1112,7 @@ def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
     shape and colour per family, a family's tickets joined in order of sparsity; the dense DIP, the deep decoders and
     the narrow DIPs are the reference points. Returns the PNG name."""
     deltas = delta_vs_dense(rows)
+    ivs = delta_intervals(rows)
     lat = {b: latency_vs_dense(rows, b) for b, _ in FRONTIER_BACKENDS}
     if not deltas.get("dense", (0, 0))[1] or not any(lat.values()):
         return []
@@ -897,9 +1141,9 @@ def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
             ms = [m for m in ms if deltas[m][0] >= PLOT_FLOOR_DB]
             st = styles[fam]
             ref = fam in REFERENCE_FAMILIES
-            ax.plot([lat[b][m] for m in ms], [deltas[m][0] for m in ms], linestyle=":" if ref else "-",
-                    marker=st["marker"], color=st["color"], markersize=9 if fam == "dense" else 6,
-                    label=family_label(fam, rows))  # fmt: skip
+            ax.errorbar([lat[b][m] for m in ms], [deltas[m][0] for m in ms], yerr=error_bars([ivs[m] for m in ms]),
+                        linestyle=":" if ref else "-", marker=st["marker"], color=st["color"], capsize=2,
+                        markersize=9 if fam == "dense" else 6, label=family_label(fam, rows))  # fmt: skip
         if off:
             note = f"not drawn (below {PLOT_FLOOR_DB:g} dB): "
             note += "; ".join(f"{m} {deltas[m][0]:+.1f} dB at {lat[b][m]:.2g}x" for m in off)
@@ -908,7 +1152,7 @@ def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlapped on short ranges
         ax.set_xlabel("forward latency / dense DIP's, same run (log)")
-        ax.set_ylabel("PSNR minus dense DIP's (dB, paired by image)")
+        ax.set_ylabel("PSNR minus dense DIP's (dB, paired; bars: 95% interval)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -920,7 +1164,7 @@ def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _task_quality(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """task -> base method -> {psnr per image, family, nominal sparsity}, from rows of a multi-task preset."""
+    """task -> base method -> {psnr per (image, seed), family, nominal sparsity}, from rows of a multi-task preset."""
     out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
         if r["metric"] != "psnr_best" or r.get("image") in ("mean", "-") or not r.get("base_method"):
@@ -929,7 +1173,7 @@ def _task_quality(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
             r["base_method"],
             {"family": r.get("family"), "sparsity": r.get("sparsity_nominal") or r.get("sparsity"), "psnr": {}},
         )
-        e["psnr"][r["image"]] = r["value"]
+        e["psnr"][(r["image"], seed_of(r))] = r["value"]
         e.setdefault("source_task", r.get("source_task"))
         e.setdefault("source_image", r.get("source_image"))
     return out
@@ -944,12 +1188,14 @@ def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list
     if not tq:
         return [], []
     lines = ["", "## Per task: PSNR vs sparsity", "",
-             "Best PSNR over iterations, mean over images (per image in the rows files); the matched deep decoder "
-             "is placed at its ticket's sparsity; Δ columns are paired by image."]  # fmt: skip
+             "Best PSNR over iterations, mean over images and seeds (per fit in the rows files); the matched deep "
+             "decoder is placed at its ticket's sparsity; Δ columns are paired by image and seed: mean [95% "
+             "interval] (n)."]  # fmt: skip
 
-    def paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, int]:
-        imgs = sorted(set(a) & set(b))
-        return _mean([a[i] - b[i] for i in imgs]), len(imgs)
+    def paired(a: dict[Unit, float], b: dict[Unit, float]) -> str:
+        units = sorted(set(a) & set(b))
+        iv = stats.interval([a[u] - b[u] for u in units])
+        return f"{iv.text()} ({iv.n})" if units else "-"
 
     for task in sorted(tq):
         ms = tq[task]
@@ -960,14 +1206,10 @@ def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list
                 continue
             tail = m.removeprefix("lip-unstructured-")
             rnd, dd = ms.get(f"random-{tail}", {}).get("psnr", {}), ms.get(f"dd-matched-{tail}", {}).get("psnr", {})
-            vr, nr = paired(e["psnr"], rnd)
-            vd, nd = paired(e["psnr"], dense)
-            vm, nm = paired(e["psnr"], dd)
             body.append([
                 f"{100 * (e['sparsity'] or 0):.1f}%", _fmt(_mean(list(e["psnr"].values()))),
                 _fmt(_mean(list(rnd.values()))), _fmt(_mean(list(dd.values()))), _fmt(_mean(list(dense.values()))),
-                f"{vr:+.2f} ({nr})" if nr else "-", f"{vd:+.2f} ({nd})" if nd else "-",
-                f"{vm:+.2f} ({nm})" if nm else "-",
+                paired(e["psnr"], rnd), paired(e["psnr"], dense), paired(e["psnr"], dd),
             ])  # fmt: skip
         lines += ["", f"### {task}", ""]
         lines += _table(["sparsity", "LIP", "random", "matched DD", "dense", "LIP - random", "LIP - dense",
@@ -978,14 +1220,15 @@ def task_section(out: Path, rows: list[dict[str, Any]]) -> tuple[list[str], list
                 continue
             tail = m.split("-")[1]
             own = ms.get(f"lip-unstructured-{tail}", {}).get("psnr", {})
-            for img, v in sorted(e["psnr"].items()):
-                d = v - own[img] if img in own else math.nan
+            for img in sorted({i for i, _ in e["psnr"]}):
+                mine = {u: v for u, v in e["psnr"].items() if u[0] == img}
+                theirs = {u: v for u, v in own.items() if u[0] == img}
                 src = e.get("source_image") or img
-                tr.append([m, f"{src}, {e.get('source_task') or task}", img, _fmt(v), _fmt(own.get(img)),
-                           "-" if math.isnan(d) else f"{d:+.2f}"])  # fmt: skip
+                tr.append([m, f"{src}, {e.get('source_task') or task}", img, _fmt(_mean(list(mine.values()))),
+                           _fmt(_mean(list(theirs.values()))), paired(mine, theirs)])  # fmt: skip
         if tr:
-            lines += ["", f"Transferred tickets fitted on {task} (found on: image, task):", ""]
-            lines += _table(["method", "found on", "fitted on", "PSNR", "own ticket", "Δ vs own"], tr)
+            lines += ["", f"Transferred tickets fitted on {task} (found on: image, task; mean over seeds):", ""]
+            lines += _table(["method", "found on", "fitted on", "PSNR", "own ticket", "Δ vs own [95%] (n)"], tr)
     return lines, _task_plot(out, tq)
 
 
@@ -1015,25 +1258,25 @@ def _task_plot(out: Path, tq: dict[str, dict[str, dict[str, Any]]]) -> list[str]
             # one point per sparsity: the mean over images of the family's fits there, so that a transfer family
             # whose tickets each land on one image (astronaut's on coffee, coffee's on astronaut) is compared on
             # the same images as the LIP's mean, not as two single-image points
-            per: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            per: dict[float, list[float]] = defaultdict(list)
             for e in ms.values():
                 if e["family"] == fam and e["sparsity"] is not None and e["sparsity"] < 1:
-                    for img, v in e["psnr"].items():
-                        per[_rounds_of(e["sparsity"])][img].append(v)
-            pts = sorted((k, _mean([_mean(vs) for vs in by_img.values()])) for k, by_img in per.items())
+                    per[_rounds_of(e["sparsity"])] += list(e["psnr"].values())
+            pts = sorted((k, stats.interval(vs)) for k, vs in per.items())
             ticks |= {x for x, _ in pts}
             if pts:
                 st = styles[fam]
                 ls = "-" if fam in ("lip", "random", "dd-matched") else "none"
-                ax.plot(*zip(*pts, strict=True), linestyle=ls, marker=st["marker"], color=st["color"],
-                        label=labels[fam])  # fmt: skip
+                ax.errorbar([k for k, _ in pts], [iv.mean for _, iv in pts], yerr=error_bars([iv for _, iv in pts]),
+                            linestyle=ls, marker=st["marker"], color=st["color"], capsize=3,
+                            label=labels[fam])  # fmt: skip
         if "dense" in ms:
             ax.axhline(_mean(list(ms["dense"]["psnr"].values())), color=styles["dense"]["color"], linestyle="--",
                        label="dense DIP")  # fmt: skip
         ax.set_title(task)
         ax.set_xticks(sorted(ticks), [f"{100 * (1 - 0.8**k):.1f}" for k in sorted(ticks)], fontsize=7)
         ax.set_xlabel("sparsity % (spaced by IMP round k: 1 - 0.8^k)")
-        ax.set_ylabel("PSNR dB (best, mean over images)")
+        ax.set_ylabel("PSNR dB (best, mean over fits; bars: 95%)")
         ax.grid(alpha=0.3)
     handles, lbls = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, lbls, loc="lower center", ncol=4, fontsize=8)

@@ -384,9 +384,9 @@ def test_quality_latency_plot_lists_collapsed_tickets_instead_of_drawing_them(tm
     rows = [q("dense", "dense", 29.0), q("lip-block-83", "lip-block", 29.1), q("random-block-96", "random-block", 12.0)]
     rows += [lat("dense", 50.0), lat("lip-block-83", 49.0), lat("random-block-96", 0.01)]
     drawn, notes = [], []
-    plot, text = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.text
+    errorbar, text = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.text
     monkeypatch.setattr(
-        matplotlib.axes.Axes, "plot", lambda ax, xs, ys, **kw: drawn.append(list(xs)) or plot(ax, xs, ys, **kw)
+        matplotlib.axes.Axes, "errorbar", lambda ax, xs, ys, **kw: drawn.append(list(xs)) or errorbar(ax, xs, ys, **kw)
     )
     monkeypatch.setattr(
         matplotlib.axes.Axes, "text", lambda ax, x, y, t, **kw: notes.append(t) or text(ax, x, y, t, **kw)
@@ -408,7 +408,7 @@ def test_deltas_vs_dense_are_paired_by_image():
     assert d["lip"] == (-0.5, 1) and d["dd"] == (-1.0, 1) and d["dense"] == (0.0, 2)
 
 
-def test_claim_verdicts_need_every_image_to_agree():
+def test_claim_verdicts_read_the_interval_of_the_paired_differences():
     from lipdeploy.bench.report import claims
 
     def row(method, image, value, sparsity=None):
@@ -420,10 +420,15 @@ def test_claim_verdicts_need_every_image_to_agree():
     rows += [row("random-89", i, v, 0.89) for i, v in zip("abc", (29.0, 29.9, 29.8), strict=True)]
     rows += [row("dd-matched-89", i, 29.0) for i in "abc"]
     text = "\n".join(claims(rows))
-    assert "lip-unstructured-89 (89.0% sparse) vs dense: -0.20 dB over 3 image(s) -> holds" in text
-    assert "vs dd-matched-89: +0.80 dB over 3 image(s) -> holds" in text
-    # a mean lead carried by one image is not a win
-    assert "vs random-89: +0.23 dB over 3 image(s) -> mixed: ahead on 1 of 3 images" in text
+    # -0.1 / -0.2 / -0.3 dB: t(0.975, 2) = 4.303 x 0.1 / sqrt(3) = 0.25 each side: [-0.45, +0.05] clears -0.5
+    n3 = "(n=3: 3 image(s) x 1 seed(s), t)"
+    assert f"lip-unstructured-89 (89.0% sparse) vs dense: -0.20 [-0.45, +0.05] dB {n3} -> holds" in text
+    assert f"vs dd-matched-89: +0.80 [+0.55, +1.05] dB {n3} -> holds" in text
+    # a mean lead carried by one image is within noise: +0.9 / -0.1 / -0.1, sd 0.58, interval [-1.20, +1.67]
+    assert f"vs random-89: +0.23 [-1.20, +1.67] dB {n3} -> within noise" in text
+    # a second seed per image makes n = 6 pairs
+    rows += [{**r, "seed": 1, "value": r["value"] + 0.01} for r in list(rows)]
+    assert "(n=6: 3 image(s) x 2 seed(s), t)" in "\n".join(claims(rows))
 
 
 def test_report_reads_a_results_folder_without_the_harness():
@@ -650,11 +655,12 @@ def test_issue_12_target_lines_name_what_meets_them_and_what_comes_closest():
     rows += [_ort("lip-channel-norm-95.6", 30.0), _ort("lip-unstructured-89", 10.0)]
     speed, block = target_lines(rows)
     assert "not met; closest:" in speed
-    assert "lip-channel-norm-83 (83.0% sparse, -0.20 dB over 1 image(s), 1.67x" in speed  # fastest near dense
-    assert "lip-channel-norm-95.6 (95.6% sparse, -1.00 dB over 1 image(s), 3.33x" in speed  # best of the fast
+    one = "(n=1: 1 image(s) x 1 seed(s), n too small)"
+    assert f"lip-channel-norm-83 (83.0% sparse, -0.20 dB {one}, 1.67x" in speed  # fastest near dense
+    assert f"lip-channel-norm-95.6 (95.6% sparse, -1.00 dB {one}, 3.33x" in speed  # best of the fast
     assert "lip-unstructured" not in speed
     assert block.startswith("- target: a 16x16 block LIP at >= 80% within 0.5 dB of dense: met by lip-block-83")
-    assert "-0.15 dB over 2 image(s)" in block and "not by lip-block-95.6" in block
+    assert "-0.15 dB (n=2: 2 image(s) x 1 seed(s), n too small)" in block and "not by lip-block-95.6" in block
 
     rows.append(_ort("lip-channel-norm-83", 45.0))  # now 2.2x: the later row wins in _forward_ms
     speed, _ = target_lines(rows)

@@ -162,3 +162,28 @@ def test_executor_choice_and_missing_ray(monkeypatch, tmp_path):
     res = runner.invoke(cli, ["bench", "--preset", "ci", "--executor", "ray", "-o", str(tmp_path / "y")])
     assert res.exit_code == 2 and "needs Ray" in res.output and len(res.output.strip().splitlines()) == 1
     assert "Traceback" not in res.output
+
+
+def test_ci_rows_are_the_same_serially_and_on_ray_with_default_threads(ray_cluster, tmp_path):
+    """Issue 25: with default threads a serial run fits on one thread, as a Ray task does (the PSNR of a fit depends
+    on its thread count), so both executors give identical quality rows, seeds included, and record the threads."""
+    jobs = "quality/dense/astronaut*,quality/dd-k64/astronaut*,quality/lip-unstructured-59/astronaut*"
+    args = ["bench", "--preset", "ci", "--iters", "20", "--imp-iters", "5", "--seeds", "2", "--jobs", jobs, "-q"]
+    torch.set_num_threads(2)  # what torch starts with on a 2-core machine: the CLI's default must not keep it
+    try:
+        serial = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "serial")])
+        assert serial.exit_code == 0, serial.output
+        ray = CliRunner().invoke(cli, [*args, "--executor", "ray", "-o", str(tmp_path / "ray")])
+        assert ray.exit_code == 0, ray.output
+    finally:
+        torch.set_num_threads(1)
+    quality = {"psnr_best", "psnr_final", "ssim_best", "ssim_final"}
+
+    def rows(out: Path) -> dict[tuple, dict]:
+        return {k: v for k, v in deterministic(out).items() if k[1] in quality}
+
+    a, b = rows(tmp_path / "serial"), rows(tmp_path / "ray")
+    assert a == b and len(a) == 4 * 3 * 2  # 4 metrics x 3 methods x 2 seeds
+    assert {r["threads"] for r in a.values()} == {1} and {r["seed"] for r in a.values()} == {0, 1}
+    psnr = {k[0]: r["value"] for k, r in a.items() if k[1] == "psnr_best"}
+    assert psnr["quality/dense/astronaut"] != psnr["quality/dense/astronaut/seed1"]  # seeds are different fits
