@@ -11,6 +11,7 @@ from ..analysis import block_report, layer_labels, layer_stats
 from ..compaction import analyze_compaction
 from ..errors import InputError
 from ..fileio import atomic_write_text, check_output_path
+from ..limits import check_size
 from ..priors import PriorSpec
 from .options import (
     arch_factory_option,
@@ -68,7 +69,11 @@ def image_size(arch, size: str | None) -> tuple[int, int]:
     """The image size the FLOPs are counted at: ``--size`` (default 256x256), a generator's own resolution."""
     side = getattr(arch, "resolution", None)
     if side is None:
-        return parse_size(size or "256x256", arch.stride)
+        height, width = check_size(*parse_size(size or "256x256", arch.stride), "--size")
+        min_side = getattr(arch, "min_side", arch.stride)
+        if height < min_side or width < min_side:  # BatchNorm of a 1x1 level fails: one line, not a traceback
+            raise InputError(None, f"--size {size}: this network needs sides of at least {min_side} pixels")
+        return height, width
     if size is not None and parse_size(size) != (side, side):
         raise InputError(None, f"--size {size}: the generator makes {side}x{side} images")
     return side, side
@@ -231,7 +236,7 @@ def inspect_command(
     height, width = image_size(t.arch, size)
     report = inspect_report(t, height, width)
     if output is not None:
-        atomic_write_text(output, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(output, json.dumps(report, indent=2) + "\n", exclusive=not force)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif not (quiet and output is not None):  # --quiet -o FILE: only the file
