@@ -83,3 +83,32 @@ def test_example_ticket(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["export", "-o", str(tmp_path / "n.onnx"), "--weights-format", "dense"])
     assert res.exit_code == 0, res.output
+
+
+def test_generator_model_runs_a_batch_as_a_grid(tmp_path):
+    """A generator export: latents from --seed, images mapped from [-1, 1], a batch of 3 as one 2 x 2 grid."""
+    import torch
+
+    from lipdeploy.export.onnx_export import export_onnx
+    from lipdeploy.generator import PGANSpec, make_latent
+    from lipdeploy.ticket import ticket_from_model
+
+    spec = PGANSpec(latent_dim=6, depth_scale0=8, depth_other_scales=(4,))
+    torch.manual_seed(0)
+    model = spec.build()
+    ticket = ticket_from_model(model, spec)
+    model_path = tmp_path / "g.onnx"
+    export_onnx(ticket, model_path, weights_format="dense")
+    out = tmp_path / "grid.png"
+    args = ["run", str(model_path), "--seed", "4", "--batch", "3", "-o", str(out), "--repeat", "1"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "grid of 3 images of 8x8" in r.output
+    grid = np.asarray(Image.open(out)).astype(np.float64) / 255
+    assert grid.shape == (18, 18, 3)  # 2 x 2 tiles of 8 px, 2 px apart; the 4th tile stays black
+    with torch.no_grad():
+        want = ((ticket.build()(make_latent(spec, 3, seed=4)) + 1) / 2).clamp(0, 1).numpy()
+    assert np.abs(grid[:8, 10:18].transpose(2, 0, 1) - want[1]).max() <= 1 / 255 + 1e-6
+    assert grid[10:, 10:].max() == 0
+    r = CliRunner().invoke(cli, ["run", str(model_path), "--size", "32x32", "-o", str(tmp_path / "x.png")])
+    _one_line_error(r, "8x8")

@@ -35,6 +35,7 @@ from ..limits import (
 from .options import SEED, examples, force_option, json_option, parse_size, quiet_option
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+MAX_BATCH = 1024  # generator samples per run: a 32 x 32 grid of 256-px images is already 8k pixels a side
 
 # Every operator `lipdeploy export` writes, in any of its forms (dense / packed sparse weights, fp16, int8, embedded
 # code, BatchNorm as running statistics; tests/test_hostile_onnx.py pins it against all of them). None of them
@@ -44,6 +45,9 @@ EXPORTER_OPS = frozenset(
         "Add", "BatchNormalization", "BitShift", "Cast", "Concat", "Constant", "Conv", "CumSum", "DequantizeLinear",
         "Div", "Gather", "Identity", "InstanceNormalization", "LeakyRelu", "Mod", "Mul", "Pad", "QuantizeLinear",
         "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Sqrt", "Sub", "Tanh", "Unsqueeze",
+        # sparse packing (export/sparse_pack.py): escape symbols, zero buffers of a constant shape (check_graph
+        # refuses any tensor whose shape it cannot infer); a generator's linear layer and pixel norm
+        "ConstantOfShape", "Equal", "Not", "ScatterElements", "Where", "Gemm", "ReduceSum",
     }
 )  # fmt: skip
 
@@ -115,7 +119,8 @@ def graph_inputs(model) -> list:
 
 def check_io(model_path: Path, model) -> None:
     """Refuse a model that is not an image decoder as lipdeploy writes them, before running it: at most one input, a
-    float32 tensor of rank 4 (the noise code), and one float32 output of rank 4 with 1 or 3 channels (the image)."""
+    float32 tensor of rank 4 (the noise code) or 2 (a generator's latent [batch, latent_dim]), and one float32 output
+    of rank 4 with 1 or 3 channels (the image)."""
     inputs, outputs = graph_inputs(model), list(model.graph.output)
     if len(inputs) > 1:
         raise InputError(model_path, f"the model has {len(inputs)} inputs; a lipdeploy model has one (the noise code)")
@@ -123,9 +128,11 @@ def check_io(model_path: Path, model) -> None:
         elem, dims = _value_shape(arg)
         if not arg.type.HasField("tensor_type") or elem != 1:
             raise InputError(model_path, f"{what} {arg.name!r} is not a float32 tensor: not a lipdeploy model")
-        if not arg.type.tensor_type.HasField("shape") or len(dims) != 4:
+        ranks = (4, 2) if what == "input" else (4,)
+        if not arg.type.tensor_type.HasField("shape") or len(dims) not in ranks:
             rank = "unknown" if not arg.type.tensor_type.HasField("shape") else len(dims)
-            raise InputError(model_path, f"{what} {arg.name!r} has rank {rank}, not 4 (NCHW): not a lipdeploy model")
+            want = "4 (NCHW) or 2 (a latent)" if what == "input" else "4 (NCHW)"
+            raise InputError(model_path, f"{what} {arg.name!r} has rank {rank}, not {want}: not a lipdeploy model")
     if len(outputs) != 1:
         raise InputError(model_path, f"the model has {len(outputs)} outputs; a lipdeploy model has one (the image)")
     channels = _value_shape(outputs[0])[1][1]
@@ -135,11 +142,12 @@ def check_io(model_path: Path, model) -> None:
         )
 
 
-def check_image(model_path: Path, image: Any) -> None:
-    """The computed image: ``[1, 1|3, H, W]``, every value finite (else nothing is written)."""
-    if not isinstance(image, np.ndarray) or image.ndim != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
+def check_image(model_path: Path, image: Any, batch: int = 1) -> None:
+    """The computed images: ``[batch, 1|3, H, W]``, every value finite (else nothing is written)."""
+    shape_ok = isinstance(image, np.ndarray) and image.ndim == 4 and image.shape[1] in (1, 3)
+    if not shape_ok or image.shape[0] != batch:
         shape = list(getattr(image, "shape", []))
-        raise InputError(model_path, f"the model's output has shape {shape}, not an image [1, 3, H, W]")
+        raise InputError(model_path, f"the model's output has shape {shape}, not images [{batch}, 3, H, W]")
     if not np.isfinite(image).all():
         raise InputError(model_path, "the model's output is not finite (NaN or Inf): no image written")
 
@@ -170,7 +178,7 @@ def input_shape(model, contract: dict[str, Any], size: tuple[int, int] | None) -
     h, w = size or (256, 256)
     declared = _value_shape(inputs[0])[1]
     arch = None
-    if "architecture" in contract:
+    if "architecture" in contract and contract["architecture"].get("kind") != "factory":  # factory: user code
         from ..networks import arch_from_dict  # torch: only to make a lipdeploy model's input
 
         try:
@@ -196,6 +204,69 @@ def input_shape(model, contract: dict[str, Any], size: tuple[int, int] | None) -
                 None, f"the model's input is fixed at {declared}; it cannot take [1, {channels}, {h}, {w}]"
             )
     return [1, channels, h, w], arch
+
+
+def is_latent_model(model) -> bool:
+    """The model's input is a latent vector ``[batch, latent_dim]`` (a generator)."""
+    inputs = graph_inputs(model)
+    return bool(inputs) and len(_value_shape(inputs[0])[1]) == 2
+
+
+def latent_shape(model, contract: dict[str, Any], size: tuple[int, int] | None, batch: int) -> tuple[list[int], Any]:
+    """A generator model's input ``[batch, latent_dim]`` and its spec when lipdeploy wrote it (None otherwise)."""
+    declared = _value_shape(graph_inputs(model)[0])[1]
+    arch = _generator_arch(contract)
+    if arch is not None:
+        dim = arch.latent_dim
+        if size is not None and tuple(size) != (arch.resolution, arch.resolution):
+            raise InputError(None, f"this generator makes {arch.resolution}x{arch.resolution} images; drop --size")
+    else:
+        dim = declared[1] if isinstance(declared[1], int) and declared[1] > 0 else 0
+    if not 1 <= dim <= MAX_CHANNELS:
+        raise InputError(None, f"the model's latent has {declared[1]} features (1 to {MAX_CHANNELS} are supported)")
+    for axis, want in ((0, batch), (1, dim)):
+        if isinstance(declared[axis], int) and declared[axis] > 0 and declared[axis] != want:
+            raise InputError(None, f"the model's input is fixed at {declared}; it cannot take [{batch}, {dim}]")
+    return [batch, dim], arch
+
+
+def _generator_arch(contract: dict[str, Any]):
+    """The generator spec in a lipdeploy model's metadata (None without one; InputError when malformed)."""
+    meta = contract.get("architecture")
+    if not isinstance(meta, dict) or meta.get("kind") != "pgan":
+        return None
+    from ..networks import arch_from_dict  # torch: only to read a lipdeploy model's architecture
+
+    try:
+        return arch_from_dict(meta)
+    except (TypeError, ValueError) as exc:
+        raise InputError(None, f"the model's architecture metadata is malformed ({exc})") from None
+
+
+def latent_feeds(model, shape: list[int], arch: Any, seed: int) -> dict[str, np.ndarray]:
+    """``shape[0]`` latents from N(0, I), seeded (``make_latent`` of the spec when lipdeploy wrote the model)."""
+    import torch  # slow to import: only when running a model
+
+    if arch is not None:
+        from ..generator import make_latent  # torch: only for a lipdeploy generator
+
+        latent = make_latent(arch, shape[0], seed=seed)
+    else:
+        latent = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return {graph_inputs(model)[0].name: latent.numpy().astype(np.float32)}
+
+
+def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """A batch ``[B, C, H, W]`` as one image ``[1, C, H', W']``: ceil(sqrt(B)) columns filled row by row, ``pad``
+    black pixels between the tiles."""
+    b, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    grid = np.zeros((1, c, rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad), dtype=images.dtype)
+    for k in range(b):
+        r, q = divmod(k, cols)
+        grid[0, :, r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = images[k]
+    return grid
 
 
 def make_feeds(model, shape: list[int] | None, arch: Any, seed: int) -> dict[str, np.ndarray]:
@@ -234,7 +305,9 @@ def _shape_graph(model, shape: list[int] | None):
     return onnx.shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
 
 
-def check_graph(model_path: Path, model, shape: list[int] | None, repeat: int) -> tuple[MemoryEstimate, float]:
+def check_graph(
+    model_path: Path, model, shape: list[int] | None, repeat: int, batch: int = 1
+) -> tuple[MemoryEstimate, float]:
     """Infer every tensor's shape at the input ``shape``; refuse a tensor whose shape cannot be known before running,
     an output image beyond the image limits and a sum of all tensors beyond the memory budget. Returns the memory
     estimate and the default timeout (:data:`TIMEOUT_START_S` + MACs at :data:`TIMEOUT_MAC_PER_S`)."""
@@ -254,8 +327,8 @@ def check_graph(model_path: Path, model, shape: list[int] | None, repeat: int) -
         v.name: _ELEMENT_BYTES[_value_shape(v)[0]] for v in [*inferred.graph.value_info, *inferred.graph.output]
     }
     out = shapes.get(model.graph.output[0].name, [])
-    if len(out) != 4 or out[0] != 1 or out[1] not in (1, 3):
-        raise InputError(model_path, f"the model's output has shape {out}, not an image [1, 3, H, W]")
+    if len(out) != 4 or out[0] != batch or out[1] not in (1, 3):
+        raise InputError(model_path, f"the model's output has shape {out}, not images [{batch}, 3, H, W]")
     check_size(out[2], out[3], f"{model_path.name}: its output image")
     weights = sum(math.prod(i.dims) * _ELEMENT_BYTES.get(i.data_type, 8) for i in model.graph.initializer)
     activations = sum(math.prod(d) * elem_bytes[name] for name, d in shapes.items())
@@ -339,6 +412,7 @@ def run_session(model_path: Path, provider: str, threads: int, feeds: dict, repe
 
 EXAMPLES = examples(
     "lipdeploy run model.onnx --size 64x64 -o decoded.png",
+    "lipdeploy run generator.onnx --seed 3 --batch 16 -o samples.png",
     "lipdeploy run model.onnx --size 256x256 --threads 1 --repeat 20 --json -o decoded.png",
 )
 
@@ -380,11 +454,22 @@ EXAMPLES = examples(
     show_default="sized to the model: 60 s + its convolutions at 0.5 GMAC/s per run",
     help="Seconds ONNX Runtime may take (loading, first run and the timed runs) before it is stopped.",
 )
+@click.option(
+    "--batch",
+    type=click.IntRange(1, MAX_BATCH),
+    default=1,
+    show_default=True,
+    help="Generator models: latents per run; a batch of several is written as one grid image, row by row.",
+)
 @force_option
 @json_option("the timings")
 @quiet_option(help="Print only the output image's path.")
-def run_command(model, size, seed, output, provider, threads, repeat, timeout, force, as_json, quiet) -> None:
-    """Run MODEL (an ONNX file from `lipdeploy export`) in ONNX Runtime and write the image it decodes."""
+def run_command(model, size, seed, output, provider, threads, repeat, timeout, batch, force, as_json, quiet) -> None:
+    """Run MODEL (an ONNX file from `lipdeploy export`) in ONNX Runtime and write the image it decodes.
+
+    A generator model (its input a latent [batch, latent_dim]) is fed latents from N(0, I) drawn with --seed; its
+    images are mapped from [-1, 1] to [0, 1] (clipped), and a --batch of several is written as one grid.
+    """
     check_output_path(output, force)
     check_threads(threads, "--threads")
     parsed = check_size(*parse_size(size), "--size") if size else None
@@ -396,13 +481,22 @@ def run_command(model, size, seed, output, provider, threads, repeat, timeout, f
 
         if PROVIDERS["cuda"] not in import_onnxruntime().get_available_providers():
             raise InputError(None, f"ONNX Runtime here has no {PROVIDERS['cuda']}")
-    shape, arch = input_shape(proto, model_contract(proto), parsed)
-    _, default_timeout = check_graph(model, proto, shape, repeat)
-    feeds = make_feeds(proto, shape, arch, seed)
+    latent = is_latent_model(proto)
+    if latent:
+        shape, arch = latent_shape(proto, model_contract(proto), parsed, batch)
+    elif batch != 1:
+        raise InputError(model, "--batch is for generator models; this model decodes one noise code")
+    else:
+        shape, arch = input_shape(proto, model_contract(proto), parsed)
+    _, default_timeout = check_graph(model, proto, shape, repeat, batch)
+    feeds = latent_feeds(proto, shape, arch, seed) if latent else make_feeds(proto, shape, arch, seed)
     del proto
     load_s, first_s, times, image = run_session(model, provider, threads, feeds, repeat, timeout or default_timeout)
-    check_image(model, image)
+    check_image(model, image, batch)
     median = statistics.median(times)
+    size_hw = [int(image.shape[2]), int(image.shape[3])]
+    if latent:  # a generator's images live on [-1, 1]
+        image = image_grid(np.clip((image + 1.0) / 2.0, 0.0, 1.0))
     # torch (for the PNG writer) loads when running a model, not for `lipdeploy run --help`
     import torch
 
@@ -413,7 +507,8 @@ def run_command(model, size, seed, output, provider, threads, repeat, timeout, f
     report = {
         "model": str(model),
         "output": str(output),
-        "size": [int(image.shape[2]), int(image.shape[3])],
+        "size": size_hw,
+        "batch": batch,
         "provider": PROVIDERS[provider],
         "load_ms": 1e3 * load_s,
         "first_run_ms": 1e3 * first_s,
@@ -426,7 +521,9 @@ def run_command(model, size, seed, output, provider, threads, repeat, timeout, f
         click.echo(str(output))
     else:
         click.echo(
-            f"wrote {output} ({image.shape[3]}x{image.shape[2]}); {report['provider']}: "
+            f"wrote {output} ({image.shape[3]}x{image.shape[2]}"
+            + (f": a grid of {batch} images of {size_hw[1]}x{size_hw[0]}" if batch > 1 else "")
+            + f"); {report['provider']}: "
             f"load {report['load_ms']:.0f} ms, first run {report['first_run_ms']:.1f} ms, "
             f"median {report['median_ms']:.1f} ms over {repeat} runs"
         )
