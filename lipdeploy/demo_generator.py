@@ -23,6 +23,7 @@ no moving average was kept), ``config`` holding the zoo's keys plus ``lipdeployD
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 
 from .discriminator import DiscriminatorSpec
 from .faces import lfw_faces
-from .fileio import atomic_output
+from .fileio import atomic_write_bytes
 from .gan_train import GanTrainConfig, critic_loss
 from .generator import PGANSpec
 
@@ -139,6 +140,14 @@ def build(glo_steps: int = GLO_STEPS, critic_steps: int = CRITIC_STEPS, log: boo
     }
 
 
+def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
+    """``torch.save`` of the checkpoint into memory: the bytes depend on the content only (saved to a file, the zip's
+    inner folder is named after the file, here a temporary one)."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
+
+
 def default_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "example_generator.pth"
 
@@ -151,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread: the same float reductions, hence the same bits, on every CPU run
     checkpoint = build(args.glo_steps, args.critic_steps)
-    with atomic_output(args.output) as tmp:
-        torch.save(checkpoint, tmp)
+    atomic_write_bytes(args.output, checkpoint_bytes(checkpoint))
     print(f"wrote {args.output}")
 
 

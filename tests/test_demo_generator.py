@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from lipdeploy.cli import cli
 from lipdeploy.cli.generator_options import bundled_generator_path
-from lipdeploy.demo_generator import D_SPEC, SPEC, build
+from lipdeploy.demo_generator import D_SPEC, SPEC, build, checkpoint_bytes
 from lipdeploy.discriminator import Discriminator
 from lipdeploy.faces import LFW_FACES, TRAIN_FACES, lfw_faces, training_images
 from lipdeploy.generator_prior import load_generator
@@ -32,6 +32,7 @@ def test_build_is_deterministic_and_a_zoo_checkpoint():
         assert a[net].keys() == b[net].keys() and all(torch.equal(a[net][k], b[net][k]) for k in a[net])
     assert a["config"]["depthOtherScales"] == list(SPEC.depth_other_scales) and a["config"]["miniBatchStdDev"]
     Discriminator(D_SPEC).load_state_dict(a["netD"])  # netD is the zoo's DNet for that generator
+    assert checkpoint_bytes(a) == checkpoint_bytes(b)  # the file's bytes too, not only its tensors
 
 
 def test_faces_splits_and_scale():
