@@ -52,6 +52,14 @@ CSV_COLUMNS = (
     "size",
     "rounds",
     "iterations",
+    "seed",
+    "threads",
+    "n",
+    "n_images",
+    "n_seeds",
+    "ci_lo",
+    "ci_hi",
+    "ci_kind",
     "loadavg",
     "loaded",
     "min_ms",
@@ -144,6 +152,7 @@ def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  ci_kind=iv.kind, derived=True)  # fmt: skip
         r.pop("job", None)
         r.pop("seed", None)
+        r.pop("threads", None)
         out.append(r)
     return out
 
