@@ -439,7 +439,7 @@ EXAMPLES = examples(
 )
 @click.option(
     "--threads",
-    type=click.IntRange(0),
+    type=int,
     default=0,
     show_default=True,
     help="Intra-op threads (0 = ONNX Runtime's choice).",
