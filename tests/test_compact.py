@@ -66,9 +66,12 @@ def _check(ticket, bn: str, size: int = 32, direct32: bool = True) -> CompactNet
         net = compact(ticket, bn=bn)
         got = net(x.clone())
         err = (got.double() - want).abs().max().item()
-        assert err <= 1e-5, f"float32 vs exact: max abs error {err}"
+        ref32 = ticket.build(bn=bn)(x.clone())
+        # no worse than the float32 masked network itself (the paper network at 64 px: 4.6e-5 from BN rounding)
+        base = (ref32.double() - want).abs().max().item() if direct32 else 0.0
+        assert err <= max(1e-5, 2 * base), f"float32 vs exact: max abs error {err} (masked float32: {base})"
         if direct32:
-            err = (got - ticket.build(bn=bn)(x.clone())).abs().max().item()
+            err = (got - ref32).abs().max().item()
             assert err <= 1e-5, f"float32 vs float32 masked network: max abs error {err}"
     return net
 

@@ -16,6 +16,7 @@ from lipdeploy.compaction import UnsupportedLayer, analyze_compaction, compact
 from lipdeploy.generator import PGANSpec, make_latent
 from lipdeploy.layers import EqualizedConv2d, PixelNorm
 from lipdeploy.masks import prunable_shapes
+from lipdeploy.networks import DeepDecoderSpec, SkipSpec, make_input
 from lipdeploy.ticket import ticket_from_model
 
 SPECS = {
@@ -220,3 +221,58 @@ def test_unknown_layer_is_refused_in_one_line(model, words):
         compact(model)
     msg = str(info.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SkipSpec(in_channels=4, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 4)),
+        SkipSpec(in_channels=4, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 0), pad="zero"),
+        DeepDecoderSpec(k=8, depth=2),
+    ],
+    ids=["skip", "skip-zero", "dd"],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_dip_and_deep_decoder_random_layer_masks_exact(spec, seed):
+    """The DIP and the deep decoder through the same table, with a sparsity per layer (whole layers die)."""
+    torch.manual_seed(seed)
+    model = _randomize(spec.build(), seed)
+    ticket = ticket_from_model(model, spec, _layer_masks(prunable_shapes(model), seed + 7))
+    x = make_input(spec, 16, 16, seed=seed)
+    for bn in ("image", "running"):
+        reference = ticket.build(bn=bn).double()
+        if bn == "image":  # exact constants before each per-image BatchNorm (see test_compact._snap_constants)
+            for m in reference.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.register_forward_pre_hook(_snap_constants)
+        _check_exact(reference, x, compact(ticket.build(bn=bn).double(), bn=bn))
+
+
+def _snap_constants(module, args):
+    (x,) = args
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    flat = (x - mean).abs().amax(dim=(2, 3), keepdim=True) <= 1e-9 * mean.abs().clamp(min=1.0)
+    return (torch.where(flat, mean.expand_as(x), x),)
+
+
+@pytest.mark.parametrize("dead", ["some", "all"])
+def test_every_compacted_generator_op_exports_to_onnx(tmp_path, dead):
+    """Constant maps, aligned sums, gathered views, the compacted pixel norm and the scale in ONNX Runtime, at two
+    batch sizes (the batch is dynamic)."""
+    ort = pytest.importorskip("onnxruntime")
+    spec = SPECS["16px-alpha"]
+    ticket = _generator_ticket(spec, 1, dead_features=dead)
+    net = compact(ticket).eval()
+    kinds = {type(m).__name__ for m in net.ops.values()}
+    assert {"AlignedSum", "Scale"} <= kinds and ({"ViewMap", "CompactPixelNorm"} <= kinds or dead == "all")
+    path = tmp_path / "g.onnx"
+    z = make_latent(spec, 2)
+    torch.onnx.export(net, (z,), str(path), dynamo=False, opset_version=17, input_names=["z"],
+                      dynamic_axes={"z": {0: "n"}})  # fmt: skip
+    sess = ort.InferenceSession(str(path))
+    for batch in (1, 4):
+        z = make_latent(spec, batch, seed=batch)
+        with torch.no_grad():
+            want = ticket.build().double()(z.double()).numpy()
+        got = sess.run(None, {"z": z.numpy()})[0]
+        assert got.shape == want.shape and abs(got - want).max() <= 1e-4

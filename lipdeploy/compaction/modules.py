@@ -152,6 +152,7 @@ class CompactPixelNorm(nn.Module):
         self.eps = float(eps)
         self.register_buffer("values", values.detach().clone().reshape(-1))
         self.register_buffer("keep", keep.clone() if keep is not None else None)
+        self.appended = int(values.numel())  # a Python int: the traced graph does not branch on a tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         square = (x * x).sum(dim=1, keepdim=True)
@@ -159,12 +160,12 @@ class CompactPixelNorm(nn.Module):
             square = square + self.const_square
         factor = torch.rsqrt(square / self.channels + self.eps)
         out = (x if self.keep is None else x[:, self.keep]) * factor
-        if self.values.numel():
+        if self.appended:
             out = torch.cat([out, _channel_view(self.values, x.dim()) * factor], dim=1)
         return out
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, const_square={self.const_square:.6g}, appended={self.values.numel()}"
+        return f"channels={self.channels}, const_square={self.const_square:.6g}, appended={self.appended}"
 
 
 class AlignedSum(nn.Module):
@@ -182,6 +183,7 @@ class AlignedSum(nn.Module):
         for j, idx in enumerate(indices):
             self.register_buffer(f"index{j}", idx if idx is not None else torch.zeros(0, dtype=torch.long))
         self.register_buffer("shift", shift.detach().clone().reshape(-1) if shift is not None else torch.zeros(0))
+        self.shifted = shift is not None
 
     def _aligned(self, j: int, x: torch.Tensor) -> torch.Tensor:
         if not self.gathers[j]:
@@ -196,7 +198,7 @@ class AlignedSum(nn.Module):
         for j in range(1, len(xs)):
             x = self._aligned(j, xs[j])
             out = out + x if self.signs[j] > 0 else out - x
-        if self.shift.numel():
+        if self.shifted:
             out = out + _channel_view(self.shift, out.dim())
         return out
 
@@ -215,9 +217,10 @@ class ViewMap(nn.Module):
         self.register_buffer("values", values.detach().clone().reshape(1, -1))
         self.channels = int(channels)
         self.size = (int(size[0]), int(size[1]))
+        self.constants = int(values.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.values.numel():
+        if self.constants:
             x = torch.cat([x, x[:, :1] * 0.0 + self.values], dim=1)
         if self.index is not None:
             x = x[:, self.index]
