@@ -123,6 +123,9 @@ def test_inspect_and_export_from_the_command_line(tmp_path, user_module):
         want = ticket.build()(x).numpy()
     got = sess.run(None, {"code": x.numpy()})[0]
     assert got.shape == (1, 3, 64, 48) and np.abs(got - want).max() <= 1e-4
+    r = run_cli("run", out, "--size", "32x32", "-o", tmp_path / "u.png", "--repeat", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["size"] == [32, 32]  # the code is 8x8: the contract's code_downsample
 
 
 @pytest.mark.parametrize(

@@ -194,8 +194,9 @@ def input_shape(model, contract: dict[str, Any], size: tuple[int, int] | None) -
                 None, f"the model's input has {declared[1]} channels but its metadata says {arch.input_channels}"
             )
         channels = arch.input_channels
-    else:  # not a lipdeploy model's metadata: U(0, 0.1) noise of the input's channel count at the requested size
+    else:  # not the toolkit's network: U(0, 0.1) noise of the input's channel count, at the size its contract gives
         channels = declared[1] if isinstance(declared[1], int) and declared[1] > 0 else 32
+        h, w = _code_size(ic, h, w)
     if not 1 <= channels <= MAX_CHANNELS:
         raise InputError(None, f"the model's input has {channels} channels (at most {MAX_CHANNELS} are supported)")
     for axis, want in ((0, 1), (2, h), (3, w)):
@@ -204,6 +205,18 @@ def input_shape(model, contract: dict[str, Any], size: tuple[int, int] | None) -
                 None, f"the model's input is fixed at {declared}; it cannot take [1, {channels}, {h}, {w}]"
             )
     return [1, channels, h, w], arch
+
+
+def _code_size(contract: Any, h: int, w: int) -> tuple[int, int]:
+    """The noise code's H x W for an image of ``h`` x ``w`` when the input contract says the code is smaller (a
+    network from the user's code that upsamples: ``code_downsample``); the image size otherwise."""
+    factor = contract.get("code_downsample", 1) if isinstance(contract, dict) else 1
+    multiple = contract.get("image_multiple_of", factor) if isinstance(contract, dict) else 1
+    if not isinstance(factor, int) or not isinstance(multiple, int) or factor < 1 or multiple < 1:
+        raise InputError(None, "the model's input contract is malformed (code_downsample, image_multiple_of)")
+    if h % multiple or w % multiple:
+        raise InputError(None, f"size {h}x{w}: height and width must be multiples of {multiple}")
+    return h // factor, w // factor
 
 
 def is_latent_model(model) -> bool:
