@@ -403,10 +403,11 @@ def _run(model: onnx.ModelProto, code: np.ndarray | None) -> np.ndarray:
     return sess.run(None, feeds)[0]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of ``a`` against ``b`` on the [0, 1] scale (inf when identical)."""
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """PSNR in dB of ``a`` against ``b`` for values spanning ``peak`` (1: the [0, 1] scale; a generator's [-1, 1]: 2);
+    inf when identical."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
 
 
 def _check_size(size: tuple[int, int], stride: int, what: str, min_side: int = 1) -> tuple[int, int]:
@@ -613,7 +614,7 @@ def export_onnx(
             raise ExportError(f"sparse-packed graph differs from the masked network by {err:.2e}; nothing written")
     precision_psnr = psnr_change = None
     if dtype != "fp32" or quantize:
-        precision_psnr = psnr(out, reference)
+        precision_psnr = psnr(out, reference, peak=2.0 if inp.generator else 1.0)
         if target is not None:
             tgt = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target, dtype=np.float32)
             if tgt.shape != reference.shape:
