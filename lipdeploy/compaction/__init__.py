@@ -37,27 +37,41 @@ Exactness rules (what "provably" means here):
   per-channel affine (:class:`ChannelAffine`, ONNX ``Mul``/``Add``).
 * **Whole dead layers / branches**: a conv with an all-zero mask outputs its bias everywhere; everything downstream
   that only depends on it folds, and a concat piece without any live channel disappears.
+* **Pixel norm** (a generator's, over channels): the mean runs over the *reference* channel count, so the compacted
+  norm adds the squares of the constant channels it no longer holds (:class:`CompactPixelNorm`). Its factor depends
+  on every channel: with any input live, a constant nonzero channel is no longer constant after it, and a needed
+  output makes every live input needed.
+* **Linear layers and views**: a linear layer is a 1x1 conv on a 1x1 map; ``nn.Unflatten(1, (C, H, W))`` makes
+  channel j of features j*H*W ... (j+1)*H*W - 1, constant when they are all constant and equal (otherwise its constant
+  features are read from a buffer).
+* **Constant scales** (equalized learning rate, ``x * c``) are kept as ops, not folded into the weights: the
+  compacted layers keep the reference's parameters, so a fit of the compacted network takes the masked one's Adam
+  steps. **Sums** (``a + b``, ``a - b``; a growing generator's alpha blend) align the inputs' channels; a channel
+  constant in an input adds its value.
 * The image channels (the output) are never removed: constant output channels are materialised as planes.
 
-The compacted module (:class:`CompactNet`) takes the same noise input as the reference (all input channels; those no
+The compacted module (:class:`CompactNet`) takes the same input as the reference (all input channels; those no
 layer reads are multiplied by zero columns; ``input_channels_used`` lists the ones that matter). Input height and
 width must be multiples of the network's total stride (as for the reference; concat centre-crops are kept anyway).
-It contains only standard ops (Conv2d, instance norm, Mul/Add, Upsample, Concat, LeakyReLU/ReLU, Sigmoid, Slice) and
-is differentiable (it can be fitted further); biases absorb the folded constants, so constant channels' BatchNorm
-shifts are no longer separate parameters.
+It contains only standard ops (Conv2d, Linear, instance norm, Mul/Add, Upsample, Concat, activations, Slice, Gather)
+and is differentiable (it can be fitted further); biases absorb the folded constants, so constant channels'
+BatchNorm shifts are no longer separate parameters.
 
-Modules: :mod:`~lipdeploy.compaction.graph` (tracing the reference network), :mod:`~lipdeploy.compaction.plan`
-(constant and needed channels), :mod:`~lipdeploy.compaction.build` (:func:`compact`), :mod:`~lipdeploy.compaction.
-modules` (the runtime: :class:`CompactNet` and its modules), :mod:`~lipdeploy.compaction.layers` (the per-layer
-hand-off :class:`CompactLayer` and the report entry :class:`LayerCompaction`), :mod:`~lipdeploy.compaction.report`
-(:func:`analyze_compaction`).
+Modules: :mod:`~lipdeploy.compaction.rules` (the rules table: one rule per layer type), :mod:`~lipdeploy.compaction.
+trace` (containers walked, everything else traced with torch.fx; a layer without a rule refused by name),
+:mod:`~lipdeploy.compaction.graph` (the traced op list), :mod:`~lipdeploy.compaction.plan` (constant and needed
+channels), :mod:`~lipdeploy.compaction.build` (:func:`compact`), :mod:`~lipdeploy.compaction.modules` (the runtime:
+:class:`CompactNet` and its modules), :mod:`~lipdeploy.compaction.layers` (the per-layer hand-off
+:class:`CompactLayer` and the report entry :class:`LayerCompaction`), :mod:`~lipdeploy.compaction.report`
+(:func:`analyze_compaction`). A new layer type is one rule class registered in ``MODULE_RULES`` (or
+``FUNCTION_RULES`` for a function a traced forward calls).
 """
 
 from __future__ import annotations
 
 from .build import compact
 from .layers import CompactLayer, LayerCompaction
-from .modules import ChannelAffine, CompactNet, ConstMap, ConstPlanes, ImageNorm, Step
+from .modules import ChannelAffine, CompactNet, CompactPixelNorm, ConstMap, ConstPlanes, ImageNorm, Step
 from .report import CompactionReport, analyze_compaction
 from .rules import FUNCTION_RULES, MODULE_RULES, Rule
 from .trace import UnsupportedLayer
@@ -68,6 +82,7 @@ __all__ = [
     "ChannelAffine",
     "CompactLayer",
     "CompactNet",
+    "CompactPixelNorm",
     "CompactionReport",
     "ConstMap",
     "ConstPlanes",
