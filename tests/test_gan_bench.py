@@ -30,7 +30,7 @@ def test_headlines_and_targets_say_what_the_rows_say(tmp_path):
     for r in ROWS:
         quality.setdefault(r["task"], {})[r["method"]] = r
     lines = "\n".join(headlines(quality))
-    assert "sparsest IMP ticket within 0.5 dB: imp-3 (48.8%" in lines
+    assert "sparsest IMP ticket (retrained) within 0.5 dB: imp-3 (48.8%" in lines
     assert "59%: IMP 20.00 vs random 14.00 dB" in lines and "MOM 18.00 dB vs LS 7.00 dB (+11.00 dB)" in lines
     verdicts = targets(quality)
     assert verdicts[0].endswith("met (+12.00 dB)") and "met (imp-3, 48.8%)" in verdicts[1] and "met" in verdicts[2]

@@ -15,7 +15,8 @@ fitted in one batch (each with its own measurements and restarts), Adam on the l
 :data:`OBJECTIVE_METHODS` only), Gaussian operators (seed 0), noise 0.01 (seed 1):
 CS at 200 and 100 of the 768 values (26% and 13%), least squares and median of means (blocks of 20), each without and
 with 2% outlier rows (4 of 200), and inpainting with half of the pixels dropped (one seeded mask). The reference is
-the dense pre-trained generator (``dense``); ``imp-0`` is the dense generator after one round of retraining.
+the dense pre-trained generator (``dense``); ``imp-0`` is the dense generator after one round of retraining;
+``imp-init-R`` is round R's mask on the pre-trained weights without retraining.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ TASKS = (
 # The objective comparisons (the last three tasks) run on these methods only: median of means costs two latents per
 # image, and the shared 2-core machine measured ~0.1 s per step of a 20-face batch (2026-12-01).
 OBJECTIVE_METHODS = ("dense", "imp-1", "imp-3", "imp-5", "imp-7", "random-3", "random-7")
+# IMP's masks on the pre-trained weights, not retrained (``imp-init-R``): whether a loss comes from pruning or from the
+# WGAN-GP retraining of a generator that was not trained adversarially; measured on these tasks.
+INIT_TASKS = ("cs-200-ls", "cs-100-ls", "inpaint-50")
 
 
 def measure(task: Task, faces: torch.Tensor):
@@ -170,6 +174,8 @@ def chains(out: Path, args) -> dict[str, tuple[float, Ticket, torch.nn.Module]]:
                 continue  # round 0 is the same dense retraining in both chains
             t = load_ticket(p)
             methods[f"{kind}-{r}"] = (t.sparsity, t, t.build("fitted").eval())
+            if kind == "imp" and r > 0:
+                methods[f"imp-init-{r}"] = (t.sparsity, t, t.build("init").eval())
     return methods
 
 
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.run(f"baseline/{task.name}", lambda task=task: baseline_rows(task, faces))
         for name, (sparsity, _, model) in methods.items():
             if (task.objective == "mom" or task.outliers) and name not in OBJECTIVE_METHODS:
+                continue
+            if name.startswith("imp-init-") and task.name not in INIT_TASKS:
                 continue
             rows.run(f"quality/{name}/{task.name}",
                      lambda n=name, s=sparsity, m=model, t=task: quality_row(n, s, m, t, faces, args))  # fmt: skip
