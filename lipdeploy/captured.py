@@ -21,26 +21,28 @@ decision taken on the device:
   registered with the graph, so each replay draws the next numbers of the same Philox stream the eager step draws.
 
 The host reads the device only at log steps and at the end. Run without capture (``FitConfig.capture="sync-free"``),
-the same step is what the graph captures, so tests on CPU check it against the eager fit.
+the same step is what the graph captures, so tests on CPU check it against the eager fit. Pruned weights keep zero
+gradients through :class:`lipdeploy.fit_result.PrunedGradients`, one fused multiply after backward, captured with the
+rest.
 
 :class:`CapturedStep` warms the step up on a side stream (cuDNN / Triton autotuning, lazy allocations), puts every
 state tensor and the generator back as they were, captures, and replays; a fit with capture on therefore produces the
 eager fit's result within float tolerance (cuDNN may pick other algorithms; the debiased average's weight is computed
-on the device).
+on the device). It is the :class:`lipdeploy.fit_result.Step` that :func:`lipdeploy.fit.fit`'s loop drives.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .errors import InputError
-from .fit_result import finish_result, progress_bar, state_copy
+from .fit_config import CAPTURE_MODES
+from .fit_result import PrunedGradients, new_adam
 from .tasks import Observation, Task
 
 CaptureMode = Literal["off", "cuda-graph", "compile", "auto", "sync-free"]
@@ -52,9 +54,9 @@ CaptureMode = Literal["off", "cuda-graph", "compile", "auto", "sync-free"]
   graphs; the default mode elsewhere);
 - ``"auto"``: ``"cuda-graph"`` on CUDA, ``"off"`` elsewhere;
 - ``"sync-free"``: :class:`SyncFreeStep` run eagerly, no capture: the captured code path, for tests and debugging.
-"""
 
-CAPTURE_MODES: tuple[str, ...] = ("off", "cuda-graph", "compile", "auto", "sync-free")
+The values: :data:`lipdeploy.fit_config.CAPTURE_MODES`.
+"""
 
 
 def resolve_capture(mode: str, device: torch.device) -> str:
@@ -106,13 +108,7 @@ def make_adam(params: list[nn.Parameter], lr: float, capturable: bool) -> tuple[
     are views of them, so a step can be undone with three masked copies. ``capturable=True`` is what CUDA graph
     capture requires (the step count stays on the device).
     """
-    kwargs = {"capturable": True} if capturable else {}
-    try:
-        opt = torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-        fused = True
-    except (RuntimeError, TypeError, ValueError):
-        opt = torch.optim.Adam(params, lr=lr, **kwargs)
-        fused = False
+    opt, fused = new_adam(params, lr, **({"capturable": True} if capturable else {}))
     device, dtype = params[0].device, params[0].dtype
     n = sum(p.numel() for p in params)
     exp_avg = torch.zeros(n, dtype=dtype, device=device)
@@ -131,7 +127,7 @@ class SyncFreeStep:
 
     The state the host reads at log steps: ``loss``, ``fidelity`` (PSNR of the degraded output to the observation),
     ``backtracks``, ``ema_out``, ``ema_updates``, and with ground truth ``curve`` (PSNR per iteration, -inf where a
-    step was skipped), ``best_psnr``, ``best_img``.
+    step was skipped), ``best_psnr``, ``best_img``. ``pruned``: the gradients to mask after backward.
     """
 
     def __init__(
@@ -151,8 +147,10 @@ class SyncFreeStep:
         generator: torch.Generator,
         gt: torch.Tensor | None = None,
         capturable: bool = False,
+        pruned: PrunedGradients | None = None,
     ) -> None:
         self.model, self.obs, self.task, self.x0 = model, observation, task, net_input
+        self.pruned = pruned or PrunedGradients()
         self.std, self.ema, self.debiased = float(input_noise_std), float(ema), ema_mode == "debiased"
         self.backtrack_db, self.check_every, self.gen, self.gt = float(backtrack_db), int(check_every), generator, gt
         dev = net_input.device
@@ -198,6 +196,7 @@ class SyncFreeStep:
         out = self.model(x)
         loss = self.obs.loss(out)
         loss.backward()
+        self.pruned()
         with torch.no_grad():
             od = out.detach()
             self.loss.copy_(loss.detach())
@@ -281,7 +280,8 @@ class SyncFreeStep:
 
 class CapturedStep:
     """Runs a :class:`SyncFreeStep`: eagerly (``"sync-free"``), replayed from a CUDA graph (``"cuda-graph"``), or
-    through ``torch.compile`` (``"compile"``). Call :meth:`prepare` once, then :meth:`run` once per step.
+    through ``torch.compile`` (``"compile"``). Call :meth:`prepare` once, then :meth:`run` once per step: the
+    :class:`lipdeploy.fit_result.Step` of :func:`lipdeploy.fit.fit`'s loop.
 
     Warm-up runs (``warmup`` steps on a side stream for the graph; the compiled function's first calls) do change the
     state, so every state tensor and the generator are saved before and put back after: the first real step starts
@@ -294,6 +294,36 @@ class CapturedStep:
         self.step, self.mode, self.warmup = step, mode, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self._fn: Callable[[], None] = step
+        # on CUDA the host does not wait for a step: the loop times the steps between two log steps together
+        self.synchronous = step.x0.device.type != "cuda"
+
+    @property
+    def ema_out(self) -> torch.Tensor:
+        return self.step.ema_out
+
+    @property
+    def curve(self) -> torch.Tensor | None:
+        return self.step.curve
+
+    @property
+    def best_psnr(self) -> torch.Tensor | None:
+        return self.step.best_psnr
+
+    @property
+    def best_img(self) -> torch.Tensor | None:
+        return self.step.best_img
+
+    def loss_value(self) -> float:
+        return float(self.step.loss)  # the host waits for the device here (log steps), and only here
+
+    def fidelity_value(self) -> float:
+        return float(self.step.fidelity)
+
+    def backtrack_count(self) -> int:
+        return int(self.step.backtracks)
+
+    def initial_output_weight(self) -> float:
+        return self.step.initial_output_weight()
 
     def prepare(self) -> None:
         """Warm up and capture (or compile); a no-op for ``"sync-free"``."""
@@ -336,108 +366,25 @@ class CapturedStep:
         self._fn()
 
 
-def fit_captured(
+def captured_step(
     model: nn.Module,
     observation: Observation,
     task: Task,
-    config,  # lipdeploy.fit.FitConfig (not imported: fit.py imports this module)
+    config: Any,  # lipdeploy.fit_config.FitConfig
     *,
     mode: str,
     net_input: torch.Tensor,
     input_noise_std: float,
+    generator: torch.Generator,
     gt: torch.Tensor | None,
-    handles: list[torch.utils.hooks.RemovableHandle],
-    snapshot_at: Iterable[int] = (),
-    progress: bool = False,
-    description: str = "fitting",
-):
-    """The fitting loop of :func:`lipdeploy.fit.fit` on a :class:`CapturedStep`; ``fit`` has prepared the model
-    (masks, gradient hooks ``handles``, backend) and hands over here. Returns the same :class:`FitResult`.
-
-    Per-step times: on CUDA the host does not wait for each step, so the time between two log steps (where it reads
-    the device) is spread evenly over their steps; on CPU each step is timed.
-    """
-    device = net_input.device
-    obs = observation.to(device)
-    gt_d = gt.to(device) if gt is not None else None
-    gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    snapshot_at = set(int(k) for k in snapshot_at)
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    history: list[dict[str, float]] = []
-    step_times: list[float] = []
-    bar = progress_bar(progress, description, config.iters)
-    bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
-    is_cuda = device.type == "cuda"
-    try:
-        step = SyncFreeStep(
-            model, obs, task, net_input,
-            iters=config.iters, lr=config.lr, input_noise_std=input_noise_std, ema=config.ema,
-            ema_mode=config.ema_mode, backtrack_db=config.backtrack_db, check_every=config.check_every,
-            generator=gen, gt=gt_d, capturable=mode in ("cuda-graph", "compile") and is_cuda,
-        )  # fmt: skip
-        runner = CapturedStep(step, mode)
-        runner.prepare()
-        if bar:
-            bar.start()
-        t_start = t_sync = time.perf_counter()
-        pending = 0
-        for i in range(config.iters):
-            t0 = time.perf_counter()
-            if i in snapshot_at:
-                snapshots[i] = state_copy(model)
-            runner.run()
-            if is_cuda:
-                pending += 1
-            else:
-                step_times.append(time.perf_counter() - t0)
-            last = i == config.iters - 1
-            if (i + 1) % config.log_every == 0 or last:
-                loss = float(step.loss)  # the host waits for the device here, and only here
-                now = time.perf_counter()
-                if is_cuda:
-                    step_times += [(now - t_sync) / pending] * pending
-                    t_sync, pending = now, 0
-                entry = {"iter": i + 1, "seconds": now - t_start, "loss": loss}
-                entry["psnr_obs"] = float(step.fidelity)
-                if step.curve is not None:
-                    entry["psnr"] = float(step.curve[: i + 1].max())
-                    now_psnr = float(step.curve[i])
-                    entry["psnr_now"] = now_psnr if math.isfinite(now_psnr) else None
-                history.append(entry)
-                if bar:
-                    stats = f"loss {entry['loss']:.5f}  PSNR(obs) {entry['psnr_obs']:.2f}"
-                    if step.curve is not None and entry["psnr_now"] is not None:
-                        stats += f"  PSNR {entry['psnr_now']:.2f} (best {entry['psnr']:.2f})"
-                    bar.update(bar_task, completed=i + 1, stats=stats)
-            elif bar:
-                bar.update(bar_task, completed=i + 1)
-        if config.iters in snapshot_at:
-            snapshots[config.iters] = state_copy(model)
-        if is_cuda:
-            torch.cuda.synchronize(device)
-    finally:
-        if bar:
-            bar.stop()
-        for h in handles:
-            h.remove()
-    seconds = time.perf_counter() - t_start
-
-    return finish_result(
-        task=task,
-        config=config,
-        observation=observation,
-        obs=obs,
-        gt=gt,
-        ema_out=step.ema_out,
-        best_img=step.best_img,
-        best_psnr=step.best_psnr,
-        curve=step.curve,
-        history=history,
-        seconds=seconds,
-        step_times=step_times,
-        backtracks=step.backtracks,
-        model=model,
-        snapshots=snapshots,
-        input_noise_std=input_noise_std,
-        initial_output_weight=step.initial_output_weight(),
-    )
+    pruned: PrunedGradients,
+) -> CapturedStep:
+    """The :class:`CapturedStep` of :func:`lipdeploy.fit.fit` for ``config`` (``mode``: a resolved capture mode, not
+    "off" or "auto"); ``fit`` has prepared the model (masks, backend) and the device tensors."""
+    step = SyncFreeStep(
+        model, observation, task, net_input,
+        iters=config.iters, lr=config.lr, input_noise_std=input_noise_std, ema=config.ema,
+        ema_mode=config.ema_mode, backtrack_db=config.backtrack_db, check_every=config.check_every,
+        generator=generator, gt=gt, capturable=mode in ("cuda-graph", "compile") and net_input.is_cuda, pruned=pruned,
+    )  # fmt: skip
+    return CapturedStep(step, mode)

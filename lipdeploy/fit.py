@@ -22,12 +22,17 @@ its fixed mask, until the degraded output matches the observation. The loop is t
   The check and the snapshot run every ``check_every`` steps (default 1, as the original code does nearly every step);
   the snapshot is a ``_foreach_copy_`` into preallocated buffers, no allocation.
 - DIP semantics: BatchNorm stays in training mode (per-image statistics) throughout.
-- Pruned weights are exactly zero and stay so: their gradients are masked (``freeze_pruned``), so Adam's moments for
-  them stay zero and its update is exactly 0.
+- Pruned weights are exactly zero and stay so: their gradients are masked after backward, in one fused pass
+  (:class:`lipdeploy.fit_result.PrunedGradients`), so Adam's moments for them stay zero and its update is exactly 0.
 
 With ground truth, PSNR is tracked every step on the device (a 0-d tensor, no host sync) and the best output is kept
 with ``torch.where``: the result reports the best over iterations (the paper's oracle early-stop number) and the final
 iteration's (what a user without ground truth gets), labelled as such.
+
+One loop, two steps (:class:`lipdeploy.fit_result.Step`): :class:`EagerStep` takes the decisions above on the host
+(this module); :class:`lipdeploy.captured.CapturedStep` takes them on the device, so that the step can be captured in a
+CUDA graph (``FitConfig.capture``). The loop around either is :func:`fit`'s: iterations, weight snapshots, history at
+log steps, per-step times, the progress bar and the result.
 """
 
 from __future__ import annotations
@@ -35,17 +40,27 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from .backends import AUTO, BACKENDS, sparsify
-from .captured import fit_captured, resolve_capture
+from .captured import captured_step, resolve_capture
 from .errors import InputError
-from .fit_result import BEST_LABEL, FINAL_LABEL, FitResult, finish_result, gt_psnr_t, progress_bar, state_copy
-from .masks import Mask, Masks, apply_masks_, freeze_pruned
+from .fit_config import EMA_MODES, FitConfig, check_settings
+from .fit_result import (
+    BEST_LABEL,
+    FINAL_LABEL,
+    FitResult,
+    PrunedGradients,
+    Step,
+    finish_result,
+    gt_psnr_t,
+    new_adam,
+    progress_bar,
+    state_copy,
+)
+from .masks import Mask, Masks, apply_masks_
 from .networks import ArchSpec, make_input, prunable_names
 from .tasks import Observation, Task, make_task
 from .ticket import Ticket
@@ -56,40 +71,6 @@ FitBackend = str
 
 SPARSE = "sparse"
 """Compacted network, per-layer dispatch over the registered backends (``sparsify(..., "auto")``) on any device."""
-
-EMA_MODES = ("paper", "debiased")
-"""How the output average starts: see the module docstring and :attr:`FitConfig.ema_mode`."""
-
-
-@dataclass
-class FitConfig:
-    """Hyperparameters of one fit; the defaults are the paper's. ``input_noise_std=None`` takes the task's default."""
-
-    iters: int = 3000
-    lr: float = 0.01
-    input_noise_std: float | None = None
-    input_scale: float = 0.1
-    ema: float = 0.99
-    # "paper": the average starts at the first output (the paper code's); "debiased": bias-corrected as in Adam (module
-    # docstring). The library default stays the paper's so that recorded benchmarks reproduce bit for bit.
-    ema_mode: str = "paper"
-    backtrack_db: float = 5.0
-    check_every: int = 1
-    seed: int = 0
-    log_every: int = 50
-    device: str = "cpu"
-    # "auto": the sparse kernels on CUDA for a pruned network (per-layer dispatch: never slower than cuDNN), the masked
-    # dense network on CPU; "sparse": compacted + per-layer dispatch on any device (dense convs on CPU); "dense": the
-    # masked reference network; another name of lipdeploy.backends.BACKENDS ("triton-csr", "triton-kernel",
-    # "reference"): compacted, every conv on that backend.
-    backend: FitBackend = "auto"
-    # "off": this module's eager step; "cuda-graph": the step captured once in a CUDA graph and replayed; "compile":
-    # torch.compile of it; "auto": cuda-graph on CUDA, off elsewhere; "sync-free": the captured step run eagerly
-    # (lipdeploy/captured.py; same result as the eager step within float tolerance)
-    capture: str = "off"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _prepare_model(
@@ -126,25 +107,77 @@ def _network_backend(config: FitConfig, device: torch.device, masks: Masks | Non
 
 
 def _compacted_network(
-    model_or_ticket: nn.Module | Ticket, backend: str, example_input: torch.Tensor
-) -> tuple[nn.Module, list[torch.utils.hooks.RemovableHandle]]:
+    model_or_ticket: nn.Module | Ticket, backend: str, example_input: torch.Tensor, pruned: PrunedGradients
+) -> nn.Module:
     """The network compacted and its convs on ``backend`` (``lipdeploy.sparsify``; "auto": per-layer dispatch on CUDA).
 
-    Convs left dense (faster on cuDNN, or on CPU) keep their mask through gradient hooks, so pruned weights stay zero;
-    sparse convs hold only their kept weights. The fitted state is then in the compacted layout, not the reference
-    one (``FitResult.state_dict`` is that of the compacted network).
+    Convs left dense (faster on cuDNN, or on CPU) keep their mask through ``pruned`` (their gradients masked after
+    backward), so pruned weights stay zero; sparse convs hold only their kept weights. The fitted state is then in
+    the compacted layout, not the reference one (``FitResult.state_dict`` is that of the compacted network).
     """
     try:
         net = sparsify(model_or_ticket, backend, example_input=example_input).to(example_input.device)
     except (TypeError, ValueError, NotImplementedError, RuntimeError, ImportError) as exc:
         raise InputError(None, f"backend {backend!r} cannot run this network: {exc}") from None
-    handles = []
     for key, layer in net.convs.items():
         conv = net.ops[key] if key in net.ops else None
-        if isinstance(conv, nn.Conv2d) and not bool(layer.mask.all()):
-            m = layer.mask.to(conv.weight.device, conv.weight.dtype)
-            handles.append(conv.weight.register_hook(lambda grad, m=m: grad * m))
-    return net.train(), handles
+        if isinstance(conv, nn.Conv2d):
+            pruned.add(conv.weight, layer.mask)
+    return net.train()
+
+
+def _network(
+    model_or_ticket: nn.Module | Ticket,
+    model: nn.Module,
+    masks: Masks | None,
+    config: FitConfig,
+    device: torch.device,
+    net_input: torch.Tensor,
+) -> tuple[nn.Module, PrunedGradients]:
+    """The network the fit trains (the masked one, or compacted on a backend), on ``device``, its pruned weights zero,
+    and the gradients to mask after each backward pass."""
+    model.to(device).train()  # DIP: BatchNorm always uses the current image's statistics
+    pruned = PrunedGradients()
+    if masks is not None:
+        masks = {n: m.to(device) for n, m in masks.items()}
+        apply_masks_(model, masks)
+        params = dict(model.named_parameters())
+        for name, mask in masks.items():
+            pruned.add(params[name], mask)
+    backend = _network_backend(config, device, masks)
+    if backend is not None:
+        source = model_or_ticket if isinstance(model_or_ticket, Ticket) else model
+        pruned = PrunedGradients()  # the compacted network's own weights
+        model = _compacted_network(source, backend, net_input.to(device), pruned)
+    return model, pruned
+
+
+def _check(config: FitConfig, gt: torch.Tensor | None) -> tuple[torch.device, str]:
+    """``config`` checked (again: a dataclass can be changed after it was made) with what it needs of this machine;
+    the device and the resolved capture mode."""
+    check_settings(config)
+    if config.backend not in fit_backends():
+        raise InputError(None, f"backend must be one of {', '.join(fit_backends())}; got {config.backend!r}")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "device cuda: no CUDA device is available")
+    capture = resolve_capture(config.capture, device)
+    if gt is not None and gt.shape[0] > 1 and capture != "off":  # the captured step tracks one ground truth
+        raise InputError(None, f"several ground-truth images need the eager step (capture off), not {capture!r}")
+    return device, capture
+
+
+def _make_input(
+    net_input: torch.Tensor | None, arch: ArchSpec | None, observation: Observation, config: FitConfig
+) -> torch.Tensor:
+    if net_input is not None:
+        return net_input
+    height, width = observation.out_size
+    if arch is None:
+        raise ValueError("fit needs arch= (or net_input=) to make the input noise for a bare module")
+    if height % arch.stride or width % arch.stride:
+        raise InputError(None, f"output size {width}x{height} is not a multiple of the network stride {arch.stride}")
+    return make_input(arch, height, width, seed=config.seed, scale=config.input_scale)
 
 
 def fit(
@@ -174,181 +207,232 @@ def fit(
     """
     config = config or FitConfig()
     task = task or make_task(observation.task, **observation.params)
-    if config.iters < 1:
-        raise InputError(None, f"iterations must be >= 1, got {config.iters}")
-    if config.ema_mode not in EMA_MODES:
-        raise InputError(None, f"ema_mode must be one of {', '.join(EMA_MODES)}; got {config.ema_mode!r}")
-    if config.backend not in fit_backends():
-        raise InputError(None, f"backend must be one of {', '.join(fit_backends())}; got {config.backend!r}")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "device cuda: no CUDA device is available")
-    capture = resolve_capture(config.capture, device)
-    if gt is not None and gt.shape[0] > 1 and capture != "off":  # the captured step tracks one ground truth
-        raise InputError(None, f"several ground-truth images need the eager step (capture off), not {capture!r}")
+    device, capture = _check(config, gt)
     model, masks, arch = _prepare_model(model_or_ticket, masks, arch)
-    height, width = observation.out_size
-    if net_input is None:
-        if arch is None:
-            raise ValueError("fit needs arch= (or net_input=) to make the input noise for a bare module")
-        if height % arch.stride or width % arch.stride:
-            raise InputError(
-                None, f"output size {width}x{height} is not a multiple of the network stride {arch.stride}"
-            )
-        net_input = make_input(arch, height, width, seed=config.seed, scale=config.input_scale)
+    net_input = _make_input(net_input, arch, observation, config)
     std = task.input_noise_std if config.input_noise_std is None else config.input_noise_std
-
-    model.to(device).train()  # DIP: BatchNorm always uses the current image's statistics
-    handles = []
-    if masks is not None:
-        masks = {n: m.to(device) for n, m in masks.items()}
-        apply_masks_(model, masks)
-        sparse_only = {n: m for n, m in masks.items() if not bool(m.all())}  # dense layers need no hook
-        handles = freeze_pruned(model, sparse_only)
-    backend = _network_backend(config, device, masks)
-    if backend is not None:
-        source = model_or_ticket if isinstance(model_or_ticket, Ticket) else model
-        model, sparse_handles = _compacted_network(source, backend, net_input.to(device))
-        handles += sparse_handles
+    model, pruned = _network(model_or_ticket, model, masks, config, device, net_input)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if capture != "off":  # the same loop with the step captured and replayed (lipdeploy/captured.py)
-        return fit_captured(
-            model, observation, task, config, mode=capture, net_input=net_input.to(device), input_noise_std=std,
-            gt=gt, handles=handles, snapshot_at=snapshot_at, progress=progress, description=description,
-        )  # fmt: skip
 
     obs = observation.to(device)
     gt_d = gt.to(device) if gt is not None else None
     x0 = net_input.to(device)
-    noise = torch.empty_like(x0)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adam(params, config.lr, device)
-    snap = [p.detach().clone() for p in params]
+    step: Step
+    if capture == "off":
+        step = EagerStep(model, obs, task, x0, config, input_noise_std=std, generator=gen, gt=gt_d, pruned=pruned)
+    else:  # the same step with its decisions on the device, captured and replayed (lipdeploy/captured.py)
+        step = captured_step(
+            model, obs, task, config, mode=capture, net_input=x0, input_noise_std=std, generator=gen, gt=gt_d,
+            pruned=pruned,
+        )  # fmt: skip
+    history, step_times, snapshots, seconds = _loop(
+        step, model, config, device, snapshot_at=snapshot_at, progress=progress, description=description
+    )
+    return finish_result(
+        step, task=task, config=config, observation=observation, obs=obs, gt=gt, history=history, seconds=seconds,
+        step_times=step_times, model=model, snapshots=snapshots, input_noise_std=std,
+    )  # fmt: skip
+
+
+def _loop(
+    step: Step,
+    model: nn.Module,
+    config: FitConfig,
+    device: torch.device,
+    *,
+    snapshot_at: Iterable[int],
+    progress: bool,
+    description: str,
+) -> tuple[list[dict[str, float]], list[float], dict[int, dict[str, torch.Tensor]], float]:
+    """The fitting loop around ``step``: ``config.iters`` steps, the weights at ``snapshot_at``, a history entry every
+    ``config.log_every`` steps and at the last, the progress bar. Returns the history, the per-step seconds, the
+    snapshots and the seconds of the whole loop.
+
+    Per-step times: a synchronous step is timed alone; otherwise (a CUDA graph: the host does not wait for each step)
+    the time between two log steps, where the host reads the device, is spread evenly over their steps.
+    """
     snapshot_at = set(int(k) for k in snapshot_at)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
-
-    ema = config.ema
-    debiased = config.ema_mode == "debiased"
-    ema_out: torch.Tensor | None = None
-    ema_updates = 0  # outputs averaged so far
-    init_weight = 1.0  # weight of the first output in ema_out
-    best_img: torch.Tensor | None = None
-    best_psnr = torch.tensor(-math.inf, device=device)
-    curve = torch.full((config.iters,), -math.inf, device=device) if gt_d is not None else None
-    last_fid: float | None = None
-    backtracks = 0
     history: list[dict[str, float]] = []
     step_times: list[float] = []
     bar = progress_bar(progress, description, config.iters)
     bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
-    t_start = time.perf_counter()
     try:
+        step.prepare()
         if bar:
             bar.start()
+        t_start = t_sync = time.perf_counter()
+        pending = 0
         for i in range(config.iters):
             t0 = time.perf_counter()
             if i in snapshot_at:
                 snapshots[i] = state_copy(model)
-            x = torch.add(x0, noise.normal_(generator=gen), alpha=std) if std > 0 else x0
-            out = model(x)
-            loss = obs.loss(out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            restored = False
-            with torch.no_grad():
-                od = out.detach()
-                fid_t = None
-                if config.backtrack_db > 0 and i % config.check_every == 0:
-                    fid_t = obs.fidelity_psnr_t(od)
-                    fid = float(fid_t)  # the one per-step host sync (free on CPU)
-                    if last_fid is not None and (fid - last_fid < -config.backtrack_db or not math.isfinite(fid)):
-                        torch._foreach_copy_(params, snap)
-                        backtracks += 1
-                        restored = True
-                    else:
-                        torch._foreach_copy_(snap, [p.detach() for p in params])
-                        last_fid = fid
-                if not restored:
-                    ema_updates += 1
-                    if ema_out is None or ema <= 0:
-                        ema_out = od.clone()
-                        init_weight = 1.0 if ema_updates == 1 else 0.0
-                    elif debiased:  # m_t = m_{t-1} + w_t (o_t - m_{t-1}), w_t = (1 - b) / (1 - b^t): z_t / (1 - b^t)
-                        w = (1.0 - ema) / (1.0 - ema**ema_updates)
-                        ema_out.add_(od - ema_out, alpha=w)
-                        init_weight *= 1.0 - w
-                    else:
-                        ema_out.mul_(ema).add_(od, alpha=1.0 - ema)
-                        init_weight *= ema
-                    if gt_d is not None:
-                        p = gt_psnr_t(task, ema_out, gt_d)
-                        curve[i] = p
-                        better = p > best_psnr
-                        best_psnr = torch.maximum(best_psnr, p)
-                        best_img = ema_out.clone() if best_img is None else torch.where(better, ema_out, best_img)
-            if not restored:
-                opt.step()
-            step_times.append(time.perf_counter() - t0)
-            last = i == config.iters - 1
-            if (i + 1) % config.log_every == 0 or last:
-                entry = {"iter": i + 1, "seconds": time.perf_counter() - t_start, "loss": float(loss.detach())}
-                entry["psnr_obs"] = float(fid_t if fid_t is not None else obs.fidelity_psnr_t(od))
-                if curve is not None:
-                    entry["psnr"] = float(curve[: i + 1].max())  # best so far; cheap at log steps only
-                    entry["psnr_now"] = float(curve[i]) if math.isfinite(float(curve[i])) else None
+            step.run()
+            if step.synchronous:
+                step_times.append(time.perf_counter() - t0)
+            else:
+                pending += 1
+            if (i + 1) % config.log_every == 0 or i == config.iters - 1:
+                entry = _log_entry(step, i, t_start)
+                if pending:
+                    step_times += [(t_start + entry["seconds"] - t_sync) / pending] * pending
+                    t_sync, pending = t_start + entry["seconds"], 0
                 history.append(entry)
                 if bar:
-                    stats = f"loss {entry['loss']:.5f}  PSNR(obs) {entry['psnr_obs']:.2f}"
-                    if curve is not None and entry["psnr_now"] is not None:
-                        stats += f"  PSNR {entry['psnr_now']:.2f} (best {entry['psnr']:.2f})"
-                    bar.update(bar_task, completed=i + 1, stats=stats)
+                    bar.update(bar_task, completed=i + 1, stats=_bar_stats(entry))
             elif bar:
                 bar.update(bar_task, completed=i + 1)
         if config.iters in snapshot_at:
             snapshots[config.iters] = state_copy(model)
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
     finally:
         if bar:
             bar.stop()
-        for h in handles:
-            h.remove()
-    seconds = time.perf_counter() - t_start
-
-    return finish_result(
-        task=task,
-        config=config,
-        observation=observation,
-        obs=obs,
-        gt=gt,
-        ema_out=ema_out,
-        best_img=best_img,
-        best_psnr=best_psnr,
-        curve=curve,
-        history=history,
-        seconds=seconds,
-        step_times=step_times,
-        backtracks=backtracks,
-        model=model,
-        snapshots=snapshots,
-        input_noise_std=std,
-        initial_output_weight=init_weight,
-    )
+    return history, step_times, snapshots, time.perf_counter() - t_start
 
 
-def _adam(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where PyTorch has one (CPU since 2.4, CUDA): same update, one pass over the weights.
+def _log_entry(step: Step, i: int, t_start: float) -> dict[str, float]:
+    """The history entry after step ``i``: loss, PSNR to the observation, and with ground truth the best PSNR so far
+    and this step's (None where backtracking skipped it). Reading the loss is where the host waits for the device."""
+    loss = step.loss_value()
+    entry = {"iter": i + 1, "seconds": time.perf_counter() - t_start, "loss": loss}
+    entry["psnr_obs"] = step.fidelity_value()
+    if step.curve is not None:
+        entry["psnr"] = float(step.curve[: i + 1].max())  # best so far; cheap at log steps only
+        now = float(step.curve[i])
+        entry["psnr_now"] = now if math.isfinite(now) else None
+    return entry
 
-    A zero gradient still gives an exactly zero update, so pruned weights stay zero (tested). Whole-step effect
-    (``python -m lipdeploy.bench.cpu.fit_step``, 2-core AMD EPYC, 1 thread, paper net): the engine's whole step (with
-    backtracking, averaging and PSNR tracking) costs 0.99x the plain loop's at 64x64 and 1.005x at 128x128, the same.
+
+def _bar_stats(entry: dict[str, float]) -> str:
+    stats = f"loss {entry['loss']:.5f}  PSNR(obs) {entry['psnr_obs']:.2f}"
+    if entry.get("psnr_now") is not None:
+        stats += f"  PSNR {entry['psnr_now']:.2f} (best {entry['psnr']:.2f})"
+    return stats
+
+
+class EagerStep:
+    """The paper's step with its decisions on the host (module docstring): perturb the input, forward, loss,
+    backward, mask the pruned gradients; then either restore the last good weights and skip the update
+    (backtracking) or average the output, track its PSNR and step Adam. A :class:`lipdeploy.fit_result.Step`.
+
+    The backtracking check reads the PSNR to the observation on the host (the one per-step synchronisation; free on
+    CPU); several ground-truth images (a multi-image fit) are tracked by their mean PSNR (:func:`gt_psnr_t`).
     """
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+
+    synchronous = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        observation: Observation,
+        task: Task,
+        net_input: torch.Tensor,
+        config: FitConfig,
+        *,
+        input_noise_std: float,
+        generator: torch.Generator,
+        gt: torch.Tensor | None,
+        pruned: PrunedGradients,
+    ) -> None:
+        self.model, self.obs, self.task, self.x0, self.gt = model, observation, task, net_input, gt
+        self.std, self.gen, self.pruned, self.config = input_noise_std, generator, pruned, config
+        self.ema, self.debiased = config.ema, config.ema_mode == "debiased"
+        device = net_input.device
+        self.noise = torch.empty_like(net_input)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt, _ = new_adam(self.params, config.lr)
+        self.snap = [p.detach().clone() for p in self.params]
+        self.i = 0
+        self.loss: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+        self.fid_t: torch.Tensor | None = None  # the PSNR to the observation, where this step checked it
+        self.last_fid: float | None = None
+        self.backtracks = 0
+        self.ema_out: torch.Tensor | None = None
+        self.ema_updates = 0  # outputs averaged so far
+        self.init_weight = 1.0  # weight of the first output in ema_out
+        self.best_img: torch.Tensor | None = None
+        self.best_psnr = torch.tensor(-math.inf, device=device)
+        self.curve = torch.full((config.iters,), -math.inf, device=device) if gt is not None else None
+
+    def prepare(self) -> None:
+        """Nothing to prepare."""
+
+    def run(self) -> None:
+        std = self.std
+        x = torch.add(self.x0, self.noise.normal_(generator=self.gen), alpha=std) if std > 0 else self.x0
+        out = self.model(x)
+        self.loss = self.obs.loss(out)
+        self.opt.zero_grad(set_to_none=True)
+        self.loss.backward()
+        self.pruned()
+        with torch.no_grad():
+            self.out = out.detach()
+            restored = self._backtrack()
+            if not restored:
+                self._average()
+                if self.curve is not None:
+                    self._track()
+        if not restored:
+            self.opt.step()
+        self.i += 1
+
+    def _backtrack(self) -> bool:
+        """On check steps: restore the last good weights when the PSNR to the observation fell by more than
+        ``backtrack_db`` since the last good check, or is not finite (True: the step is skipped); else snapshot."""
+        self.fid_t = None
+        config = self.config
+        if not (config.backtrack_db > 0 and self.i % config.check_every == 0):
+            return False
+        self.fid_t = self.obs.fidelity_psnr_t(self.out)
+        fid = float(self.fid_t)  # the one per-step host sync (free on CPU)
+        if self.last_fid is not None and (fid - self.last_fid < -config.backtrack_db or not math.isfinite(fid)):
+            torch._foreach_copy_(self.params, self.snap)
+            self.backtracks += 1
+            return True
+        torch._foreach_copy_(self.snap, [p.detach() for p in self.params])
+        self.last_fid = fid
+        return False
+
+    def _average(self) -> None:
+        """The output average: paper (starts at the first output) or debiased (module docstring)."""
+        od, ema = self.out, self.ema
+        self.ema_updates += 1
+        if self.ema_out is None or ema <= 0:
+            self.ema_out = od.clone()
+            self.init_weight = 1.0 if self.ema_updates == 1 else 0.0
+        elif self.debiased:  # m_t = m_{t-1} + w_t (o_t - m_{t-1}), w_t = (1 - b) / (1 - b^t): z_t / (1 - b^t)
+            w = (1.0 - ema) / (1.0 - ema**self.ema_updates)
+            self.ema_out.add_(od - self.ema_out, alpha=w)
+            self.init_weight *= 1.0 - w
+        else:
+            self.ema_out.mul_(ema).add_(od, alpha=1.0 - ema)
+            self.init_weight *= ema
+
+    def _track(self) -> None:
+        """PSNR of the average to the ground truth into the curve, and the best output so far (kept with where)."""
+        p = gt_psnr_t(self.task, self.ema_out, self.gt)
+        self.curve[self.i] = p
+        better = p > self.best_psnr
+        self.best_psnr = torch.maximum(self.best_psnr, p)
+        old = self.best_img
+        self.best_img = self.ema_out.clone() if old is None else torch.where(better, self.ema_out, old)
+
+    def loss_value(self) -> float:
+        return float(self.loss.detach())
+
+    def fidelity_value(self) -> float:
+        return float(self.fid_t if self.fid_t is not None else self.obs.fidelity_psnr_t(self.out))
+
+    def backtrack_count(self) -> int:
+        return self.backtracks
+
+    def initial_output_weight(self) -> float:
+        return self.init_weight
 
 
 def simulate(task: Task, clean: torch.Tensor, seed: int = 0) -> Observation:
@@ -356,4 +440,14 @@ def simulate(task: Task, clean: torch.Tensor, seed: int = 0) -> Observation:
     return task.degrade(clean, torch.Generator().manual_seed(seed))
 
 
-__all__ = ["BEST_LABEL", "EMA_MODES", "FINAL_LABEL", "FitConfig", "FitResult", "fit", "fit_backends", "simulate"]
+__all__ = [
+    "BEST_LABEL",
+    "EMA_MODES",
+    "FINAL_LABEL",
+    "EagerStep",
+    "FitConfig",
+    "FitResult",
+    "fit",
+    "fit_backends",
+    "simulate",
+]

@@ -1,13 +1,15 @@
-"""What a fit returns, and the pieces the eager loop (:mod:`lipdeploy.fit`) and the captured loop
-(:mod:`lipdeploy.captured`) share: the result record, the progress bar, weight snapshots. Its own module so that both
-loops import it and neither imports the other.
+"""What a fit returns, and what its steps share: the result record, the :class:`Step` interface the loop of
+:func:`lipdeploy.fit.fit` drives (the eager step there, the captured one in :mod:`lipdeploy.captured`), gradient masking
+of pruned weights, Adam, the progress bar, weight snapshots. Its own module so that both steps import it and neither
+imports the other.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -123,30 +125,112 @@ def gt_ssim(task: Task, output: torch.Tensor, gt: torch.Tensor) -> float:
     return sum(task.ssim(output, gt[i : i + 1]) for i in range(gt.shape[0])) / gt.shape[0]
 
 
+class Step(Protocol):
+    """One fitting iteration, as the loop of :func:`lipdeploy.fit.fit` drives it, and the state the loop reads.
+
+    Two implementations: :class:`lipdeploy.fit.EagerStep` (decisions on the host, the library's default) and
+    :class:`lipdeploy.captured.CapturedStep` (every decision on the device, so that the step can be captured in a CUDA
+    graph or compiled). Each owns its arithmetic (input perturbation, loss, backtracking, output average, PSNR
+    tracking); the loop owns everything around it (iterations, snapshots, history, timing, progress, the result).
+
+    ``synchronous``: the host has waited for the step when :meth:`run` returns, so each step is timed alone; else the
+    loop spreads the time between two log steps (where it reads the device) over their steps. The tensors: ``ema_out``
+    the averaged output ``[1, 3, H, W]``; with ground truth ``curve`` (PSNR of the average per iteration, -inf where a
+    step was skipped), ``best_psnr`` and ``best_img``, else None.
+    """
+
+    synchronous: bool
+    ema_out: torch.Tensor
+    curve: torch.Tensor | None
+    best_psnr: torch.Tensor | None
+    best_img: torch.Tensor | None
+
+    def prepare(self) -> None:
+        """Once before the first step (warm-up and capture for a CUDA graph)."""
+
+    def run(self) -> None:
+        """One step."""
+
+    def loss_value(self) -> float:
+        """The last step's loss (a host read)."""
+
+    def fidelity_value(self) -> float:
+        """The last step's PSNR of the degraded raw output to the observation (a host read)."""
+
+    def backtrack_count(self) -> int:
+        """Steps undone by backtracking so far."""
+
+    def initial_output_weight(self) -> float:
+        """Weight of the first (untrained) output in ``ema_out``."""
+
+
+class PrunedGradients:
+    """Zeroes the gradients of pruned weights after backward, in one fused pass: ``torch._foreach_mul_`` of the
+    weights' gradients by their 0/1 masks. Called between ``backward`` and the optimizer step.
+
+    A pruned weight then gets exactly zero gradient, Adam's moments for it stay zero and its update is exactly 0, so
+    it stays zero. One pass over the masked layers instead of a gradient hook per layer (an extra autograd node and
+    a new gradient tensor each): measured with ``python -m lipdeploy.bench.cpu.masked_step`` (paper network, one
+    thread), the hooks made a masked step cost 1.07-1.20x a dense one; see that script's results for this pass.
+    Layers whose mask keeps everything are left out (nothing to zero).
+    """
+
+    def __init__(self, weights: Mapping[nn.Parameter, torch.Tensor] | None = None) -> None:
+        self.weights: list[nn.Parameter] = []
+        self.masks: list[torch.Tensor] = []
+        for weight, mask in (weights or {}).items():
+            self.add(weight, mask)
+
+    def add(self, weight: nn.Parameter, mask: torch.Tensor) -> None:
+        """Mask ``weight``'s gradient with ``mask`` (shaped like it); a mask with no zero is skipped."""
+        if bool(mask.all()):
+            return
+        self.weights.append(weight)
+        self.masks.append(mask.to(weight.device, weight.dtype))
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __call__(self) -> None:
+        pairs = [(w.grad, m) for w, m in zip(self.weights, self.masks, strict=True) if w.grad is not None]
+        if pairs:
+            grads, masks = zip(*pairs, strict=True)
+            torch._foreach_mul_(list(grads), list(masks))
+
+
+def new_adam(params: list[nn.Parameter], lr: float, **options: Any) -> tuple[torch.optim.Adam, bool]:
+    """Adam with the fused kernel where PyTorch has one (CPU since 2.4, CUDA): same update, one pass over the weights;
+    and whether it is the fused one. ``options``: further Adam arguments (``capturable=True`` for a CUDA graph).
+
+    A zero gradient still gives an exactly zero update, so pruned weights stay zero (tested). Whole-step effect
+    (``python -m lipdeploy.bench.cpu.fit_step``, 2-core AMD EPYC, 1 thread, paper net): the engine's whole step (with
+    backtracking, averaging and PSNR tracking) costs 0.99x the plain loop's at 64x64 and 1.005x at 128x128, the same.
+    """
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True, **options), True
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, **options), False
+
+
 def finish_result(
+    step: Step,
     *,
     task: Task,
-    config: Any,  # FitConfig (lipdeploy.fit, which imports this module)
+    config: Any,  # FitConfig (lipdeploy.fit_config)
     observation: Observation,
     obs: Any,
     gt: torch.Tensor | None,
-    ema_out: torch.Tensor,
-    best_img: torch.Tensor | None,
-    best_psnr: Any,
-    curve: torch.Tensor | None,
     history: list[dict[str, float]],
     seconds: float,
     step_times: list[float],
-    backtracks: int,
     model: nn.Module,
     snapshots: dict[int, dict[str, torch.Tensor]],
     input_noise_std: float,
-    initial_output_weight: float,
 ) -> FitResult:
-    """The :class:`FitResult` of a finished loop (eager or captured): final and best outputs on the CPU, their PSNR /
-    SSIM to the ground truth (:func:`gt_psnr_t`, :func:`gt_ssim`), timings and the fitted weights."""
-    output = ema_out.detach().cpu().clamp(0, 1)
-    result_best = best_img.detach().cpu().clamp(0, 1) if best_img is not None else None
+    """The :class:`FitResult` of a finished loop: final and best outputs of ``step`` on the CPU, their PSNR / SSIM to
+    the ground truth (:func:`gt_psnr_t`, :func:`gt_ssim`), timings and the fitted weights."""
+    output = step.ema_out.detach().cpu().clamp(0, 1)
+    result_best = step.best_img.detach().cpu().clamp(0, 1) if step.best_img is not None else None
     psnr_best = psnr_final = ssim_best = ssim_final = None
     best_iter = None
     if gt is not None:
@@ -154,8 +238,8 @@ def finish_result(
         psnr_final = float(gt_psnr_t(task, output, gt_c))
         ssim_final = gt_ssim(task, output, gt_c)
         if result_best is not None:
-            psnr_best = float(best_psnr)
-            best_iter = int(torch.argmax(curve).item()) + 1
+            psnr_best = float(step.best_psnr)
+            best_iter = int(torch.argmax(step.curve).item()) + 1
             ssim_best = gt_ssim(task, result_best, gt_c)
     sorted_steps = sorted(step_times[1:] or step_times)
     return FitResult(
@@ -166,19 +250,19 @@ def finish_result(
         ssim_best=ssim_best,
         ssim_final=ssim_final,
         best_iter=best_iter,
-        psnr_observation_final=float(obs.fidelity_psnr_t(ema_out)),
+        psnr_observation_final=float(obs.fidelity_psnr_t(step.ema_out)),
         input_psnr=observation.input_psnr(gt) if gt is not None else None,
         history=history,
         seconds=seconds,
         iterations=config.iters,
         step_ms=1000.0 * seconds / config.iters,
         step_ms_median=1000.0 * sorted_steps[len(sorted_steps) // 2],
-        backtracks=int(backtracks),
+        backtracks=step.backtrack_count(),
         state_dict=state_copy(model, cpu=True),
         snapshots=snapshots,
         metric_label=task.metric_label,
         input_noise_std=input_noise_std,
         step_times=step_times,
         ema_mode=config.ema_mode,
-        initial_output_weight=initial_output_weight,
+        initial_output_weight=step.initial_output_weight(),
     )

@@ -170,6 +170,32 @@ def test_warm_up_steps_past_the_last_iteration_stay_in_bounds():
     assert torch.isfinite(step.curve).all()  # the third step wrote the last entry, nothing past it
 
 
+def test_sync_free_step_masks_pruned_gradients_exactly():
+    """The captured step zeroes the pruned weights' gradients after backward (one fused pass, captured with the
+    rest): exactly zero there, and the pruned weights stay exactly zero."""
+    from lipdeploy.captured import SyncFreeStep
+    from lipdeploy.fit_result import PrunedGradients
+    from lipdeploy.masks import apply_masks_
+
+    ticket = _ticket(sparsity=0.6)
+    clean = _clean(16)
+    model = ticket.build("init", bn="image").train()
+    apply_masks_(model, ticket.masks)
+    params = dict(model.named_parameters())
+    pruned = PrunedGradients({params[n]: m for n, m in ticket.masks.items()})
+    step = SyncFreeStep(
+        model, simulate(Denoise(), clean, seed=0), Denoise(), make_input(tiny_skip(), 16, 16), iters=3, lr=0.01,
+        input_noise_std=0.0, ema=0.99, ema_mode="paper", backtrack_db=5.0, check_every=1,
+        generator=torch.Generator().manual_seed(0), gt=clean, pruned=pruned,
+    )  # fmt: skip
+    for _ in range(3):
+        step()
+        for name, m in ticket.masks.items():
+            assert torch.count_nonzero(params[name].grad[m == 0]) == 0, name
+            assert torch.count_nonzero(params[name].grad[m == 1]) > 0, name
+            assert torch.count_nonzero(params[name].detach()[m == 0]) == 0, name
+
+
 def test_capture_modes_resolve_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_capture("auto", cpu) == "off" and resolve_capture("auto", cuda) == "cuda-graph"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -162,3 +163,121 @@ def test_history_logs_elapsed_seconds():
     res = fit(spec.build(), simulate(Denoise(), clean, seed=0), FitConfig(iters=6, log_every=2), gt=clean, arch=spec)
     times = [h["seconds"] for h in res.history]
     assert len(times) == 3 and times == sorted(times) and 0 < times[-1] <= res.seconds
+
+
+def _masked_step(pruned_too: bool = True):
+    """An eager step on a tiny ticket with 60% of its weights pruned at random; its model, masks and parameters."""
+    from lipdeploy.fit import EagerStep
+    from lipdeploy.fit_result import PrunedGradients
+    from lipdeploy.masks import apply_masks_
+
+    ticket = dense_ticket()
+    w = {n: ticket.init[n] for n in ticket.masks}
+    masks = prune(w, ticket.masks, 0.6, random=True, generator=torch.Generator().manual_seed(0))
+    model = ticket.replace(masks=masks).build("init", bn="image").train()
+    apply_masks_(model, masks)
+    params = dict(model.named_parameters())
+    pruned = PrunedGradients({params[n]: m for n, m in masks.items()} if pruned_too else None)
+    clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    task = Denoise()
+    step = EagerStep(
+        model, simulate(task, clean, 0), task, make_input(ticket.arch, 32, 32), FitConfig(iters=4),
+        input_noise_std=task.input_noise_std, generator=torch.Generator().manual_seed(1), gt=clean, pruned=pruned,
+    )  # fmt: skip
+    return step, masks, params
+
+
+def test_pruned_gradients_are_exactly_zero_and_pruned_weights_stay_zero():
+    """The step masks the gradients of pruned weights after backward (one fused pass): exactly zero there, not
+    elsewhere, and the pruned weights are still exactly zero after Adam steps."""
+    step, masks, params = _masked_step()
+    assert len(step.pruned) == len(masks)
+    for _ in range(4):
+        step.run()
+        for name, m in masks.items():
+            grad = params[name].grad
+            assert torch.count_nonzero(grad[m == 0]) == 0, name
+            assert torch.count_nonzero(grad[m == 1]) > 0.5 * int(m.sum()), name
+            assert torch.count_nonzero(params[name].detach()[m == 0]) == 0, name
+    # without the masking the same positions do get gradients: the check above can fail
+    bare, masks, params = _masked_step(pruned_too=False)
+    bare.run()
+    assert all(torch.count_nonzero(params[n].grad[m == 0]) > 0 for n, m in masks.items())
+
+
+def test_pruned_gradients_equal_the_gradient_hooks_bit_for_bit():
+    """The fused pass gives exactly the gradients a per-layer hook (grad * mask) gives, and skips full masks."""
+    from lipdeploy.fit_result import PrunedGradients
+    from lipdeploy.masks import freeze_pruned
+
+    torch.manual_seed(0)
+    spec = tiny_skip()
+    model = spec.build().train()
+    masks = {n: (torch.rand_like(p) > 0.7).float() for n, p in model.named_parameters() if p.dim() == 4}
+    first = next(iter(masks))
+    masks[first] = torch.ones_like(masks[first])
+    x = make_input(spec, 32, 32)
+    grads = []
+    for fused in (False, True):
+        model.zero_grad(set_to_none=True)
+        params = dict(model.named_parameters())
+        handles = [] if fused else freeze_pruned(model, masks)
+        pruned = PrunedGradients({params[n]: m for n, m in masks.items()} if fused else None)
+        model(x).square().mean().backward()
+        pruned()
+        grads.append({n: params[n].grad.clone() for n in masks})
+        for h in handles:
+            h.remove()
+    assert len(pruned) == len(masks) - 1  # the full mask is left out
+    for name in masks:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+def test_fit_config_checks_every_field_where_it_is_declared():
+    from lipdeploy.errors import InputError
+    from lipdeploy.fit_config import check_settings
+
+    for bad, message in [
+        (dict(iters=0), "iters must be >= 1"),
+        (dict(lr=float("nan")), "lr must be a finite number"),
+        (dict(ema=1.0), "ema must be in [0, 1)"),
+        (dict(ema_mode="mean"), "ema_mode must be one of paper, debiased"),
+        (dict(input_noise_std=-0.1), "input_noise_std must be >= 0"),
+        (dict(check_every=0), "check_every must be >= 1"),
+        (dict(capture="graph"), "capture must be one of"),
+        (dict(seed=-1), "seed must be an integer"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            FitConfig(**bad)
+    config = FitConfig(iters=5)
+    config.iters = 0  # changed after it was made: fit checks again
+    with pytest.raises(InputError, match="iters must be >= 1"):
+        check_settings(config)
+    with pytest.raises(InputError, match="iters must be >= 1"):
+        fit(dense_ticket(), Denoise().observe(torch.rand(1, 3, 32, 32)), config)
+
+
+def test_commands_take_fit_options_from_the_config_fields():
+    """restore, find and bench generate --iters & co. from FitConfig's fields: the defaults shown are the fields'
+    (restore's --iters names the generator's too), a bad value is one error line naming the flag."""
+    from click.testing import CliRunner
+
+    from lipdeploy.cli import cli
+    from lipdeploy.latent_fit import LatentFitConfig
+
+    runner = CliRunner()
+    restore_help = " ".join(runner.invoke(cli, ["restore", "--help"]).output.split())
+    assert f"{FitConfig.iters}, the paper's; {LatentFitConfig.iters} with a generator" in restore_help
+    assert f"--lr FLOAT Adam learning rate. [default: {FitConfig.lr}]" in restore_help
+    assert "--ema-mode [paper|debiased]" in restore_help and "[default: debiased]" in restore_help
+    find_help = " ".join(runner.invoke(cli, ["find", "--help"]).output.split())
+    assert f"Fitting iterations per round. [default: {FitConfig.iters}]" in find_help
+    for args, message in [
+        (["restore", "x.png", "--task", "denoise", "--iters", "0", "-o", "x.png"], "--iters must be >= 1, got 0"),
+        (["restore", "x.png", "--task", "denoise", "--ema", "1", "-o", "x.png"], "--ema must be in [0, 1), got 1.0"),
+        (["find", "x.png", "--task", "denoise", "--lr", "inf", "-o", "d"], "--lr must be a finite number"),
+        (["bench", "--imp-iters", "0", "-o", "d"], "--imp-iters must be >= 1, got 0"),
+    ]:
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 2 and r.output.strip().startswith(f"error: {message}"), r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output

@@ -13,8 +13,9 @@ import click
 
 from ..errors import InputError
 from ..fileio import check_regular_file
+from ..fit_config import FitConfig
 from ..limits import check_threads
-from .options import bundled_ticket, examples, json_option, quiet_option
+from .options import bundled_ticket, examples, json_option, quiet_option, setting_options
 
 EXAMPLES = examples(
     "lipdeploy bench --preset ci -o bench_ci            # a smoke test: minutes, numbers meaningless",
@@ -64,8 +65,20 @@ def _split(values: tuple[str, ...]) -> list[str]:
     help="Also benchmark this ticket file (repeatable).",
 )
 @click.option("--example", is_flag=True, help="Also benchmark the bundled example ticket.")
-@click.option("--iters", type=int, default=None, show_default="the preset's", help="Iterations per quality fit.")
-@click.option("--imp-iters", type=int, default=None, show_default="the preset's", help="Iterations per IMP round.")
+@setting_options(
+    FitConfig, "iters", iters={"unset": True, "show_default": "the preset's", "help": "Iterations per quality fit."}
+)
+@setting_options(
+    FitConfig,
+    "iters",
+    iters={
+        "unset": True,
+        "show_default": "the preset's",
+        "help": "Iterations per IMP round.",
+        "flag": "--imp-iters",
+        "dest": "imp_iters",
+    },
+)
 @click.option(
     "--seeds",
     type=int,
@@ -169,9 +182,8 @@ def bench_command(
     from ..runlock import check_output_folder  # imports torch: loaded to run, not for --help
 
     check_output_folder(outp)  # a read-only or impossible folder is refused before any work
-    for name, value in (("--iters", iters), ("--imp-iters", imp_iters), ("--seeds", seeds)):
-        if value is not None and value < 1:
-            raise InputError(None, f"{name} must be >= 1, got {value}")
+    if seeds is not None and seeds < 1:
+        raise InputError(None, f"--seeds must be >= 1, got {seeds}")
     preset = get_preset(preset_name)
     changes = {}
     if task:

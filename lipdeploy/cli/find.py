@@ -11,9 +11,10 @@ import click
 
 from ..errors import InputError
 from ..fit import FitConfig
+from ..gan_train import GanTrainConfig
 from ..images import check_min_side, crop_to_multiple, image_name, load_image
 from ..imp import ImpConfig, find_ticket
-from ..limits import check_lr, check_work
+from ..limits import check_work
 from ..priors import PriorSpec
 from ..runlock import check_output_folder
 from .find_generator import find_with_generator
@@ -26,7 +27,6 @@ from .options import (
     TaskSpec,
     check_image_size,
     device_options,
-    ema_options,
     estimate_fit,
     examples,
     format_duration,
@@ -37,6 +37,7 @@ from .options import (
     pattern_names,
     prior_options,
     quiet_option,
+    setting_options,
     shrink_image,
 )
 
@@ -92,7 +93,7 @@ EXAMPLES = examples(
 @click.option(
     "--rate", type=FINITE_FLOAT, default=0.2, show_default=True, help="Fraction of remaining weights per round."
 )
-@click.option("--iters", type=int, default=3000, show_default=True, help="Fitting iterations per round.")
+@setting_options(FitConfig, "iters", iters={"help": "Fitting iterations per round."})
 @click.option(
     "--scope",
     type=click.Choice(["global", "layer"]),
@@ -125,14 +126,13 @@ EXAMPLES = examples(
     help="What each round fits: paper = clean image for denoising, the observation otherwise.",
 )
 @click.option("--random", "random_", is_flag=True, help="Random pruning baseline at the same densities.")
-@click.option(
-    "--lr",
-    type=FINITE_FLOAT,
-    default=None,
-    show_default="0.01; 2e-4 for GAN IMP, the paper's",
-    help="Adam learning rate.",
+@setting_options(
+    FitConfig,
+    "lr",
+    "ema",
+    "ema_mode",
+    lr={"unset": True, "show_default": f"{FitConfig.lr:g}; {GanTrainConfig.lr:g} for GAN IMP, the paper's"},
 )
-@ema_options
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the network, input and observation.")
 @click.option(
     "--format",
@@ -199,20 +199,15 @@ def find_command(
                              "--data")  # fmt: skip
         return find_with_generator(
             source=source, net=prior.net, data=data, out_dir=out_dir, rounds=rounds, rate=rate, epochs=epochs,
-            batch=batch, lr=2e-4 if lr is None else lr, random=random_, fresh=fresh_discriminator, seed=seed,
-            device=device, quiet=quiet, as_json=as_json,
+            batch=batch, lr=GanTrainConfig.lr if lr is None else lr, random=random_, fresh=fresh_discriminator,
+            seed=seed, device=device, quiet=quiet, as_json=as_json,
         )  # fmt: skip
     if not images or task_spec.name is None:
         raise InputError(None, "find needs IMAGES and --task (or --generator G.pth for GAN IMP)")
     if data is not None or fresh_discriminator:
         raise InputError(None, "--data and --fresh-discriminator are for GAN IMP (--generator)")
-    lr = 0.01 if lr is None else lr
+    lr = FitConfig.lr if lr is None else lr
     log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
-    if not 0 <= ema < 1:
-        raise InputError(None, f"--ema must be in [0, 1), got {ema}")
-    if iters < 1:
-        raise InputError(None, f"--iters must be >= 1, got {iters}")
-    check_lr(lr, "--lr")
     granularity = _with_block(granularity, block)
     check_output_folder(out_dir)  # before the first fit, not after it (a read-only folder would waste the round)
     imp = ImpConfig(

@@ -9,7 +9,9 @@ a pattern registered at run time is accepted, and ``lipdeploy CMD --help`` does 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import InputError
+from ..fit_config import check_field
 from ..limits import check_size
 
 if TYPE_CHECKING:
@@ -591,23 +594,45 @@ def shrink_image(
 # --------------------------------------------------------------------------------------------------- fitting
 
 
-def ema_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--ema`` and ``--ema-mode`` (the output average; :attr:`lipdeploy.fit.FitConfig.ema_mode`)."""
-    fn = click.option(
-        "--ema-mode",
-        type=click.Choice(["debiased", "paper"]),
-        default="debiased",
-        show_default=True,
-        help="debiased: bias-corrected average (as Adam's moments), a weighted mean of the outputs so far; paper: the "
-        "paper code's, which starts at the untrained output (still 37% of it after 100 iterations).",
-    )(fn)
+def setting_options(config: type, *names: str, **overrides: dict[str, Any]) -> Decorator:
+    """Click options for the fields ``names`` of the settings dataclass ``config`` (e.g.
+    :class:`lipdeploy.fit_config.FitConfig`): each option's flag, type, default, help and check are the field's
+    (:mod:`lipdeploy.fit_config`), so that they are declared once for every command.
+
+    The command receives each value under the field's name. ``overrides[name]`` replaces metadata keys for one
+    command: its ``help`` in the command's words, another ``flag`` (and ``dest``, the parameter's name),
+    ``unset=True`` (default None: "the default of the config the command builds", e.g. restore's --iters, the DIP's
+    or the generator's) with a ``show_default`` text saying what that is. A value is checked as it is parsed: one
+    ``error:`` line naming the flag.
+    """
+    hints = typing.get_type_hints(config)
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    options = [_setting_option(fields[name], hints[name], overrides.get(name, {})) for name in names]
+    return lambda fn: _apply(fn, options)
+
+
+_PARAM_TYPES: dict[type, click.ParamType] = {int: click.INT, float: FINITE_FLOAT, str: click.STRING, bool: click.BOOL}
+
+
+def _setting_option(field: dataclasses.Field, hint: Any, override: dict[str, Any]) -> Decorator:
+    meta = {**field.metadata, **override}
+    flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+    default = None if meta.get("unset") else meta.get("cli_default", field.default)
+    kind = next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))  # float | None -> float
+    param_type = click.Choice(list(meta["choices"])) if "choices" in meta else _PARAM_TYPES[kind]
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        return value if value is None else check_field(field, value, flag)
+
     return click.option(
-        "--ema",
-        type=FINITE_FLOAT,
-        default=0.99,
-        show_default=True,
-        help="Output averaging weight (0: off, the raw output).",
-    )(fn)
+        flag,
+        meta.get("dest", field.name),
+        type=param_type,
+        default=default,
+        show_default=meta.get("show_default", default is not None),
+        help=meta["help"],
+        callback=check,
+    )
 
 
 def estimate_fit(

@@ -28,18 +28,17 @@ from ..images import (
     resize_image,
     write_png,
 )
-from ..limits import check_lr, check_work
+from ..latent_fit import LatentFitConfig
+from ..limits import check_work
 from ..priors import PriorSpec
 from ..tasks import Task
 from .generator_options import GeneratorSource, SensingSpec, generator_options, sensing_options
 from .options import (
-    FINITE_FLOAT,
     SEED,
     Reporter,
     TaskSpec,
     check_image_size,
     device_options,
-    ema_options,
     estimate_fit,
     examples,
     force_option,
@@ -49,6 +48,7 @@ from .options import (
     make_prior,
     prior_options,
     quiet_option,
+    setting_options,
     shrink_image,
     task_options,
 )
@@ -81,22 +81,15 @@ EXAMPLES = examples(
     is_flag=True,
     help="IMAGE is the clean image: degrade it with the task (seeded) and measure against it.",
 )
-@click.option(
-    "--iters",
-    type=int,
-    default=None,
-    show_default="3000, the paper's; 1500 with a generator",
-    help="Fitting iterations.",
+@setting_options(
+    FitConfig,
+    "iters",
+    "lr",
+    "input_noise_std",
+    "ema",
+    "ema_mode",
+    iters={"unset": True, "show_default": f"{FitConfig.iters}, the paper's; {LatentFitConfig.iters} with a generator"},
 )
-@click.option("--lr", type=FINITE_FLOAT, default=0.01, show_default=True, help="Adam learning rate.")
-@click.option(
-    "--input-noise",
-    type=FINITE_FLOAT,
-    default=None,
-    show_default="the task's: 1/30 denoise, 0.03 otherwise",
-    help="Std of the noise added to the network input each step.",
-)
-@ema_options
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the network, the input and --simulate.")
 @device_options
 @quiet_option
@@ -113,7 +106,7 @@ def restore_command(
     simulate: bool,
     iters: int | None,
     lr: float,
-    input_noise: float | None,
+    input_noise_std: float | None,
     ema: float,
     ema_mode: str,
     seed: int,
@@ -145,18 +138,11 @@ def restore_command(
                              "--crop, --resize (IMAGE is fitted to the generator's resolution)")  # fmt: skip
         return restore_with_generator(
             image=image, task_spec=task_spec, source=source, ticket=prior.ticket, net=prior.net, sensing=sensing,
-            output=output, simulate=simulate, iters=1500 if iters is None else iters, lr=lr, seed=seed, device=device,
-            quiet=quiet, as_json=as_json, force=force,
+            output=output, simulate=simulate, iters=LatentFitConfig.iters if iters is None else iters, lr=lr,
+            seed=seed, device=device, quiet=quiet, as_json=as_json, force=force,
         )  # fmt: skip
-    iters = 3000 if iters is None else iters
+    iters = FitConfig.iters if iters is None else iters
     log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
-    if iters < 1:
-        raise InputError(None, f"--iters must be >= 1, got {iters}")
-    if not 0 <= ema < 1:
-        raise InputError(None, f"--ema must be in [0, 1), got {ema}")
-    check_lr(lr, "--lr")
-    if input_noise is not None and input_noise < 0:
-        raise InputError(None, f"--input-noise must be >= 0, got {input_noise}")
     out_png = check_output_path(output, force)
     out_json = check_output_path(output.with_suffix(".json"), force)
     out_obs = check_output_path(output.with_suffix(".observation.png"), force) if simulate else None
@@ -227,7 +213,7 @@ def restore_command(
     config = FitConfig(
         iters=iters,
         lr=lr,
-        input_noise_std=input_noise,
+        input_noise_std=input_noise_std,
         ema=ema,
         ema_mode=ema_mode,
         seed=seed,
