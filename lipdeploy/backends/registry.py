@@ -28,7 +28,7 @@ class Backend:
     Subclasses set ``name`` (the registry key), ``description`` (one line, shown to users), and:
 
     - ``sparse``: the built module stores only the kept weights (a ``SparseConv2d``), so a fitting cannot move a
-      pruned weight; a dense module keeps the mask through gradient hooks instead (``lipdeploy.fit``).
+      pruned weight; a dense module keeps the mask through the fit's gradient masking instead (``lipdeploy.fit``).
     - ``dispatched``: the ``"auto"`` dispatcher times this backend against the ``"dense"`` baseline.
     - ``fuses_reflection_pad``: the built module can take over a ``ReflectionPad2d`` that only feeds this conv
       (``build(..., padding=, padding_mode="reflect")``), so the padded copy is never materialised.
