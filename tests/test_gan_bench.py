@@ -56,3 +56,13 @@ def test_task_measurements_are_seeded_and_sized():
     assert a.y.shape == (3, 200) and a.operator.m == 196 and bool((a.y == b.y).all())
     inpaint = measure(Task("inpaint", drop=0.5), faces)
     assert inpaint.operator.kind == "mask" and 0.3 < float(inpaint.operator.mask.mean()) < 0.7
+
+
+def test_paper_mode_needs_the_checkpoint_and_folders(capsys):
+    import pytest
+
+    from lipdeploy.bench.cpu.gan import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--paper", "-o", "unused"])
+    assert exc.value.code == 2 and "--paper needs --generator" in capsys.readouterr().err

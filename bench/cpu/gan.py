@@ -2,6 +2,8 @@
 inpainting priors on faces held out from its training, plus the generator's forward latency.
 
     python -m lipdeploy.bench.cpu.gan [-o bench/results/gan] [--quick] [--epochs 20] [--iters 200]
+    python -m lipdeploy.bench.cpu.gan --paper --generator celebaHQ_s6_i80000-6196db68.pth --train-data TRAIN/ \
+        --eval-data TEST/ --device cuda -o gan_paper
 
 Resumable: the ticket chains are ``lipdeploy find --generator`` folders (they continue after the last complete round)
 and every measured row is appended to ``rows.jsonl`` under its job key, so a rerun measures only what is missing.
@@ -17,6 +19,15 @@ CS at 200 and 100 of the 768 values (26% and 13%), least squares and median of m
 with 2% outlier rows (4 of 200), and inpainting with half of the pixels dropped (one seeded mask). The reference is
 the dense pre-trained generator (``dense``); ``imp-0`` is the dense generator after one round of retraining;
 ``imp-init-R`` is round R's mask on the pre-trained weights without retraining.
+
+``--paper`` runs the paper's protocol on a checkpoint and image folders of one's own (the public celebA-HQ-256
+generator, CelebA-HQ: the paper retrains on the first 40% of its images): 30 WGAN-GP epochs per round (batch 64),
+latent fits of 1500 steps at lr 0.01 with one restart, 1000 Gaussian rows of which 20 are outliers (the paper's
+robust CS) with median of means and least squares, the same without outliers, and inpainting; every method on every
+task. Its cost is dominated by GAN IMP: 15 rounds (IMP 0-7, random 1-7) of 30 epochs, i.e. 15 x 30 x N / 64 WGAN-GP
+steps of the 23M-parameter generator and its discriminator at 256 px for N training images (N = 12,000 for 40% of
+CelebA-HQ: 84,000 steps); it was not run here (no GPU in this session), so time a round on the target GPU first:
+each round's seconds are printed and recorded in its ticket's provenance.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import torch
 from lipdeploy.cli.find_generator import checkpoint_discriminator
 from lipdeploy.cli.generator_options import bundled_generator
 from lipdeploy.environment import environment
-from lipdeploy.faces import lfw_faces
+from lipdeploy.faces import training_images
 from lipdeploy.fileio import atomic_write_text
 from lipdeploy.gan_imp import find_gan_ticket
 from lipdeploy.gan_train import GanTrainConfig
@@ -70,6 +81,12 @@ TASKS = (
 )
 # The objective comparisons (the last three tasks) run on these methods only: median of means costs two latents per
 # image, and the shared 2-core machine measured ~0.1 s per step of a 20-face batch (2026-12-01).
+PAPER_TASKS = (
+    Task("cs-1000-mom-outliers", 1000, outliers=20, objective="mom"),
+    Task("cs-1000-ls-outliers", 1000, outliers=20),
+    Task("cs-1000-ls", 1000),
+    Task("inpaint-50", drop=0.5),
+)
 OBJECTIVE_METHODS = ("dense", "imp-1", "imp-3", "imp-5", "imp-7", "random-3", "random-7")
 # IMP's masks on the pre-trained weights, not retrained (``imp-init-R``): whether a loss comes from pruning or from the
 # WGAN-GP retraining of a generator that was not trained adversarially; measured on these tasks.
@@ -89,7 +106,10 @@ def measure(task: Task, faces: torch.Tensor):
 
 def quality_row(name: str, sparsity: float, model: torch.nn.Module, task: Task, faces, args) -> dict[str, Any]:
     meas = measure(task, faces)
-    config = LatentFitConfig(objective=task.objective, iters=args.iters, lr=0.05, restarts=2, seed=0, mom_batch=20)
+    config = LatentFitConfig(
+        objective=task.objective, iters=args.iters, lr=args.lr, restarts=args.restarts, seed=0, mom_batch=20,
+        device=args.device,
+    )  # fmt: skip
     res = fit_latent(model, meas, config, gt=faces)
     return {
         "kind": "quality", "method": name, "sparsity": round(sparsity, 4), "task": task.name, "mse": res.mse,
@@ -160,15 +180,15 @@ class Rows:
 
 def chains(out: Path, args) -> dict[str, tuple[float, Ticket, torch.nn.Module]]:
     """The compared generators by method name: dense, imp-R and random-R (R = 0..7 / 1..7), found if missing."""
-    path = bundled_generator()
+    path = args.generator or bundled_generator()
     generator = load_generator(path)
     disc = checkpoint_discriminator(path, generator.arch, fresh=False, seed=0)
-    train_faces = lfw_faces(generator.arch.resolution, "train")
-    train = GanTrainConfig(epochs=args.epochs, batch=64, seed=0)
+    train_faces = training_images(args.train_data, generator.arch.resolution)
+    train = GanTrainConfig(epochs=args.epochs, batch=64, seed=0, device=args.device)
     methods = {"dense": (0.0, generator, generator.build("init").eval())}
     for kind, random in (("imp", False), ("random", True)):
         paths = find_gan_ticket(generator, disc, train_faces, out / "tickets" / kind, args.rounds, train,
-                                random=random, data_name="skimage:lfw_faces:train", log=print)  # fmt: skip
+                                random=random, data_name=str(args.train_data), log=print)  # fmt: skip
         for r, p in enumerate(paths):
             if random and r == 0:
                 continue  # round 0 is the same dense retraining in both chains
@@ -186,25 +206,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=20, help="WGAN-GP epochs per GAN IMP round")
     ap.add_argument("--iters", type=int, default=200, help="Adam steps of each latent fit")
     ap.add_argument("--repeats", type=int, default=50, help="timed forward passes per latency")
+    ap.add_argument(
+        "--paper", action="store_true", help="the paper's protocol (module docstring); needs the three below"
+    )
+    ap.add_argument("--generator", type=Path, default=None, help="zoo checkpoint (default: the demo generator)")
+    ap.add_argument("--train-data", default="skimage:lfw_faces:train", help="GAN IMP's training images")
+    ap.add_argument("--eval-data", default="skimage:lfw_faces:test", help="held-out images to restore")
+    ap.add_argument("--eval-images", type=int, default=20, help="how many of --eval-data (fitted in one batch)")
+    ap.add_argument("--device", default="cpu", help="where GAN IMP and the latent fits run (cpu or cuda)")
     args = ap.parse_args(argv)
-    args.rounds = ROUNDS
+    args.rounds, args.lr, args.restarts = ROUNDS, 0.05, 2
     if args.quick:
         args.rounds, args.epochs, args.iters, args.repeats = 2, 2, 30, 5
-    torch.set_num_threads(1)
+    if args.paper:
+        if args.generator is None or args.train_data.startswith("skimage:") or args.eval_data.startswith("skimage:"):
+            ap.error("--paper needs --generator, --train-data and --eval-data (the checkpoint and image folders)")
+        args.epochs, args.iters, args.lr, args.restarts, args.repeats = 30, 1500, 0.01, 1, 5
+    else:
+        torch.set_num_threads(1)  # the demo's tiny networks: threads only add contention
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "environment.json", json.dumps({**environment(), **vars(args), "output": str(out)},
                                                            indent=2, default=str) + "\n")  # fmt: skip
     rows = Rows(out / "rows.jsonl")
     methods = chains(out, args)
-    faces = lfw_faces(16, "test")
-    for task in TASKS:
+    res = next(iter(methods.values()))[1].arch.resolution
+    faces = training_images(args.eval_data, res)[: args.eval_images]
+    for task in PAPER_TASKS if args.paper else TASKS:
         if task.measurements:
             rows.run(f"baseline/{task.name}", lambda task=task: baseline_rows(task, faces))
         for name, (sparsity, _, model) in methods.items():
-            if (task.objective == "mom" or task.outliers) and name not in OBJECTIVE_METHODS:
+            if not args.paper and (task.objective == "mom" or task.outliers) and name not in OBJECTIVE_METHODS:
                 continue
-            if name.startswith("imp-init-") and task.name not in INIT_TASKS:
+            if not args.paper and name.startswith("imp-init-") and task.name not in INIT_TASKS:
                 continue
             rows.run(f"quality/{name}/{task.name}",
                      lambda n=name, s=sparsity, m=model, t=task: quality_row(n, s, m, t, faces, args))  # fmt: skip
