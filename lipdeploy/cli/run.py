@@ -38,8 +38,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_BATCH = 1024  # generator samples per run: a 32 x 32 grid of 256-px images is already 8k pixels a side
 
 # Every operator `lipdeploy export` writes, in any of its forms (dense / packed sparse weights, fp16, int8, embedded
-# code, BatchNorm as running statistics; tests/test_hostile_onnx.py pins it against all of them). None of them
-# creates a tensor whose size is data (ConstantOfShape, Expand, Tile, Range), loops (Loop, Scan) or branches (If).
+# code, BatchNorm as running statistics; tests/test_hostile_onnx.py pins it against all of them). No loops (Loop,
+# Scan), branches (If) or Expand / Tile / Range; the one operator whose output size is data, ConstantOfShape, passes
+# only where check_graph infers that size (a constant shape) and finds it within the image and memory limits.
 EXPORTER_OPS = frozenset(
     {
         "Add", "BatchNormalization", "BitShift", "Cast", "Concat", "Constant", "Conv", "CumSum", "DequantizeLinear",
