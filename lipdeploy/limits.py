@@ -117,7 +117,14 @@ def check_lr(lr: float, what: str = "learning rate") -> float:
 
 
 def available_memory_bytes() -> int | None:
-    """Memory available to a new allocation (``MemAvailable`` on Linux), or None where it cannot be read."""
+    """Memory available to a new allocation: the least of the machine's (``MemAvailable`` on Linux), the cgroup's
+    (``memory.max`` less ``memory.current``: a container's limit) and the address space left under ``RLIMIT_AS``;
+    None where none can be read."""
+    found = [v for v in (_meminfo_available(), _cgroup_available(), _address_space_left()) if v is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -129,6 +136,29 @@ def available_memory_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _cgroup_available() -> int | None:
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" or not limit.isdigit() else max(0, int(limit) - used)
+
+
+def _address_space_left() -> int | None:
+    import resource  # Unix only; cheap
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            size = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+    except (OSError, ValueError, StopIteration):
+        return None
+    return max(0, soft - size)
 
 
 def activation_bytes(arch, height: int, width: int, training: bool) -> int:
