@@ -98,7 +98,7 @@ def _git_dir(where: Path) -> Path | None:
         if dot.is_file():
             try:
                 text = dot.read_text().strip()
-            except OSError:
+            except (OSError, UnicodeDecodeError):  # unreadable, or not text: not a checkout we can read
                 return None
             if text.startswith("gitdir:"):
                 linked = Path(text[len("gitdir:") :].strip())
@@ -111,7 +111,7 @@ def _read_head(gitdir: Path) -> str | None:
     """The commit ``HEAD`` names: a detached hash, or its branch's ref file, or its line in ``packed-refs``."""
     try:
         head = (gitdir / "HEAD").read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # unreadable, or not text: not a checkout we can read
         return None
     if not head.startswith("ref:"):
         return head if _is_hash(head) else None
@@ -119,20 +119,20 @@ def _read_head(gitdir: Path) -> str | None:
     common = gitdir
     try:  # a linked worktree keeps its branches in the main repository's folder
         common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # unreadable, or not text: not a checkout we can read
         pass
     for folder in dict.fromkeys((gitdir, common)):
         try:
             value = (folder / ref).read_text().strip()
             return value if _is_hash(value) else None
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # unreadable, or not text: not a checkout we can read
             pass
         try:
             for line in (folder / "packed-refs").read_text().splitlines():
                 parts = line.split()
                 if len(parts) == 2 and parts[1] == ref and _is_hash(parts[0]):
                     return parts[0]
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # unreadable, or not text: not a checkout we can read
             pass
     return None
 
