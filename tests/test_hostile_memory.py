@@ -109,3 +109,23 @@ def test_refusals_stay_within_the_memory_budget(tmp_path):
         _one_line(r, text)
         assert peak < REFUSAL_BUDGET_BYTES, (argv[0], peak / 2**30)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.pt", "c.onnx"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--task", "sr", "--factor", "8"], ["--task", "denoise", "--resize", "4"], ["--task", "denoise", "--simulate",
+     "--resize", "3000x4000"]],
+)  # fmt: skip
+def test_resize_and_factor_8_counted_before_fitting(tmp_path, monkeypatch, extra):
+    """The runs that reached 5.8-9.7 GB: the estimate at the output size (8x the observation for --factor 8, the
+    resized size for --resize) is refused in one line on a 24 GB machine, before anything is fitted."""
+    from click.testing import CliRunner
+
+    from lipdeploy.cli import cli
+
+    monkeypatch.setattr("lipdeploy.limits.available_memory_bytes", lambda: 24 * 2**30)
+    r = CliRunner().invoke(cli, ["restore", "skimage:coffee", *extra, "--iters", "1", "-o", str(tmp_path / "r.png")])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "this fit needs about" in errors[0] and "activations" in errors[0], r.output
+    assert list(tmp_path.iterdir()) == []
