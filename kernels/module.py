@@ -14,7 +14,7 @@ from .reference import sparse_conv2d_reference
 __all__ = ["IMPLEMENTATIONS", "SparseConv2d"]
 
 IMPLEMENTATIONS = ("triton", "torch")
-"""What computes a ``SparseConv2d`` (its ``backend=`` switch): the Triton kernels or the dense PyTorch reference.
+"""What computes a ``SparseConv2d`` (its ``implementation=``): the Triton kernels or the dense PyTorch reference.
 
 Not the execution backends of a network: those are ``lipdeploy.backends.BACKENDS`` ("triton-csr", "triton-kernel" and
 "reference" are built on this module with the implementations named here).
@@ -44,8 +44,8 @@ class SparseConv2d(nn.Module):
     Parameters: ``values`` (the ``nnz`` stored weights; an optimizer touches only these) and ``bias``. Index tensors of
     the packed format are buffers (they move with ``.to()`` / ``.cuda()`` and are saved in the state dict).
     ``forward`` computes ``leaky_relu(conv(pad(x), W) + bias, activation_slope)`` (activation only when
-    ``activation_slope`` is not None) with the Triton kernels (``backend="triton"``) or the dense PyTorch reference
-    (``backend="torch"``): ``backend`` is the implementation switch (:data:`IMPLEMENTATIONS`).
+    ``activation_slope`` is not None) with the Triton kernels (``implementation="triton"``) or the dense PyTorch
+    reference (``implementation="torch"``), as :class:`~lipdeploy.kernels.BsrConv2d` (:data:`IMPLEMENTATIONS`).
     """
 
     def __init__(
@@ -55,23 +55,23 @@ class SparseConv2d(nn.Module):
         stride: int = 1,
         padding: int = 0,
         padding_mode: str = "reflect",
-        backend: str = "triton",
+        implementation: str = "triton",
         activation_slope: float | None = None,
         config=None,
     ):
         super().__init__()
-        if backend not in IMPLEMENTATIONS:
-            raise ValueError(f"backend must be one of {IMPLEMENTATIONS}, got {backend!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         if padding_mode not in ("reflect", "zeros"):
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
-        if backend == "triton":
+        if implementation == "triton":
             _triton_ops()  # fail early and clearly
         self.shape = tuple(int(s) for s in packed.shape)
         self.format = packed.format
         self.stride = int(stride)
         self.padding = int(padding)
         self.padding_mode = padding_mode
-        self.backend = backend
+        self.implementation = implementation
         self.activation_slope = activation_slope
         self.config = config
         self.values = nn.Parameter(packed.values.detach().clone())
@@ -92,7 +92,7 @@ class SparseConv2d(nn.Module):
         stride: int = 1,
         padding: int = 0,
         padding_mode: str = "reflect",
-        backend: str = "triton",
+        implementation: str = "triton",
         activation_slope: float | None = None,
         format: str = "csr",
         config=None,
@@ -104,7 +104,7 @@ class SparseConv2d(nn.Module):
             stride,
             padding,
             padding_mode,
-            backend,
+            implementation,
             activation_slope,
             config,
         )
@@ -131,7 +131,7 @@ class SparseConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.packed()
         args = (x, p, self.bias, self.stride, self.padding, self.padding_mode, self.activation_slope)
-        if self.backend == "torch":
+        if self.implementation == "torch":
             return sparse_conv2d_reference(*args)
         return _triton_ops().sparse_conv2d(*args, config=self.config)
 
@@ -141,5 +141,5 @@ class SparseConv2d(nn.Module):
         return (
             f"{cin}, {cout}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}, "
             f"padding_mode={self.padding_mode!r}, format={self.format!r}, nnz={self.nnz} ({dens:.1%}), "
-            f"backend={self.backend!r}, activation_slope={self.activation_slope}"
+            f"implementation={self.implementation!r}, activation_slope={self.activation_slope}"
         )

@@ -76,7 +76,7 @@ def test_explicit_backends_by_registry_name():
     assert not sparse_layers(dense) and any(isinstance(m, nn.Conv2d) for m in dense.modules())
     ref = sparsify(ticket, backend="reference", format="kernel")
     layers = [m for m in ref.modules() if type(m).__name__ == "SparseConv2d"]
-    assert layers and all(m.format == "kernel" and m.backend == "torch" for m in layers)
+    assert layers and all(m.format == "kernel" and m.implementation == "torch" for m in layers)
     with torch.no_grad():
         assert (dense(x) - want).abs().max().item() <= 1e-5 and (ref(x) - want).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="contradicts"):

@@ -264,7 +264,7 @@ def test_module_triton_vs_torch_and_training_step():
     b = torch.randn(6)
     mods = {
         be: SparseConv2d.from_dense(
-            w, m, b, stride=1, padding=1, padding_mode="reflect", backend=be, activation_slope=0.2
+            w, m, b, stride=1, padding=1, padding_mode="reflect", implementation=be, activation_slope=0.2
         ).to(DEVICE)
         for be in ("triton", "torch")
     }
@@ -293,14 +293,14 @@ def test_module_state_dict_and_formats():
     w = torch.randn(5, 3, 3, 3)
     m = make_mask(w.shape, 0.6, 7, kind="kernels")
     for fmt in ("csr", "kernel"):
-        a = SparseConv2d.from_dense(w, m, None, 2, 1, "zeros", backend="torch", format=fmt)
-        b = SparseConv2d.from_dense(torch.zeros_like(w), m, None, 2, 1, "zeros", backend="torch", format=fmt)
+        a = SparseConv2d.from_dense(w, m, None, 2, 1, "zeros", implementation="torch", format=fmt)
+        b = SparseConv2d.from_dense(torch.zeros_like(w), m, None, 2, 1, "zeros", implementation="torch", format=fmt)
         b.load_state_dict(a.state_dict())
         assert torch.equal(b.dense_weight(), w * m)
         assert "row_ptr" in a.state_dict() and "values" in a.state_dict()
         assert "SparseConv2d" not in repr(a) or "nnz=" in repr(a)
     with pytest.raises(ValueError):
-        SparseConv2d.from_dense(w, m, backend="cudnn")
+        SparseConv2d.from_dense(w, m, implementation="cudnn")
 
 
 def test_choose_fastest_cpu_is_the_baseline():
@@ -315,10 +315,10 @@ def test_import_without_triton(tmp_path):
         "import torch, lipdeploy.kernels as K\n"
         "assert not K.triton_available()\n"
         "w = torch.randn(4, 3, 3, 3)\n"
-        "m = K.SparseConv2d.from_dense(w, None, None, 1, 1, 'reflect', backend='torch')\n"
+        "m = K.SparseConv2d.from_dense(w, None, None, 1, 1, 'reflect', implementation='torch')\n"
         "assert m(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)\n"
         "try:\n"
-        "    K.SparseConv2d.from_dense(w, None, backend='triton')\n"
+        "    K.SparseConv2d.from_dense(w, None, implementation='triton')\n"
         "except ImportError as e:\n"
         "    assert 'triton' in str(e); print('OK')\n"
     )

@@ -185,7 +185,7 @@ def test_auto_dispatch_keeps_the_fastest_candidate_per_layer(tmp_path, monkeypat
     # one entry per distinct (shape, input size, mask pattern, ...): identical layers share a verdict
     assert 0 < len(entries) <= n_convs and all(k.endswith(("-grad_in0", "-grad_in1")) for k in entries)
     n_cand = 1 + 2 * len(candidate_configs(256, torch.device("cpu")))
-    assert all(len(e["ms"]) == n_cand and e["choice"].startswith("kernel:") for e in entries.values())
+    assert all(len(e["ms"]) == n_cand and e["choice"].startswith("triton-kernel:") for e in entries.values())
     if workload == "fit":  # only the first conv reads the fixed network input: no input gradient to time there
         assert sum(k.endswith("-grad_in0") for k in entries) >= 1 and any(k.endswith("-grad_in1") for k in entries)
     key = next(iter(entries)).split("|", 1)[1]

@@ -64,7 +64,7 @@ class SparseKernelBackend(Backend):
             stride=layer.stride,
             padding=layer.padding[0] if padding is None else padding,
             padding_mode=padding_mode or layer.padding_mode,
-            backend=self.implementation,
+            implementation=self.implementation,
             format=self.format,
         ).to(w.device)
 
@@ -75,10 +75,6 @@ class SparseKernelBackend(Backend):
         from ..kernels.sparse_conv import candidate_configs
 
         return candidate_configs(out_pixels, device)
-
-    def candidate(self, config: Any) -> str:
-        # "<format>:<config tag>": the timing cache's candidate names since before the registry (keeps caches valid)
-        return self.format if config is None else f"{self.format}:{config.tag}"
 
 
 def packing_formats() -> tuple[str, ...]:
