@@ -23,11 +23,13 @@ import os
 import re
 import stat
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .limits import MAX_ARCHIVE_MEMBERS, TENSOR_SLACK_BYTES
 
 _TMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
 
@@ -334,3 +336,26 @@ def read_json_lines(
         if problem:
             raise InputError(path, f"line {number}: {problem}")
         yield number, record
+
+
+def check_zip_members(path: Path, file_bytes: int | None = None) -> None:
+    """Refuse, before ``torch.load`` inflates anything, a zip archive whose members declare more bytes than the file
+    holds. ``torch.save`` stores members uncompressed, so its files always pass; a deflated member that expands past
+    the file (a 2.5 MB file holding a 2.6 GB record) is a decompression bomb. A file that is not a zip archive is
+    PyTorch's legacy format, whose storages are raw bytes of the file itself; ``torch.load`` judges it."""
+    file_bytes = path.stat().st_size if file_bytes is None else file_bytes
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise InputError(path, f"archive holds {len(members):,} members (at most {MAX_ARCHIVE_MEMBERS:,}): refused")
+    declared = sum(m.file_size for m in members)
+    if declared > file_bytes + TENSOR_SLACK_BYTES:
+        big = max(members, key=lambda m: m.file_size)
+        raise InputError(
+            path,
+            f"archive member {big.filename!r} declares {big.file_size:,} bytes uncompressed, more than the file's "
+            f"{file_bytes:,} (a decompression bomb): refused before reading it",
+        )

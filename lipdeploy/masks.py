@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .fileio import atomic_output
+from .fileio import atomic_output, check_regular_file, check_zip_members
 
 
 class Mask(dict[str, torch.Tensor]):
@@ -98,9 +98,8 @@ class Mask(dict[str, torch.Tensor]):
     def load(cls, path: str | Path) -> Mask:
         """Read a mask file written by :meth:`save` (or any ``torch.save`` of a dict of 0/1 tensors), safely:
         ``torch.load(weights_only=True)``; an unreadable or malformed file raises :class:`InputError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "no such file" if not path.exists() else "is not a file")
+        path = check_regular_file(path, "mask file")
+        check_zip_members(path)  # a deflated bomb is refused before torch.load inflates it
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:

@@ -47,9 +47,9 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import InputError
-from .fileio import atomic_output, check_regular_file
+from .fileio import atomic_output, check_regular_file, check_zip_members
 from .generator_files import GeneratorFile, is_checkpoint_content, is_generator_content, read_generator_file
-from .limits import MAX_ARCHIVE_MEMBERS, MAX_TENSOR_FILE_BYTES, TENSOR_SLACK_BYTES, check_memory, parameter_count
+from .limits import MAX_TENSOR_FILE_BYTES, TENSOR_SLACK_BYTES, check_memory, parameter_count
 from .masks import Mask, Masks, apply_masks_
 from .masks import density as masks_density
 from .networks import ArchSpec, DeepDecoderSpec, SkipSpec, arch_from_dict, prunable_names
@@ -282,7 +282,7 @@ def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise InputError(path, f"unreadable or truncated safetensors file ({_first_line(exc)})") from None
         _check_tensors(path, content, path.stat().st_size)
         return content, meta
-    _check_archive(path, size)
+    check_zip_members(path, size)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of odd files: our message says it all
             warnings.simplefilter("ignore")
@@ -301,28 +301,6 @@ def read_tensor_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise InputError(path, f"expected a dict of tensors, found {type(obj).__name__}")
     _check_tensors(path, obj, path.stat().st_size)
     return obj, {}
-
-
-def _check_archive(path: Path, file_bytes: int) -> None:
-    """Refuse, before ``torch.load`` inflates anything, a zip archive whose members declare more bytes than the file
-    holds. ``torch.save`` stores members uncompressed, so its files always pass; a deflated member that expands past
-    the file (a 2.5 MB file holding a 2.6 GB record) is a decompression bomb. A file that is not a zip archive is
-    PyTorch's legacy format, whose storages are raw bytes of the file itself; ``torch.load`` judges it."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-        return
-    if len(members) > MAX_ARCHIVE_MEMBERS:
-        raise InputError(path, f"archive holds {len(members):,} members (at most {MAX_ARCHIVE_MEMBERS:,}): refused")
-    declared = sum(m.file_size for m in members)
-    if declared > file_bytes + TENSOR_SLACK_BYTES:
-        big = max(members, key=lambda m: m.file_size)
-        raise InputError(
-            path,
-            f"archive member {big.filename!r} declares {big.file_size:,} bytes uncompressed, more than the file's "
-            f"{file_bytes:,} (a decompression bomb): refused before reading it",
-        )
 
 
 def _load_problem(exc: BaseException) -> str:

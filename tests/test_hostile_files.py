@@ -219,3 +219,12 @@ def test_invalid_block_size_in_provenance_refused_at_load(tmp_path, tiny, block)
     one_line_error(run("inspect", path), "invalid block size")
     one_line_error(run("export", path, "-o", tmp_path / "m.onnx"), "invalid block size")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_mask_file_bomb_and_fifo_refused(tmp_path):
+    from lipdeploy.masks import Mask
+
+    with pytest.raises(InputError, match="decompression bomb"):
+        Mask.load(deflated_bomb(tmp_path / "bomb.pt"))
+    with fifo(tmp_path / "m.pt"), pytest.raises(InputError, match="FIFO"):
+        Mask.load(tmp_path / "m.pt")
