@@ -1,6 +1,6 @@
 """CPU fitting step of a masked ticket vs the dense network: what keeping pruned weights at zero costs, one run.
 
-    python -m lipdeploy.bench.cpu.masked_step [--sizes 64] [--repeats 6] [--steps 5] [-o FILE.json]
+    python -m lipdeploy.bench.cpu.masked_step [--sizes 64 128] [--rounds 30] [-o FILE.json]
 
 Three steps of the engine (:class:`lipdeploy.fit.EagerStep`: input perturbation, loss, backward, backtracking check +
 weight snapshot, output average, PSNR tracking, Adam) on the paper network, one thread:
@@ -11,11 +11,12 @@ weight snapshot, output average, PSNR tracking, Adam) on the paper network, one 
 - ``masked_fused``: the same ticket, its pruned gradients zeroed after backward in one fused pass
   (:class:`lipdeploy.fit_result.PrunedGradients`: what the engine does).
 
-The variants take turns in blocks of ``--steps`` steps, ``--repeats`` rounds, the order rotated each round, so that
-the load of a shared machine hits all alike; each block's median step time is taken, and the ratios are formed within
-a round (masked / dense of the same round), then their median over rounds is reported with its range. Two clocks:
-the process's CPU time (``*_cpu_ms``, the primary numbers: with one thread it counts the step's own work, not the
-time other processes hold the core) and wall time (``*_wall_ms``).
+The variants take turns step by step: each of ``--rounds`` rounds runs one step of each, in an order rotated every
+round, so that the load of a shared machine hits all alike. Ratios are formed within a round (masked / dense of the
+same round) and their median over rounds is reported with the quartiles; ``*_ms`` are medians over rounds, and
+``*_min_ratio`` the ratio of the fastest steps. Two clocks: the process's CPU time (``cpu_*``, the primary numbers:
+with one thread it counts the step's own work, not the time other processes hold the core) and wall time
+(``wall_*``).
 """
 
 from __future__ import annotations
@@ -63,15 +64,11 @@ def make_step(ticket: Ticket, size: int, variant: str, seed: int = 0) -> EagerSt
     )  # fmt: skip
 
 
-def block_ms(step: EagerStep, steps: int) -> dict[str, float]:
-    """Median milliseconds of ``steps`` steps, in CPU time (``cpu``) and wall time (``wall``)."""
-    cpu, wall = [], []
-    for _ in range(steps):
-        c0, w0 = time.process_time(), time.perf_counter()
-        step.run()
-        cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - w0)
-    return {"cpu": 1000 * statistics.median(cpu), "wall": 1000 * statistics.median(wall)}
+def step_ms(step: EagerStep) -> dict[str, float]:
+    """Milliseconds of one step, in CPU time (``cpu``) and wall time (``wall``)."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    step.run()
+    return {"cpu": 1000 * (time.process_time() - c0), "wall": 1000 * (time.perf_counter() - w0)}
 
 
 def tickets(density: float, seed: int = 0) -> tuple[Ticket, Ticket]:
@@ -84,23 +81,27 @@ def tickets(density: float, seed: int = 0) -> tuple[Ticket, Ticket]:
     return dense, dense.replace(masks=masks)
 
 
-def measure(size: int, density: float, repeats: int, steps: int) -> dict:
+def measure(size: int, density: float, rounds: int) -> dict:
     dense, masked = tickets(density)
     runners = {v: make_step(dense if v == "dense" else masked, size, v) for v in VARIANTS}
     for step in runners.values():
-        block_ms(step, 2)  # warm-up: allocations, Adam's state
-    rounds = []
-    for r in range(repeats):
+        for _ in range(2):
+            step.run()  # warm-up: allocations, Adam's state
+    times = []
+    for r in range(rounds):
         order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
-        rounds.append({v: block_ms(runners[v], steps) for v in order})
-    row = {"size": size, "density": round(masked.density, 4), "repeats": repeats, "steps_per_block": steps}
+        times.append({v: step_ms(runners[v]) for v in order})
+    row = {"size": size, "density": round(masked.density, 4), "rounds": rounds}
     for clock in ("cpu", "wall"):
         for v in VARIANTS:
-            row[f"{v}_{clock}_ms"] = round(statistics.median(r[v][clock] for r in rounds), 1)
+            row[f"{clock}_{v}_ms"] = round(statistics.median(t[v][clock] for t in times), 1)
         for num, den in (("masked_hooks", "dense"), ("masked_fused", "dense"), ("masked_fused", "masked_hooks")):
-            ratios = [r[num][clock] / r[den][clock] for r in rounds]
-            row[f"{clock}_ratio_{num}_over_{den}"] = round(statistics.median(ratios), 3)
-            row[f"{clock}_ratio_{num}_over_{den}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+            ratios = [t[num][clock] / t[den][clock] for t in times]
+            q1, median, q3 = statistics.quantiles(ratios, n=4)
+            key = f"{clock}_{num}_over_{den}"
+            row[f"{key}_ratio"] = round(median, 3)
+            row[f"{key}_quartiles"] = [round(q1, 3), round(q3, 3)]
+            row[f"{key}_min_ratio"] = round(min(t[num][clock] for t in times) / min(t[den][clock] for t in times), 3)
     return row
 
 
@@ -110,19 +111,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.description = __doc__
     ap.add_argument("--sizes", type=int, nargs="+", default=[64])
     ap.add_argument("--density", type=float, default=0.107, help="ticket density (0.107: 10 IMP rounds)")
-    ap.add_argument("--repeats", type=int, default=6, help="rounds of interleaved blocks")
-    ap.add_argument("--steps", type=int, default=5, help="steps per block")
+    ap.add_argument("--rounds", type=int, default=30, help="rounds of one step per variant")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     meta = script_environment(
         benchmark="cpu_masked_step",
         network=paper_skip().describe(),
         threads=1,
-        note="block medians of per-step CPU and wall times; ratios formed within a round of interleaved blocks",
+        note="per-step CPU and wall times, variants interleaved step by step; ratios formed within a round",
     )
     results = Results(args.output, meta, printer=lambda r: print(json.dumps(r)))
     for size in args.sizes:
-        results.add(measure(size, args.density, args.repeats, args.steps))
+        results.add(measure(size, args.density, args.rounds))
     return results.finish()
 
 
