@@ -518,41 +518,15 @@ def export_onnx(
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    path = Path(path)
-    if weights is None:
-        weights = "fitted" if ticket.fitted is not None else "init"
-    if weights not in ("init", "fitted"):
-        raise InputError(None, f"weights must be 'init' or 'fitted', not {weights!r}")
-    if weights == "fitted" and ticket.fitted is None:
-        raise InputError(ticket.source, "the ticket holds no fitted weights (use init)")
-    if bn not in ("image", "running"):
-        raise InputError(None, f"bn must be 'image' or 'running', not {bn!r}")
-    if weights_format not in ("dense", "sparse"):
-        raise InputError(None, f"weights format must be dense or sparse, not {weights_format!r}")
-    if dtype not in ("fp32", "fp16"):
-        raise InputError(None, f"dtype must be fp32 or fp16, not {dtype!r}")
-    if quantize not in (None, "int8"):
-        raise InputError(None, f"quantize must be int8, not {quantize!r}")
-    if quantize and dtype != "fp32":
-        raise InputError(None, "--quantize int8 and --dtype fp16 exclude each other")
-    if opset < 17:
-        raise InputError(None, f"opset {opset} is too old: 17 or newer")
-    path, manifest_path = check_output_set(path, force)
+    weights = _check_options(ticket, weights, bn, weights_format, dtype, quantize, opset)
+    path, manifest_path = check_output_set(Path(path), force)
     inp, embed_input = _input_and_sizes(ticket, embed_input, test_size)
     test_size = inp.image_size
 
     # 1-2: compacted module -> ONNX
     module, removed = export_module(ticket, weights, bn)
     code_t = inp.draw(seed)
-    with torch.no_grad():
-        # The oracle is the masked network in float64: in float32 a channel that is constant (all its inputs pruned)
-        # leaves a rounding residue that the next per-image BatchNorm divides by sqrt(var + eps), i.e. amplifies up to
-        # ~1/sqrt(eps); measured on an 89% block ticket (64 px IMP round 10): float32 masked vs float64 masked 6.9e-2,
-        # compacted (exact: constants folded) vs float64 masked 2.7e-6. Compared with float32, export refused it.
-        net = ticket.build(weights, bn=bn)
-        # what a float32 runtime computes must be finite (weights near float32's range overflow there, not in float64)
-        _check_finite_output(net(code_t.clone()).numpy(), "the network's output", ticket.source)
-        reference = net.double()(code_t.clone().double()).float().numpy()
+    reference = _reference(ticket, weights, bn, code_t)
     code = code_t.numpy()
     model = _torch_to_onnx(module, code_t, opset, inp)
     timings["torch_export"] = time.perf_counter() - t0
@@ -573,16 +547,7 @@ def export_onnx(
             _embed_input(model, code, embed_input)
         else:
             model = _quantize_int8(model, calib)
-        weight_names = _dq_weight_names(model)
-    else:
-        weight_names = _conv_weight_names(model)
-    packed: list[PackedTensor] = []
-    if dtype == "fp16":
-        inits = {i.name: i for i in model.graph.initializer}
-        _store_fp16(model, weight_names)
-        weight_names = [f"{n}__fp16" for n in weight_names if n in inits]
-    if weights_format == "sparse":
-        packed = pack_initializers(model, weight_names, block=_block_size(ticket))
+    packed = _store_weights(model, ticket, weights_format, dtype, quantized=quantize == "int8")
     timings["post_process"] = time.perf_counter() - t1
 
     _set_metadata(model, ticket, weights, bn, weights_format, dtype, quantize, embed_input, seed, removed)
@@ -593,33 +558,16 @@ def export_onnx(
 
     # 4: parity
     t2 = time.perf_counter()
-    fp32_out = _run(fp32_model, feed)
-    fp32_err = float(np.abs(fp32_out - reference).max())
-    if not math.isfinite(fp32_err) or fp32_err > tolerance:  # NaN > tol is False: test finiteness first
-        raise ExportError(
-            f"ONNX Runtime output differs from the masked network by {fp32_err:.2e} (> {tolerance:.0e}): "
-            "nothing written"
-        )
-    if model is fp32_model or (weights_format == "dense" and dtype == "fp32" and not quantize):
-        out = fp32_out
-    else:
-        out = _run(model, feed)
-    err = float(np.abs(out - reference).max())
-    if not math.isfinite(err):
-        raise ExportError(f"the exported model's output is not finite (max error {err}): nothing written")
-    sparse_vs_dense = None
-    if weights_format == "sparse" and dtype == "fp32" and not quantize:
-        sparse_vs_dense = float(np.abs(out - fp32_out).max())
-        if err > tolerance:
-            raise ExportError(f"sparse-packed graph differs from the masked network by {err:.2e}; nothing written")
+    exact = weights_format == "dense" and dtype == "fp32" and not quantize  # the fp32 graph is the final one
+    packed_fp32 = weights_format == "sparse" and dtype == "fp32" and not quantize
+    out, err, fp32_err, sparse_vs_dense = _parity(
+        fp32_model, None if exact else model, feed, reference, tolerance, packed_fp32
+    )
     precision_psnr = psnr_change = None
     if dtype != "fp32" or quantize:
         precision_psnr = psnr(out, reference, peak=2.0 if inp.generator else 1.0)
         if target is not None:
-            tgt = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target, dtype=np.float32)
-            if tgt.shape != reference.shape:
-                raise InputError(None, f"target image shape {list(tgt.shape)} != output shape {list(reference.shape)}")
-            psnr_change = psnr(out, tgt) - psnr(reference, tgt)
+            psnr_change = _psnr_change(out, reference, target)
     timings["parity"] = time.perf_counter() - t2
 
     # 5: write atomically (model, then manifest beside it)
@@ -650,19 +598,113 @@ def export_onnx(
         timings_s=timings,
         model_input=inp.describe(),
     )
+    _write(summary, ticket, data, force, _before_write)
+    timings["total"] = time.perf_counter() - t0
+    return summary
+
+
+def _write(summary: ExportSummary, ticket: Ticket, data: bytes, force: bool, before_write: Any) -> None:
+    """The model and its manifest as one output set (see atomic_output_set): the old manifest goes first, then the
+    model is renamed into place, then the manifest naming the model's sha256. A reader, or a run killed in between,
+    sees the old pair, a model without a manifest, or the new pair; never a manifest beside a model it does not
+    describe."""
     manifest = _manifest(summary, ticket)
     manifest["model_sha256"] = hashlib.sha256(data).hexdigest()
     manifest_text = dumps_record(manifest, indent=2, default=str) + "\n"
-    # An output set (see atomic_output_set): the old manifest goes first, then the model is renamed into place, then
-    # the manifest naming the model's sha256. A reader, or a run killed in between, sees the old pair, a model without
-    # a manifest, or the new pair; never a manifest beside a model it does not describe.
-    with atomic_output_set(path, manifest_path, exclusive=not force) as (tmp_model, tmp_manifest):
-        tmp_model.write_bytes(data)
-        tmp_manifest.write_text(manifest_text)
-        if _before_write is not None:  # test hook: inject a failure after the temporary files exist
-            _before_write()
-    timings["total"] = time.perf_counter() - t0
-    return summary
+    with atomic_output_set(Path(summary.path), Path(summary.manifest_path), exclusive=not force) as (model, man):
+        model.write_bytes(data)
+        man.write_text(manifest_text)
+        if before_write is not None:  # test hook: inject a failure after the temporary files exist
+            before_write()
+
+
+def _check_options(ticket, weights, bn, weights_format, dtype, quantize, opset) -> WeightsChoice:
+    """Refuse bad export options (InputError); the weights to export (default: fitted when the ticket has them)."""
+    if weights is None:
+        weights = "fitted" if ticket.fitted is not None else "init"
+    if weights not in ("init", "fitted"):
+        raise InputError(None, f"weights must be 'init' or 'fitted', not {weights!r}")
+    if weights == "fitted" and ticket.fitted is None:
+        raise InputError(ticket.source, "the ticket holds no fitted weights (use init)")
+    if bn not in ("image", "running"):
+        raise InputError(None, f"bn must be 'image' or 'running', not {bn!r}")
+    if weights_format not in ("dense", "sparse"):
+        raise InputError(None, f"weights format must be dense or sparse, not {weights_format!r}")
+    if dtype not in ("fp32", "fp16"):
+        raise InputError(None, f"dtype must be fp32 or fp16, not {dtype!r}")
+    if quantize not in (None, "int8"):
+        raise InputError(None, f"quantize must be int8, not {quantize!r}")
+    if quantize and dtype != "fp32":
+        raise InputError(None, "--quantize int8 and --dtype fp16 exclude each other")
+    if opset < 17:
+        raise InputError(None, f"opset {opset} is too old: 17 or newer")
+    return weights
+
+
+@torch.no_grad()
+def _reference(ticket: Ticket, weights: WeightsChoice, bn: BatchNormChoice, code: torch.Tensor) -> np.ndarray:
+    """The oracle's output for ``code``: the masked network in float64 (checked finite in float32 first).
+
+    In float32 a channel that is constant (all its inputs pruned) leaves a rounding residue that the next per-image
+    BatchNorm divides by sqrt(var + eps), i.e. amplifies up to ~1/sqrt(eps); measured on an 89% block ticket (64 px
+    IMP round 10): float32 masked vs float64 masked 6.9e-2, compacted (exact: constants folded) vs float64 masked
+    2.7e-6. Compared with float32, export refused it.
+    """
+    net = ticket.build(weights, bn=bn)
+    # what a float32 runtime computes must be finite (weights near float32's range overflow there, not in float64)
+    _check_finite_output(net(code.clone()).numpy(), "the network's output", ticket.source)
+    return net.double()(code.clone().double()).float().numpy()
+
+
+def _store_weights(model: onnx.ModelProto, ticket: Ticket, weights_format, dtype, quantized: bool) -> list:
+    """fp16 storage and sparse packing of the conv weights (the quantized ones after int8); the packed tensors."""
+    weight_names = _dq_weight_names(model) if quantized else _conv_weight_names(model)
+    packed: list[PackedTensor] = []
+    if dtype == "fp16":
+        inits = {i.name: i for i in model.graph.initializer}
+        _store_fp16(model, weight_names)
+        weight_names = [f"{n}__fp16" for n in weight_names if n in inits]
+    if weights_format == "sparse":
+        packed = pack_initializers(model, weight_names, block=_block_size(ticket))
+    return packed
+
+
+def _parity(
+    fp32_model: onnx.ModelProto,
+    model: onnx.ModelProto | None,
+    feed: np.ndarray | None,
+    reference: np.ndarray,
+    tolerance: float,
+    packed_fp32: bool,
+) -> tuple[np.ndarray, float, float, float | None]:
+    """In ONNX Runtime: (the final model's output, its max abs error vs the oracle, the fp32 graph's, and for a
+    ``packed_fp32`` model its difference to the fp32 graph). ``model`` None: the fp32 graph is the final one.
+    ExportError when the fp32 graph (or a packed fp32 model) misses the oracle by more than ``tolerance``, or when the
+    output is not finite."""
+    fp32_out = _run(fp32_model, feed)
+    fp32_err = float(np.abs(fp32_out - reference).max())
+    if not math.isfinite(fp32_err) or fp32_err > tolerance:  # NaN > tol is False: test finiteness first
+        raise ExportError(
+            f"ONNX Runtime output differs from the masked network by {fp32_err:.2e} (> {tolerance:.0e}): "
+            "nothing written"
+        )
+    out = fp32_out if model is None else _run(model, feed)
+    err = float(np.abs(out - reference).max())
+    if not math.isfinite(err):
+        raise ExportError(f"the exported model's output is not finite (max error {err}): nothing written")
+    if not packed_fp32:
+        return out, err, fp32_err, None
+    if err > tolerance:
+        raise ExportError(f"sparse-packed graph differs from the masked network by {err:.2e}; nothing written")
+    return out, err, fp32_err, float(np.abs(out - fp32_out).max())
+
+
+def _psnr_change(out: np.ndarray, reference: np.ndarray, target: np.ndarray | torch.Tensor) -> float:
+    """PSNR(reduced-precision output, target) - PSNR(fp32 network, target)."""
+    tgt = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target, dtype=np.float32)
+    if tgt.shape != reference.shape:
+        raise InputError(None, f"target image shape {list(tgt.shape)} != output shape {list(reference.shape)}")
+    return psnr(out, tgt) - psnr(reference, tgt)
 
 
 def input_contract(ticket: Ticket, embed_input: tuple[int, int] | None, seed: int) -> dict[str, Any]:
