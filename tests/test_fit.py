@@ -281,3 +281,21 @@ def test_commands_take_fit_options_from_the_config_fields():
         r = runner.invoke(cli, args)
         assert r.exit_code == 2 and r.output.strip().startswith(f"error: {message}"), r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_masked_step_benchmark_runs(tmp_path):
+    """bench/cpu/masked_step.py end to end at a toy scale: one row per size with the three variants' times and the
+    within-round ratios."""
+    import json
+
+    from lipdeploy.bench.cpu import masked_step
+
+    out = tmp_path / "masked.json"
+    masked_step.main(["--sizes", "64", "--rounds", "3", "--channels", "4", "-o", str(out)])
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert data["complete"] and row["size"] == 64 and 0.05 < row["density"] < 0.2
+    for clock in ("cpu", "wall"):
+        assert all(row[f"{clock}_{v}_ms"] > 0 for v in masked_step.VARIANTS)
+        q1, q3 = row[f"{clock}_masked_fused_over_dense_quartiles"]
+        assert 0 < q1 <= row[f"{clock}_masked_fused_over_dense_ratio"] <= q3

@@ -33,7 +33,7 @@ from lipdeploy.fit import EagerStep, FitConfig, simulate
 from lipdeploy.fit_result import PrunedGradients
 from lipdeploy.imp import prune
 from lipdeploy.masks import Mask, apply_masks_, freeze_pruned
-from lipdeploy.networks import make_input, paper_skip
+from lipdeploy.networks import SkipSpec, make_input, paper_skip
 from lipdeploy.tasks import Denoise
 from lipdeploy.ticket import Ticket, ticket_from_model
 
@@ -71,9 +71,15 @@ def step_ms(step: EagerStep) -> dict[str, float]:
     return {"cpu": 1000 * (time.process_time() - c0), "wall": 1000 * (time.perf_counter() - w0)}
 
 
-def tickets(density: float, seed: int = 0) -> tuple[Ticket, Ticket]:
-    """The paper network dense, and pruned to ``density`` by global magnitude pruning of its initial weights."""
-    spec = paper_skip()
+def network(channels: int | None) -> SkipSpec:
+    """The paper network, or (smoke tests) the same with ``channels`` channels per level."""
+    if channels is None:
+        return paper_skip()
+    return SkipSpec(channels_down=(channels,) * 5, channels_up=(channels,) * 5)
+
+
+def tickets(spec: SkipSpec, density: float, seed: int = 0) -> tuple[Ticket, Ticket]:
+    """``spec`` dense, and pruned to ``density`` by global magnitude pruning of its initial weights."""
     torch.manual_seed(seed)
     model = spec.build()
     dense = ticket_from_model(model, spec, Mask.ones_like(model))
@@ -81,8 +87,8 @@ def tickets(density: float, seed: int = 0) -> tuple[Ticket, Ticket]:
     return dense, dense.replace(masks=masks)
 
 
-def measure(size: int, density: float, rounds: int) -> dict:
-    dense, masked = tickets(density)
+def measure(spec: SkipSpec, size: int, density: float, rounds: int) -> dict:
+    dense, masked = tickets(spec, density)
     runners = {v: make_step(dense if v == "dense" else masked, size, v) for v in VARIANTS}
     for step in runners.values():
         for _ in range(2):
@@ -106,7 +112,9 @@ def measure(size: int, density: float, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = parser("lipdeploy.bench.cpu.masked_step", __doc__, output=Path("bench/results/cpu_masked_step.json"))
+    ap = parser(
+        "lipdeploy.bench.cpu.masked_step", __doc__, output=Path("bench/results/cpu_masked_step.json"), channels=True
+    )
     ap.formatter_class = argparse.RawDescriptionHelpFormatter
     ap.description = __doc__
     ap.add_argument("--sizes", type=int, nargs="+", default=[64])
@@ -114,15 +122,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=30, help="rounds of one step per variant")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    spec = network(args.channels)
     meta = script_environment(
         benchmark="cpu_masked_step",
-        network=paper_skip().describe(),
+        network=spec.describe(),
         threads=1,
         note="per-step CPU and wall times, variants interleaved step by step; ratios formed within a round",
     )
     results = Results(args.output, meta, printer=lambda r: print(json.dumps(r)))
     for size in args.sizes:
-        results.add(measure(size, args.density, args.rounds))
+        results.add(measure(spec, size, args.density, args.rounds))
     return results.finish()
 
 
