@@ -157,24 +157,30 @@ def print_report(report: dict) -> None:
     console.print(table)
     blocks = report.get("blocks")
     if blocks:
-        bo, bi = blocks["block"]
-        bt = Table(title=f"blocks of {bo}x{bi} channels per tap", title_justify="left")
-        for col in ("layer", "grid (out x in x taps)", "kept blocks", "block density"):
-            bt.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
-        labels = {r["name"]: r.get("label", r["name"]) for r in report["layers"]}
-        for row in blocks["layers"]:
-            go, gi, taps = row["grid"]
-            bt.add_row(
-                labels.get(row["name"], row["name"]),
-                f"{go}x{gi}x{taps}",
-                f"{row['kept_blocks']}/{row['blocks']}",
-                _pct(row["block_density"]),
-            )
-        tot = blocks["totals"]
-        bt.add_row("total", "", f"{tot['kept_blocks']}/{tot['blocks']}", _pct(tot["block_density"]), style="bold")
-        console.print(bt)
+        console.print(_blocks_table(blocks, {r["name"]: r.get("label", r["name"]) for r in report["layers"]}))
     if comp is not None:
         console.print(f"[bold]compaction[/bold]: {comp['summary']}")
+
+
+def _blocks_table(blocks: dict, labels: dict[str, str]):
+    """The block structure (``inspect``'s ``blocks`` entry) as a rich table."""
+    from rich.table import Table  # rich only for the table: --json output does without it
+
+    bo, bi = blocks["block"]
+    bt = Table(title=f"blocks of {bo}x{bi} channels per tap", title_justify="left")
+    for col in ("layer", "grid (out x in x taps)", "kept blocks", "block density"):
+        bt.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
+    for row in blocks["layers"]:
+        go, gi, taps = row["grid"]
+        bt.add_row(
+            labels.get(row["name"], row["name"]),
+            f"{go}x{gi}x{taps}",
+            f"{row['kept_blocks']}/{row['blocks']}",
+            _pct(row["block_density"]),
+        )
+    tot = blocks["totals"]
+    bt.add_row("total", "", f"{tot['kept_blocks']}/{tot['blocks']}", _pct(tot["block_density"]), style="bold")
+    return bt
 
 
 _PROVENANCE_SHOWN = (
