@@ -98,7 +98,7 @@ def tables(quality: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str, A
             "| method | sparsity | PSNR dB | MSE [-1, 1] | SSIM |",
             "|---|---:|---:|---:|---:|",
         ]
-        order = {"dense": 0, "imp": 1, "imp-init": 2, "random": 3}
+        order = {"dense": 0, "imp": 1, "imp-init": 2, "random": 3, "back-projection": 4, "least-squares": 5}
         for m, r in sorted(q.items(), key=lambda kv: (order.get(_family(kv[0])[0], 3), _family(kv[0]))):
             sp = "-" if r.get("sparsity") is None else f"{100 * r['sparsity']:.1f}%"
             lines.append(f"| {m} | {sp} | {r['psnr']:.2f} | {r['mse']:.5f} | {r['ssim']:.4f} |")
@@ -130,10 +130,14 @@ def plot(out: Path, quality: dict[str, dict[str, dict[str, Any]]]) -> Path | Non
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         q = quality[task]
-        for fam, style in (("imp", "o-"), ("imp-init", "^:"), ("random", "s--")):
+        for fam, style, color in (
+            ("imp", "o-", "tab:blue"),
+            ("imp-init", "^:", "tab:orange"),
+            ("random", "s--", "tab:green"),
+        ):  # noqa: E501
             pts = sorted((r["sparsity"], r["psnr"]) for m, r in q.items() if _family(m)[0] == fam)
             if pts:
-                ax.plot([100 * s for s, _ in pts], [p for _, p in pts], style, label=fam, markersize=3)
+                ax.plot([100 * s for s, _ in pts], [p for _, p in pts], style, color=color, label=fam, markersize=3)
         if "dense" in q:
             ax.axhline(q["dense"]["psnr"], color="k", lw=0.8, label="dense")
         for base, color in (("back-projection", "tab:red"), ("least-squares", "tab:gray")):
