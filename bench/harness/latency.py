@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from lipdeploy.backends import sparsify
 from lipdeploy.compaction import compact
-from lipdeploy.masks import freeze_pruned
+from lipdeploy.fit_result import PrunedGradients
 from lipdeploy.networks import make_input
 from lipdeploy.ticket import Ticket
 
@@ -55,12 +55,14 @@ def _timed(out: dict[str, Any], metric: str, fn, warmup: int, repeats: int) -> N
     out.setdefault("_spread", {})[metric] = stats
 
 
-def _step_fn(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor):
+def _step_fn(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, pruned: PrunedGradients | None = None):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    pruned = pruned or PrunedGradients()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         F.mse_loss(model(x), target).backward()
+        pruned()  # the fit's gradient masking: pruned weights stay zero
         opt.step()
 
     return step
@@ -100,11 +102,10 @@ def measure(
         _timed(res, "forward_ms", _fwd_fn(model, x), warmup, repeats)
         return res
     model = t.build("init")
-    hooks = freeze_pruned(model, {n: m for n, m in t.masks.items() if not bool(m.all())})
+    params = dict(model.named_parameters())
+    pruned = PrunedGradients({params[n]: m for n, m in t.masks.items()})
     _timed(res, "forward_ms", _fwd_fn(model, x), warmup, repeats)
-    _timed(res, "step_ms", _step_fn(model, x, target), warmup, repeats)
-    for hk in hooks:
-        hk.remove()
+    _timed(res, "step_ms", _step_fn(model, x, target, pruned), warmup, repeats)
     return res
 
 

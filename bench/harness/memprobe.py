@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     # after parsing: a bad argument fails before torch loads (seconds), in the probe's own subprocess
     import torch
 
-    from lipdeploy.masks import freeze_pruned
+    from lipdeploy.fit_result import PrunedGradients
     from lipdeploy.networks import make_input
     from lipdeploy.ticket import load_ticket
 
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     ticket = load_ticket(args.ticket)
     device = torch.device(args.device)
     model = ticket.build("init").to(device)
-    sparse = {n: m.to(device) for n, m in ticket.masks.items() if not bool(m.all())}
-    handles = freeze_pruned(model, sparse)
+    params = dict(model.named_parameters())
+    pruned = PrunedGradients({params[n]: m for n, m in ticket.masks.items()})  # the fit's gradient masking
     x = make_input(ticket.arch, args.height, args.width).to(device)
     target = torch.rand((1, 3, args.height, args.width), generator=torch.Generator().manual_seed(0)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(model(x), target)
         loss.backward()
+        pruned()
         opt.step()
     peak = _status_bytes("VmHWM") if reset else _maxrss_bytes()
     out = {"baseline_rss_bytes": base, "peak_rss_bytes": peak, "method": "VmHWM reset" if reset else "ru_maxrss"}
@@ -102,8 +103,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.synchronize()
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
         out["cuda_baseline_bytes"] = int(base_cuda)
-    for h in handles:
-        h.remove()
     print(json.dumps(out))
 
 
