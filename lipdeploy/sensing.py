@@ -261,7 +261,9 @@ class Measurements:
         return torch.cat([rows, x.sum(dim=1, keepdim=True).expand(-1, self.outliers)], dim=1)
 
     def residuals(self, x: torch.Tensor) -> torch.Tensor:
-        """``y - predict(x)``, ``[B, m]``."""
+        """``y - predict(x)``, ``[B, m]`` (for several images, ``x`` holds one image per row of ``y``)."""
+        if self.y.dim() == 2 and x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"{x.shape[0]} images for measurements of {self.y.shape[0]}")
         return self.y - self.predict(x)
 
     def to(self, device: torch.device | str) -> Measurements:
