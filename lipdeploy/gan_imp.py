@@ -148,11 +148,13 @@ def find_gan_ticket(
     data_name: str = "images",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    ext: str = ".pt",
 ) -> list[Path]:
     """Run GAN IMP (module docstring) on ``data`` (``[N, 3, R, R]`` on [-1, 1]) into ``out_dir``: rounds 0..rounds.
 
     ``generator``: the pre-trained generator as a dense ticket (its ``init`` the weights every round rewinds to);
-    ``disc``: the discriminator to retrain beside it. Returns the round tickets' paths.
+    ``disc``: the discriminator to retrain beside it; ``ext``: the tickets' format (``.pt`` or ``.safetensors``; the
+    discriminator files are ``.pt``). Returns the round tickets' paths.
     """
     if rounds < 0:
         raise InputError(None, f"rounds must be >= 0, got {rounds}")
@@ -195,7 +197,7 @@ def find_gan_ticket(
             g_masks = prune(prev[0], g_masks, rate, "global", "unstructured", random, gen)
             d_masks = prune(prev[1], d_masks, rate, "global", "unstructured", random, gen)
         g_fit, d_fit, row = _round(
-            generator, disc, data, out_dir, r, rounds, g_masks, d_masks, train, settings, progress, say
+            generator, disc, data, out_dir, r, rounds, g_masks, d_masks, train, settings, progress, say, ext
         )
         prev = (g_fit, d_fit)
         rows.append(row)
@@ -203,7 +205,7 @@ def find_gan_ticket(
     return [p for r, p in sorted(existing_rounds(out_dir).items()) if r <= rounds]
 
 
-def _round(generator, disc, data, out_dir, r, rounds, g_masks, d_masks, train, settings, progress, say):
+def _round(generator, disc, data, out_dir, r, rounds, g_masks, d_masks, train, settings, progress, say, ext):
     """Retrain the rewound pair under the round's masks, write the discriminator file and then the ticket."""
     g_model = generator.arch.build()
     g_model.load_state_dict(generator.init)
@@ -230,14 +232,14 @@ def _round(generator, disc, data, out_dir, r, rounds, g_masks, d_masks, train, s
         "discriminator_file": discriminator_path(out_dir, r).name,
         "init": "the pre-trained generator (every round rewinds to it)",
         "fitted": f"retrained under the masks: {train.epochs} epochs of WGAN-GP",
-        "parent": round_path(out_dir, r - 1).name if r else None,
+        "parent": round_path(out_dir, r - 1, ext).name if r else None,
         "pruning": "random" if settings["random"] else "global magnitude, G and D each",
         "losses": losses,
         "settings": settings,
     }
     _save_discriminator(discriminator_path(out_dir, r), d_masks, d_fitted)
     ticket = ticket.replace(fitted=g_fitted, provenance=provenance)
-    path = round_path(out_dir, r)
+    path = round_path(out_dir, r, ext)
     ticket.save(path)
     say(f"round {r}: G density {ticket.density:.4f}, D density {d_density:.4f}, W {losses['wasserstein']:.4f}, "
         f"{losses['seconds']:.1f} s -> {path}")  # fmt: skip

@@ -123,8 +123,10 @@ def test_find_generator_cli_checkpoint_netd_and_errors(tmp_path):
     r = _run("find", "--generator", tmp_path / "no_d.pth", *args, "-o", tmp_path / "out2")
     assert r.exit_code == 2 and r.output.startswith("error:") and "--fresh-discriminator" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()
-    r = _run("find", "--generator", tmp_path / "no_d.pth", *args, "--fresh-discriminator", "-o", tmp_path / "out2")
+    r = _run("find", "--generator", tmp_path / "no_d.pth", *args, "--fresh-discriminator", "--format", "safetensors",
+             "-o", tmp_path / "out2")  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert load_ticket(tmp_path / "out2" / "round_01.safetensors").provenance["parent"] == "round_00.safetensors"
     r = _run("find", "--generator", tmp_path / "zoo.pth", "--rounds", 1, "-o", tmp_path / "out3")
     assert r.exit_code == 2 and "--data" in r.output
     r = _run("find", "skimage:astronaut", "--generator", tmp_path / "zoo.pth", *args, "-o", tmp_path / "out4")

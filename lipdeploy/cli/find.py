@@ -200,7 +200,7 @@ def find_command(
         return find_with_generator(
             source=source, net=prior.net, data=data, out_dir=out_dir, rounds=rounds, rate=rate, epochs=epochs,
             batch=batch, lr=GanTrainConfig.lr if lr is None else lr, random=random_, fresh=fresh_discriminator,
-            seed=seed, device=device, quiet=quiet, as_json=as_json,
+            seed=seed, device=device, quiet=quiet, as_json=as_json, ext=f".{fmt}",
         )  # fmt: skip
     if not images or task_spec.name is None:
         raise InputError(None, "find needs IMAGES and --task (or --generator G.pth for GAN IMP)")

@@ -77,6 +77,7 @@ def find_with_generator(
     device: str,
     quiet: bool,
     as_json: bool,
+    ext: str = ".pt",
 ) -> None:
     """The ``find`` command for ``--generator`` / ``--example-generator`` (module docstring)."""
     log = Reporter()
@@ -95,7 +96,7 @@ def find_with_generator(
         f"{disc.origin}: rounds 0-{rounds}, {epochs} epochs each, into {out_dir}")  # fmt: skip
     paths = find_gan_ticket(
         generator, disc, images, out_dir, rounds, train, rate=rate, random=random, data_name=str(data),
-        progress=not (quiet or as_json) and sys.stderr.isatty(), log=log,
+        progress=not (quiet or as_json) and sys.stderr.isatty(), log=log, ext=ext,
     )  # fmt: skip
     if as_json:
         click.echo((out_dir / "imp.json").read_text() if (out_dir / "imp.json").is_file() else json.dumps([]))
