@@ -51,7 +51,7 @@ from lipdeploy.fileio import atomic_write_text
 from lipdeploy.gan_imp import find_gan_ticket
 from lipdeploy.gan_train import GanTrainConfig
 from lipdeploy.generator_prior import load_generator
-from lipdeploy.latent_fit import LatentFitConfig, fit_latent, image_metrics
+from lipdeploy.latent_fit import LatentFitConfig, fit_latent, per_image_metrics
 from lipdeploy.sensing import GaussianOperator, MaskOperator, back_projection, least_squares, simulate_measurements
 from lipdeploy.ticket import Ticket, load_ticket
 
@@ -123,8 +123,10 @@ def baseline_rows(task: Task, faces) -> list[dict[str, Any]]:
     meas = measure(task, faces)
     rows = []
     for name, image in (("back-projection", back_projection(meas)), ("least-squares", least_squares(meas))):
-        m = image_metrics(image.view(faces.shape), faces)
-        rows.append({"kind": "quality", "method": name, "sparsity": None, "task": task.name, **m})
+        per_image = per_image_metrics(image.view(faces.shape), faces)
+        m = {k: sum(r[k] for r in per_image) / len(per_image) for k in ("mse", "psnr", "ssim")}
+        rows.append({"kind": "quality", "method": name, "sparsity": None, "task": task.name, **m,
+                     "psnr_per_image": [round(r["psnr"], 3) for r in per_image]})  # fmt: skip
     return rows
 
 
