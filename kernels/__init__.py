@@ -13,9 +13,10 @@ from __future__ import annotations
 from .bsr_format import BsrConvWeight, check_bsr_format, pack_bsr_weight, unpack_bsr_weight
 from .bsr_module import BsrConv2d
 from .bsr_reference import bsr_conv2d_reference
+from .common import IMPLEMENTATIONS, bsr_conv_kernels, sparse_conv_kernels
 from .dispatch import Timer, cache_path, cached_times, choose_fastest
 from .format import SparseConvWeight, check_format, pack_conv_weight, unpack_conv_weight
-from .module import IMPLEMENTATIONS, SparseConv2d
+from .module import SparseConv2d
 from .reference import sparse_conv2d_reference
 
 __all__ = [
@@ -52,9 +53,7 @@ def triton_available() -> bool:
 
 def sparse_conv2d(x, packed, bias=None, stride=1, padding=0, padding_mode="zeros", negative_slope=None, config=None):
     """Triton sparse conv (autograd-capable); same signature as ``sparse_conv2d_reference`` plus ``config``."""
-    from .module import _triton_ops  # imports triton: only on the first call of a Triton kernel
-
-    return _triton_ops().sparse_conv2d(x, packed, bias, stride, padding, padding_mode, negative_slope, config)
+    return sparse_conv_kernels().sparse_conv2d(x, packed, bias, stride, padding, padding_mode, negative_slope, config)
 
 
 def bsr_conv2d(
@@ -62,6 +61,4 @@ def bsr_conv2d(
 ):
     """Triton block-sparse conv on tensor cores (autograd-capable); same signature as ``bsr_conv2d_reference`` plus
     ``config``. Imports triton on first use."""
-    from .bsr_module import _bsr_ops  # imports triton: only on the first call of a Triton kernel
-
-    return _bsr_ops().bsr_conv2d(x, packed, bias, stride, padding, padding_mode, precision, bn_stats, config)
+    return bsr_conv_kernels().bsr_conv2d(x, packed, bias, stride, padding, padding_mode, precision, bn_stats, config)

@@ -37,7 +37,7 @@ Design (why it looks like this)
   (deterministic), so BN needs no extra read of the output.
 * Input grad (transposed conv), grid = (NBi, phase x padded-input tiles, N): ``gx^T[P, Bi] += G^T[P, Bo] @
   W_blk[Bo, Bi]`` over the transposed runs (the stored block is already the B operand). It computes the gradient of
-  the padded input; the host folds the reflected borders back (``sparse_conv._fold_reflect``) or crops. Tiles are per
+  the padded input; the host folds the reflected borders back (``common.fold_reflect_grad``) or crops. Tiles are per
   stride phase (as in sparse_conv.py): a program only multiplies the taps that reach its phase.
 * Weight grad at the kept blocks only, grid = (kept blocks, row chunks): ``dW_blk^T[Bi, Bo] += X[Bi, P] @ G^T[P, Bo]``
   over a fixed chunk of output rows (of all images), a row in column tiles of up to ``block_p_wgrad`` pixels; each
@@ -54,7 +54,6 @@ Design (why it looks like this)
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +62,8 @@ import triton.language as tl
 
 from .bsr_format import BsrConvWeight
 from .bsr_reference import check_precision
-from .reference import check_conv_args
-from .sparse_conv import _check_device, _out_size, _source_index, _unpad_input_grad
+from .common import check_conv_args, conv_output_size, unpad_input_grad
+from .triton_common import INTERPRET, check_kernel_device, source_index
 
 __all__ = [
     "BsrConfig",
@@ -76,7 +75,6 @@ __all__ = [
     "default_bsr_config",
 ]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16
 
 
@@ -194,13 +192,13 @@ def _bsr_conv2d_fwd_kernel(
     rows = ()
     rows_ok = ()
     for ky in tl.static_range(KH):
-        iy, vy = _source_index(iy0 + ky, H, REFLECT)
+        iy, vy = source_index(iy0 + ky, H, REFLECT)
         rows = rows + (iy * W,)
         rows_ok = rows_ok + (vy,)
     cols = ()
     cols_ok = ()
     for kx in tl.static_range(KW):
-        ix, vx = _source_index(ix0 + kx, W, REFLECT)
+        ix, vx = source_index(ix0 + kx, W, REFLECT)
         cols = cols + (ix,)
         cols_ok = cols_ok + (vx,)
 
@@ -404,7 +402,7 @@ def _bsr_conv2d_wgrad_kernel(
     for rw in range(rw0, rw1):
         n = (rw // H_out).to(tl.int64)
         oy = rw % H_out
-        iy, vy = _source_index(oy * STRIDE - PAD + ky, H, REFLECT)
+        iy, vy = source_index(oy * STRIDE - PAD + ky, H, REFLECT)
         g_row = gy_ptr + (n * C_out + co[:, None]) * P_out + oy * W_out  # [BO_DOT, 1]
         x_row = x_ptr + (n * C_in + ci[:, None]) * HW + iy * W  # [BI_DOT, 1]
         # zero padding: a row whose tap falls outside the image contributes exactly 0, skip it
@@ -412,7 +410,7 @@ def _bsr_conv2d_wgrad_kernel(
         for c0 in range(0, row_end, BLOCK_P):
             ox = c0 + j
             om = ox < W_out
-            ix, vx = _source_index(tl.minimum(ox, W_out - 1) * STRIDE - PAD + kx, W, REFLECT)
+            ix, vx = source_index(tl.minimum(ox, W_out - 1) * STRIDE - PAD + kx, W, REFLECT)
             # grad_out is 0 past the row's end, so only zero padding needs a mask on the input gather
             g = tl.load(g_row + ox[None, :], mask=om[None, :], other=0.0)
             if ZERO_PAD:
@@ -451,13 +449,13 @@ def bsr_conv2d_forward(
     check_conv_args(x, packed, stride, padding, padding_mode)
     check_precision(precision)
     _check_packed(packed)
-    _check_device(x)
+    check_kernel_device(x)
     x = x.contiguous()
     n, cin, h, w = x.shape
     cout, _, kh, kw = packed.shape
     bo, bi = packed.block
     nbo, _ = packed.grid
-    ho, wo = _out_size(h, w, kh, kw, stride, padding)
+    ho, wo = conv_output_size(h, w, kh, kw, stride, padding)
     cfg = config or default_bsr_config(ho * wo, x.device)
     out = torch.empty((n, cout, ho, wo), device=x.device, dtype=x.dtype)
     n_tiles = triton.cdiv(ho * wo, cfg.block_p_fwd)
@@ -514,7 +512,7 @@ def bsr_conv2d_input_grad(
     """Gradient w.r.t. the input: a transposed block-sparse convolution over the transposed runs."""
     check_precision(precision)
     _check_packed(packed)
-    _check_device(grad_out)
+    check_kernel_device(grad_out)
     grad_out = grad_out.contiguous()
     n, cin, h, w = input_shape
     cout, _, kh, kw = packed.shape
@@ -550,7 +548,7 @@ def bsr_conv2d_input_grad(
             BLOCK_P=cfg.block_p_dgrad,
             num_warps=cfg.num_warps,
         )
-    return _unpad_input_grad(gxp, padding, padding_mode, h, w).to(grad_out.dtype).contiguous()
+    return unpad_input_grad(gxp, padding, padding_mode, h, w).to(grad_out.dtype).contiguous()
 
 
 def bsr_conv2d_weight_grad(
@@ -566,7 +564,7 @@ def bsr_conv2d_weight_grad(
     """Gradient w.r.t. ``packed.values`` (``[nb, Bo, Bi]``, zero off the mask), summed in a fixed order."""
     check_precision(precision)
     _check_packed(packed)
-    _check_device(grad_out, x)
+    check_kernel_device(grad_out, x)
     grad_out = grad_out.contiguous()
     x = x.contiguous()
     n, cin, h, w = x.shape

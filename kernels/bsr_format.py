@@ -62,6 +62,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .common import ptr_from_counts
+
 __all__ = [
     "BSR_INDEX_FIELDS",
     "BsrConvWeight",
@@ -201,12 +203,6 @@ def block_keep_mask(mask: torch.Tensor, block: tuple[int, int] = (16, 16)) -> to
     return _blocked(mask.detach() != 0, _check_block(block)).any(dim=(3, 4))
 
 
-def _ptr_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
-    ptr[1:] = torch.cumsum(counts, 0)
-    return ptr
-
-
 def pack_bsr_weight(
     weight: torch.Tensor, mask: torch.Tensor | None = None, block: tuple[int, int] = (16, 16)
 ) -> BsrConvWeight:
@@ -243,10 +239,10 @@ def pack_bsr_weight(
     rob, rib = runs.nonzero(as_tuple=True)  # sorted by (ob, ib)
     run_keep = keep[rob, rib]  # [nr, KK]
     bits = (run_keep.long() << torch.arange(kk, device=dev)).sum(dim=1)
-    run_block = _ptr_from_counts(run_keep.sum(dim=1))[:-1]
-    row_ptr = _ptr_from_counts(torch.bincount(rob, minlength=nbo))
+    run_block = ptr_from_counts(run_keep.sum(dim=1))[:-1]
+    row_ptr = ptr_from_counts(torch.bincount(rob, minlength=nbo))
     corder = torch.argsort(rib * nbo + rob)
-    col_ptr = _ptr_from_counts(torch.bincount(rib, minlength=nbi))
+    col_ptr = ptr_from_counts(torch.bincount(rib, minlength=nbi))
     return BsrConvWeight(
         shape=(cout, cin, kh, kw),
         block=(bo, bi),
@@ -304,7 +300,7 @@ def check_bsr_format(p: BsrConvWeight) -> None:
     assert bool((counts > 0).all()), "a run without kept taps"
     assert bool((taps >> kk == 0).all()), "tap bits past KK"
     start = p.run_block.long()
-    assert bool((start == _ptr_from_counts(counts)[:-1]).all()), "runs must tile values in order"
+    assert bool((start == ptr_from_counts(counts)[:-1]).all()), "runs must tile values in order"
     assert int(counts.sum()) == nb
     for r in range(nr):
         blk = torch.arange(int(start[r]), int(start[r] + counts[r]), device=rp.device)

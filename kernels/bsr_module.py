@@ -5,24 +5,14 @@ The execution backends "triton-bsr" / "triton-bsr32x16" of ``lipdeploy.backends`
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import nn
 
 from .bsr_format import BSR_INDEX_FIELDS, BsrConvWeight, pack_bsr_weight
 from .bsr_reference import bsr_conv2d_reference, check_precision
-from .module import import_triton_kernels
+from .common import bsr_conv_kernels, check_module_options
 
-__all__ = ["BSR_IMPLEMENTATIONS", "BsrConv2d"]
-
-BSR_IMPLEMENTATIONS = ("triton", "torch")
-"""What computes a ``BsrConv2d``: the Triton tensor-core kernels, or the dense PyTorch reference (any device)."""
-
-
-def _bsr_ops() -> ModuleType:
-    """The Triton tensor-core kernels (``bsr_conv``), imported on first use."""
-    return import_triton_kernels("bsr_conv", "the Triton block-sparse kernels")
+__all__ = ["BsrConv2d"]
 
 
 class BsrConv2d(nn.Module):
@@ -46,13 +36,10 @@ class BsrConv2d(nn.Module):
         config=None,
     ) -> None:
         super().__init__()
-        if implementation not in BSR_IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {BSR_IMPLEMENTATIONS}, got {implementation!r}")
-        if padding_mode not in ("reflect", "zeros"):
-            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        check_module_options(implementation, padding_mode)
         check_precision(precision)
         if implementation == "triton":
-            _bsr_ops()  # fail early and clearly
+            bsr_conv_kernels()  # fail early and clearly
         self.shape = tuple(int(s) for s in packed.shape)
         self.block = tuple(int(b) for b in packed.block)
         self.stride = int(stride)
@@ -106,7 +93,7 @@ class BsrConv2d(nn.Module):
         args = (x, self.packed(), self.bias, self.stride, self.padding, self.padding_mode, self.precision, bn_stats)
         if self.implementation == "torch":
             return bsr_conv2d_reference(*args)
-        return _bsr_ops().bsr_conv2d(*args, config=self.config)
+        return bsr_conv_kernels().bsr_conv2d(*args, config=self.config)
 
     def extra_repr(self) -> str:
         cout, cin, kh, kw = self.shape

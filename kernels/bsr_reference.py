@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .bsr_format import BsrConvWeight
-from .reference import check_conv_args
+from .common import check_conv_args
 
 __all__ = ["PRECISIONS", "bsr_conv2d_reference", "check_precision"]
 

@@ -70,6 +70,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .common import ptr_from_counts
+
 __all__ = ["SparseConvWeight", "pack_conv_weight", "unpack_conv_weight", "check_format", "INDEX_FIELDS"]
 
 # Tensor fields that are pure index structure (module buffers); ``values`` is the only trainable field.
@@ -151,12 +153,6 @@ def unpack_conv_weight(packed: SparseConvWeight) -> torch.Tensor:
     return packed.to_dense()
 
 
-def _ptr_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
-    ptr[1:] = torch.cumsum(counts, 0)
-    return ptr
-
-
 def pack_conv_weight(weight: torch.Tensor, mask: torch.Tensor | None = None, format: str = "csr") -> SparseConvWeight:
     """Pack a dense conv weight ``[C_out, C_in, KH, KW]`` at the nonzeros of ``mask`` (0/1, same shape).
 
@@ -182,11 +178,11 @@ def pack_conv_weight(weight: torch.Tensor, mask: torch.Tensor | None = None, for
         order = torch.argsort(co * (kk * cin) + tap * cin + ci)
         co, ci, tap = co[order], ci[order], tap[order]
         values = weight[co, ci, tap // kw, tap % kw].contiguous()
-        row_ptr = _ptr_from_counts(torch.bincount(co, minlength=cout))
-        tflat = _ptr_from_counts(torch.bincount(co * kk + tap, minlength=cout * kk))
+        row_ptr = ptr_from_counts(torch.bincount(co, minlength=cout))
+        tflat = ptr_from_counts(torch.bincount(co * kk + tap, minlength=cout * kk))
         tap_ptr = tflat[torch.arange(cout, device=dev)[:, None] * kk + torch.arange(kk + 1, device=dev)[None, :]]
         corder = torch.argsort(ci * (kk * cout) + tap * cout + co)
-        cflat = _ptr_from_counts(torch.bincount(ci * kk + tap, minlength=cin * kk))
+        cflat = ptr_from_counts(torch.bincount(ci * kk + tap, minlength=cin * kk))
         col_tap_ptr = cflat[torch.arange(cin, device=dev)[:, None] * kk + torch.arange(kk + 1, device=dev)[None, :]]
         return SparseConvWeight(
             shape=(cout, cin, kh, kw),
@@ -207,9 +203,9 @@ def pack_conv_weight(weight: torch.Tensor, mask: torch.Tensor | None = None, for
         w = weight.reshape(cout, cin, kk)[co, ci]  # [nk, KK]
         tm = kmask[co, ci]
         values = torch.where(tm, w, torch.zeros_like(w)).reshape(-1).contiguous()
-        row_ptr = _ptr_from_counts(torch.bincount(co, minlength=cout))
+        row_ptr = ptr_from_counts(torch.bincount(co, minlength=cout))
         corder = torch.argsort(ci * cout + co)
-        col_ptr = _ptr_from_counts(torch.bincount(ci, minlength=cin))
+        col_ptr = ptr_from_counts(torch.bincount(ci, minlength=cin))
         return SparseConvWeight(
             shape=(cout, cin, kh, kw),
             format="kernel",

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 import torch
 from torch import nn
 
+from .common import check_module_options, sparse_conv_kernels
 from .format import INDEX_FIELDS, SparseConvWeight, pack_conv_weight
 from .reference import sparse_conv2d_reference
 
-__all__ = ["IMPLEMENTATIONS", "SparseConv2d"]
-
-IMPLEMENTATIONS = ("triton", "torch")
-"""What computes a ``SparseConv2d`` (its ``implementation=``): the Triton kernels or the dense PyTorch reference.
-
-Not the execution backends of a network: those are ``lipdeploy.backends.BACKENDS`` ("triton-csr", "triton-kernel" and
-"reference" are built on this module with the implementations named here).
-"""
-
-
-def import_triton_kernels(module: str, what: str) -> ModuleType:
-    """Import the Triton kernel module ``module`` of this package lazily (it imports triton, which costs seconds and
-    may be missing), with a clear error naming ``what`` when triton is missing."""
-    try:
-        return importlib.import_module(f".{module}", __package__)
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"{what} need the 'triton' package (pip install 'lipdeploy[triton]'); "
-            "the pure-PyTorch reference implementation ('torch') runs without it"
-        ) from e
-
-
-def _triton_ops() -> ModuleType:
-    """The Triton sparse kernels (``sparse_conv``), imported on first use."""
-    return import_triton_kernels("sparse_conv", "the Triton sparse kernels")
+__all__ = ["SparseConv2d"]
 
 
 class SparseConv2d(nn.Module):
@@ -45,7 +19,7 @@ class SparseConv2d(nn.Module):
     the packed format are buffers (they move with ``.to()`` / ``.cuda()`` and are saved in the state dict).
     ``forward`` computes ``leaky_relu(conv(pad(x), W) + bias, activation_slope)`` (activation only when
     ``activation_slope`` is not None) with the Triton kernels (``implementation="triton"``) or the dense PyTorch
-    reference (``implementation="torch"``), as :class:`~lipdeploy.kernels.BsrConv2d` (:data:`IMPLEMENTATIONS`).
+    reference (``implementation="torch"``), as :class:`~lipdeploy.kernels.BsrConv2d` (``common.IMPLEMENTATIONS``).
     """
 
     def __init__(
@@ -60,12 +34,9 @@ class SparseConv2d(nn.Module):
         config=None,
     ):
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-        if padding_mode not in ("reflect", "zeros"):
-            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        check_module_options(implementation, padding_mode)
         if implementation == "triton":
-            _triton_ops()  # fail early and clearly
+            sparse_conv_kernels()  # fail early and clearly
         self.shape = tuple(int(s) for s in packed.shape)
         self.format = packed.format
         self.stride = int(stride)
@@ -133,7 +104,7 @@ class SparseConv2d(nn.Module):
         args = (x, p, self.bias, self.stride, self.padding, self.padding_mode, self.activation_slope)
         if self.implementation == "torch":
             return sparse_conv2d_reference(*args)
-        return _triton_ops().sparse_conv2d(*args, config=self.config)
+        return sparse_conv_kernels().sparse_conv2d(*args, config=self.config)
 
     def extra_repr(self) -> str:
         cout, cin, kh, kw = self.shape

@@ -9,30 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .common import check_conv_args
 from .format import SparseConvWeight
 
-__all__ = ["sparse_conv2d_reference", "check_conv_args"]
-
-PADDING_MODES = ("zeros", "reflect")
-
-
-def check_conv_args(x: torch.Tensor, packed: SparseConvWeight, stride: int, padding: int, padding_mode: str) -> None:
-    """Validate arguments shared by the reference and the Triton op (clear errors instead of kernel faults)."""
-    if x.dim() != 4:
-        raise ValueError(f"input must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
-    if x.shape[1] != packed.shape[1]:
-        raise ValueError(f"input has {x.shape[1]} channels, weight expects {packed.shape[1]}")
-    if stride not in (1, 2) and not (isinstance(stride, int) and stride >= 1):
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    if padding_mode == "reflect" and padding >= min(x.shape[2], x.shape[3]):
-        raise ValueError(f"reflect padding {padding} must be smaller than the input size {tuple(x.shape[2:])}")
-    kh, kw = packed.shape[2:]
-    if x.shape[2] + 2 * padding < kh or x.shape[3] + 2 * padding < kw:
-        raise ValueError(f"padded input {tuple(x.shape[2:])} + 2*{padding} is smaller than the kernel {(kh, kw)}")
+__all__ = ["sparse_conv2d_reference"]
 
 
 def sparse_conv2d_reference(

@@ -20,9 +20,9 @@ Design (why it looks like this)
 * Input grad (transposed sparse conv), grid = (C_in, padded-input tiles, N): gathers ``grad_out`` through the transposed
   (CSC-like) index, the values read through ``col_perm`` (so they are always the current parameter values). It computes
   the gradient of the *padded* input in-kernel; the host then folds the reflected borders back with a few slice-adds
-  (``_fold_reflect``) or crops (zero padding). Tiles are per phase (padded pixel coordinates mod the stride): a
-  program only streams the taps that reach its phase, so stride 2 costs its real work instead of masking out 3/4 of
-  the (pixel, tap) pairs.
+  (``common.fold_reflect_grad``) or crops (zero padding). Tiles are per phase (padded pixel coordinates mod the
+  stride): a program only streams the taps that reach its phase, so stride 2 costs its real work instead of masking
+  out 3/4 of the (pixel, tap) pairs.
 * Weight grad at the nonzeros only, grid = (C_out, pixel tiles, N): the program loads its ``grad_out`` tile once and,
   for every nonzero of its row, loads the matching input tile and reduces the product to one scalar. Partial sums go to
   a ``[N * tiles, nnz]`` buffer that torch sums (deterministic), or with ``wgrad_atomic=True`` are atomically added
@@ -42,15 +42,15 @@ Design (why it looks like this)
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
 
+from .common import check_conv_args, conv_output_size, unpad_input_grad
 from .format import SparseConvWeight
-from .reference import check_conv_args
+from .triton_common import check_kernel_device, source_index
 
 __all__ = [
     "KernelConfig",
@@ -63,8 +63,6 @@ __all__ = [
     "sparse_conv2d_weight_grad",
     "SparseConv2dFunction",
 ]
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -153,19 +151,6 @@ def config_grid(device: torch.device) -> list[KernelConfig]:
 
 
 @triton.jit
-def _source_index(i, size, REFLECT: tl.constexpr):
-    """Map a padded coordinate to the input: reflect (single bounce; pad < size), or clamp into range and report
-    whether it was in range (zero padding: the caller zeroes what was not). Either way the index is a valid address,
-    so the gathers in the hot loops need no mask."""
-    if REFLECT:
-        i = tl.where(i < 0, -i, i)
-        i = tl.where(i >= size, 2 * size - 2 - i, i)
-        return i, i >= 0  # all true: folded away
-    valid = (i >= 0) & (i < size)
-    return tl.minimum(tl.maximum(i, 0), size - 1), valid
-
-
-@triton.jit
 def _gather_rows(ch_ptr, vals_ptr, j0, end, t, KK: tl.constexpr, KERNEL_FMT: tl.constexpr, BLOCK_J: tl.constexpr):
     """Input channel and weight of nonzeros j0 .. j0 + BLOCK_J of a segment ending at ``end``. Rows past the end read
     channel 0 with weight 0: they contribute exactly 0, so the pixel gathers that follow need no row mask."""
@@ -228,8 +213,8 @@ def _sparse_conv2d_fwd_kernel(
         start = tl.load(seg_ptr + co)
         end = tl.load(seg_ptr + co + 1)
     for t in tl.static_range(KK):
-        iy, vy = _source_index(iy0 + t // KW, H, REFLECT)
-        ix, vx = _source_index(ix0 + t % KW, W, REFLECT)
+        iy, vy = source_index(iy0 + t // KW, H, REFLECT)
+        ix, vx = source_index(ix0 + t % KW, W, REFLECT)
         off = iy * W + ix
         if not KERNEL_FMT:
             start = tl.load(seg_ptr + co * (KK + 1) + t)
@@ -389,8 +374,8 @@ def _sparse_conv2d_wgrad_kernel(
         start = tl.load(seg_ptr + co)
         end = tl.load(seg_ptr + co + 1)
     for t in tl.static_range(KK):
-        iy, vy = _source_index(iy0 + t // KW, H, REFLECT)
-        ix, vx = _source_index(ix0 + t % KW, W, REFLECT)
+        iy, vy = source_index(iy0 + t // KW, H, REFLECT)
+        ix, vx = source_index(ix0 + t % KW, W, REFLECT)
         off = iy * W + ix
         # zero padding: the tap's out-of-range pixels get grad 0 (once per tap), so the gathers need no mask
         g_t = tl.where(vy & vx, g, 0.0) if PAD > 0 and not REFLECT else g
@@ -415,19 +400,6 @@ def _sparse_conv2d_wgrad_kernel(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _check_device(*tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if t.device.type != "cuda" and not INTERPRET:
-            raise RuntimeError(
-                "Triton sparse kernels need CUDA tensors; to run them on CPU set TRITON_INTERPRET=1 before "
-                "triton is first imported (slow, for testing)"
-            )
-
-
-def _out_size(h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> tuple[int, int]:
-    return (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-
-
 def _seg_and_ch(packed: SparseConvWeight) -> tuple[torch.Tensor, torch.Tensor, bool]:
     if packed.format == "csr":
         return packed.tap_ptr, packed.cin, False
@@ -446,11 +418,11 @@ def sparse_conv2d_forward(
 ) -> torch.Tensor:
     """Forward only (no autograd): ``leaky_relu(conv(pad(x), W) + bias)``."""
     check_conv_args(x, packed, stride, padding, padding_mode)
-    _check_device(x)
+    check_kernel_device(x)
     x = x.contiguous()
     n, cin, h, w = x.shape
     cout, _, kh, kw = packed.shape
-    ho, wo = _out_size(h, w, kh, kw, stride, padding)
+    ho, wo = conv_output_size(h, w, kh, kw, stride, padding)
     cfg = config or default_config(ho * wo, x.device)
     out = torch.empty((n, cout, ho, wo), device=x.device, dtype=x.dtype)
     if out.numel() == 0:
@@ -488,32 +460,6 @@ def sparse_conv2d_forward(
     return out
 
 
-def _unpad_input_grad(gxp: torch.Tensor, padding: int, padding_mode: str, h: int, w: int) -> torch.Tensor:
-    """The input gradient from the gradient w.r.t. the padded input: reflected borders folded back, zero borders
-    dropped (shared by the csr/kernel and the bsr input-gradient wrappers)."""
-    if padding == 0:
-        return gxp
-    if padding_mode == "reflect":
-        return _fold_reflect(gxp, padding)
-    return gxp[:, :, padding : padding + h, padding : padding + w]
-
-
-def _fold_reflect(gxp: torch.Tensor, pad: int) -> torch.Tensor:
-    """Fold the gradient of a reflect-padded tensor back onto the unpadded input (adjoint of F.pad(mode='reflect'))."""
-    # rows: padded row p-k (k=1..pad) is a copy of input row k; padded row p+H-1+k is a copy of input row H-1-k
-    h = gxp.shape[2] - 2 * pad
-    w = gxp.shape[3] - 2 * pad
-    g = gxp[:, :, pad : pad + h, :].clone()
-    for k in range(1, pad + 1):
-        g[:, :, k, :] += gxp[:, :, pad - k, :]
-        g[:, :, h - 1 - k, :] += gxp[:, :, pad + h - 1 + k, :]
-    out = g[:, :, :, pad : pad + w].clone()
-    for k in range(1, pad + 1):
-        out[:, :, :, k] += g[:, :, :, pad - k]
-        out[:, :, :, w - 1 - k] += g[:, :, :, pad + w - 1 + k]
-    return out
-
-
 def sparse_conv2d_input_grad(
     grad_out: torch.Tensor,
     packed: SparseConvWeight,
@@ -524,7 +470,7 @@ def sparse_conv2d_input_grad(
     config: KernelConfig | None = None,
 ) -> torch.Tensor:
     """Gradient w.r.t. the input of the (pre-activation) sparse conv: a transposed sparse convolution."""
-    _check_device(grad_out)
+    check_kernel_device(grad_out)
     grad_out = grad_out.contiguous()
     n, cin, h, w = input_shape
     cout, _, kh, kw = packed.shape
@@ -558,7 +504,7 @@ def sparse_conv2d_input_grad(
             BLOCK_J=cfg.block_j,
             num_warps=cfg.num_warps,
         )
-    return _unpad_input_grad(gxp, padding, padding_mode, h, w).to(grad_out.dtype).contiguous()
+    return unpad_input_grad(gxp, padding, padding_mode, h, w).to(grad_out.dtype).contiguous()
 
 
 def sparse_conv2d_weight_grad(
@@ -571,7 +517,7 @@ def sparse_conv2d_weight_grad(
     config: KernelConfig | None = None,
 ) -> torch.Tensor:
     """Gradient w.r.t. ``packed.values`` only (shape ``[nnz]``, fp32 then cast to the values' dtype)."""
-    _check_device(grad_out, x)
+    check_kernel_device(grad_out, x)
     grad_out = grad_out.contiguous()
     x = x.contiguous()
     n, cin, h, w = x.shape
