@@ -73,6 +73,10 @@ __all__ = [
     "bsr_conv2d_input_grad",
     "bsr_conv2d_weight_grad",
     "default_bsr_config",
+    # the jit kernels themselves: bench.gpu's SASS reports compile them offline for sm_90
+    "bsr_conv2d_fwd_kernel",
+    "bsr_conv2d_dgrad_kernel",
+    "bsr_conv2d_wgrad_kernel",
 ]
 
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16
@@ -143,7 +147,7 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _bsr_conv2d_fwd_kernel(
+def bsr_conv2d_fwd_kernel(
     x_ptr,
     out_ptr,
     vals_ptr,  # [nb, BO, BI]
@@ -250,7 +254,7 @@ def _bsr_conv2d_fwd_kernel(
 
 
 @triton.jit
-def _bsr_conv2d_dgrad_kernel(
+def bsr_conv2d_dgrad_kernel(
     gy_ptr,  # [N, C_out, H_out, W_out]
     gxp_ptr,  # [N, C_in, Hp, Wp] gradient w.r.t. the (virtually) padded input
     vals_ptr,
@@ -346,7 +350,7 @@ def _bsr_conv2d_dgrad_kernel(
 
 
 @triton.jit
-def _bsr_conv2d_wgrad_kernel(
+def bsr_conv2d_wgrad_kernel(
     gy_ptr,
     x_ptr,
     part_ptr,  # [n_chunks, nb, BO, BI] partial block gradients
@@ -462,7 +466,7 @@ def bsr_conv2d_forward(
     part = torch.empty((n * n_tiles, 2, cout), device=x.device, dtype=torch.float32) if bn_stats else None
     if out.numel():
         vals = packed.values.detach().contiguous()
-        _bsr_conv2d_fwd_kernel[(nbo, n_tiles, n)](
+        bsr_conv2d_fwd_kernel[(nbo, n_tiles, n)](
             x,
             out,
             vals,
@@ -524,7 +528,7 @@ def bsr_conv2d_input_grad(
     gxp = torch.empty((n, cin, hp, wp), device=grad_out.device, dtype=torch.float32)
     if gxp.numel():
         tiles = triton.cdiv(triton.cdiv(hp, stride) * triton.cdiv(wp, stride), cfg.block_p_dgrad)
-        _bsr_conv2d_dgrad_kernel[(nbi, stride * stride * tiles, n)](
+        bsr_conv2d_dgrad_kernel[(nbi, stride * stride * tiles, n)](
             grad_out,
             gxp,
             packed.values.detach().contiguous(),
@@ -581,7 +585,7 @@ def bsr_conv2d_weight_grad(
     per_chunk = max(cfg.wgrad_rows, triton.cdiv(n * ho, cfg.wgrad_max_chunks))
     n_chunks = triton.cdiv(n * ho, per_chunk)
     part = torch.empty((n_chunks, nb, bo, bi), device=x.device, dtype=torch.float32)  # every slot written once
-    _bsr_conv2d_wgrad_kernel[(nb, n_chunks)](
+    bsr_conv2d_wgrad_kernel[(nb, n_chunks)](
         grad_out,
         x,
         part,

@@ -62,6 +62,10 @@ __all__ = [
     "sparse_conv2d_input_grad",
     "sparse_conv2d_weight_grad",
     "SparseConv2dFunction",
+    # the jit kernels themselves: bench.gpu's SASS reports compile them offline for sm_90
+    "sparse_conv2d_fwd_kernel",
+    "sparse_conv2d_dgrad_kernel",
+    "sparse_conv2d_wgrad_kernel",
 ]
 
 
@@ -162,7 +166,7 @@ def _gather_rows(ch_ptr, vals_ptr, j0, end, t, KK: tl.constexpr, KERNEL_FMT: tl.
 
 
 @triton.jit
-def _sparse_conv2d_fwd_kernel(
+def sparse_conv2d_fwd_kernel(
     x_ptr,
     out_ptr,
     vals_ptr,
@@ -239,7 +243,7 @@ def _sparse_conv2d_fwd_kernel(
 
 
 @triton.jit
-def _sparse_conv2d_dgrad_kernel(
+def sparse_conv2d_dgrad_kernel(
     gy_ptr,  # [N, C_out, H_out, W_out] gradient w.r.t. the pre-activation output
     gxp_ptr,  # [N, C_in, Hp, Wp] gradient w.r.t. the (virtually) padded input
     vals_ptr,
@@ -324,7 +328,7 @@ def _sparse_conv2d_dgrad_kernel(
 
 
 @triton.jit
-def _sparse_conv2d_wgrad_kernel(
+def sparse_conv2d_wgrad_kernel(
     gy_ptr,
     x_ptr,
     part_ptr,  # [N * n_tiles, n_vals] partial sums (or [n_vals] with ATOMIC)
@@ -431,7 +435,7 @@ def sparse_conv2d_forward(
     vals = packed.values.detach().contiguous()
     b = bias.detach().contiguous() if bias is not None else vals  # dummy pointer when unused
     grid = (cout, triton.cdiv(ho * wo, cfg.block_p_fwd), n)
-    _sparse_conv2d_fwd_kernel[grid](
+    sparse_conv2d_fwd_kernel[grid](
         x,
         out,
         vals,
@@ -483,7 +487,7 @@ def sparse_conv2d_input_grad(
         seg = packed.col_ptr if kfmt else packed.col_tap_ptr
         tiles = triton.cdiv(triton.cdiv(hp, stride) * triton.cdiv(wp, stride), cfg.block_p_dgrad)
         grid = (cin, stride * stride * tiles, n)
-        _sparse_conv2d_dgrad_kernel[grid](
+        sparse_conv2d_dgrad_kernel[grid](
             grad_out,
             gxp,
             packed.values.detach().contiguous(),
@@ -535,7 +539,7 @@ def sparse_conv2d_weight_grad(
         part = torch.empty((n * n_tiles, n_vals), device=x.device, dtype=torch.float32)
     seg, ch, kfmt = _seg_and_ch(packed)
     grid = (cout, n_tiles, n)
-    _sparse_conv2d_wgrad_kernel[grid](
+    sparse_conv2d_wgrad_kernel[grid](
         grad_out,
         x,
         part,

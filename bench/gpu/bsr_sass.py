@@ -42,15 +42,15 @@ def bsr_kernel_specs(kernel: str, stride: int, block: tuple[int, int], precision
     if kernel == "fwd":
         types = ["*fp32"] * 5 + ["*i32"] * 4 + ["i32"] * 7
         consts = dict(STRIDE=stride, PAD=1, REFLECT=True, KH=3, KW=3, HAS_BIAS=True, STATS=True, **common)
-        return K._bsr_conv2d_fwd_kernel, types, dict(consts, BLOCK_P=cfg.block_p_fwd), cfg.num_warps
+        return K.bsr_conv2d_fwd_kernel, types, dict(consts, BLOCK_P=cfg.block_p_fwd), cfg.num_warps
     if kernel == "dgrad":
         types = ["*fp32"] * 3 + ["*i32"] * 4 + ["i32"] * 6
         consts = dict(STRIDE=stride, KH=3, KW=3, **common)
-        return K._bsr_conv2d_dgrad_kernel, types, dict(consts, BLOCK_P=cfg.block_p_dgrad), cfg.num_warps
+        return K.bsr_conv2d_dgrad_kernel, types, dict(consts, BLOCK_P=cfg.block_p_dgrad), cfg.num_warps
     if kernel == "wgrad":
         types = ["*fp32"] * 3 + ["*i32"] * 3 + ["i32"] * 9
         consts = dict(STRIDE=stride, PAD=1, REFLECT=True, KW=3, **common)
-        return K._bsr_conv2d_wgrad_kernel, types, dict(consts, BLOCK_P=cfg.block_p_wgrad), cfg.num_warps
+        return K.bsr_conv2d_wgrad_kernel, types, dict(consts, BLOCK_P=cfg.block_p_wgrad), cfg.num_warps
     raise ValueError(f"unknown bsr kernel {kernel!r}")
 
 
@@ -71,7 +71,7 @@ def compile_bsr_sm90(kernel: str, stride: int, block: tuple[int, int], precision
 
 def mma_loop(cubin: bytes) -> dict:
     """The innermost loop (a backward branch with no loop inside) with the most tensor-core instructions: its
-    instruction mix (``kernel_sass._mix``: instructions, FP, global loads, integer) plus HGMMA / HMMA counts and
+    instruction mix (``sass.mix``: instructions, FP, global loads, integer) plus HGMMA / HMMA counts and
     warpgroup syncs; and the whole kernel's MMA counts (``kernel_hgmma`` / ``kernel_hmma``)."""
     ins = sass_instructions(cubin)
     inner = inner_loops(ins)

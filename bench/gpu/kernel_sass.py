@@ -36,15 +36,15 @@ def kernel_specs(kernel: str, fmt: str, stride: int, cfg) -> tuple[object, list[
     if kernel == "fwd":
         types = ["*fp32"] * 4 + ["*i32"] * 2 + ["i32"] * 6 + ["fp32"]
         consts = dict(geo, PAD=1, REFLECT=True, HAS_BIAS=True, ACT=True, BLOCK_P=cfg.block_p_fwd, BLOCK_J=cfg.block_j)
-        return S._sparse_conv2d_fwd_kernel, types, consts, cfg.num_warps
+        return S.sparse_conv2d_fwd_kernel, types, consts, cfg.num_warps
     if kernel == "dgrad":
         types = ["*fp32"] * 3 + ["*i32"] * 3 + ["i32"] * 6
         consts = dict(geo, BLOCK_P=cfg.block_p_dgrad, BLOCK_J=cfg.block_j)
-        return S._sparse_conv2d_dgrad_kernel, types, consts, cfg.num_warps
+        return S.sparse_conv2d_dgrad_kernel, types, consts, cfg.num_warps
     if kernel == "wgrad":
         types = ["*fp32"] * 3 + ["*i32"] * 2 + ["i32"] * 8
         consts = dict(geo, PAD=1, REFLECT=True, ATOMIC=cfg.wgrad_atomic, BLOCK_P=cfg.block_p_wgrad, BLOCK_J=cfg.block_j)
-        return S._sparse_conv2d_wgrad_kernel, types, consts, cfg.num_warps
+        return S.sparse_conv2d_wgrad_kernel, types, consts, cfg.num_warps
     raise ValueError(kernel)
 
 
