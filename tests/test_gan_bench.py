@@ -1,9 +1,10 @@
-"""The gan benchmark's bookkeeping: resumable rows and the report's headline and target lines (synthetic rows)."""
+"""The gan benchmark's report (headline and target lines from synthetic rows), measurements and paper mode."""
 
 from __future__ import annotations
 
-from lipdeploy.bench.cpu.gan import Rows, Task, measure
 from lipdeploy.bench.cpu.gan_report import headlines, targets, write_report
+from lipdeploy.bench.harness.gan import GanTask
+from lipdeploy.bench.harness.gan_measure import measure
 from lipdeploy.faces import lfw_faces
 
 FACE_OFFSETS = (-0.3, -0.1, 0.0, 0.1, 0.3)  # five faces: every row's per-face PSNR is its mean plus these
@@ -58,21 +59,11 @@ def test_rows_without_per_face_values_give_no_interval():
     assert "(n too small, n=1)" in verdicts[0] and "does not hold" in verdicts[1]
 
 
-def test_rows_resume_by_key(tmp_path):
-    calls = []
-    rows = Rows(tmp_path / "rows.jsonl")
-    rows.run("a", lambda: calls.append(1) or {"kind": "x"})
-    again = Rows(tmp_path / "rows.jsonl")
-    again.run("a", lambda: calls.append(2) or {"kind": "x"})
-    again.run("b", lambda: calls.append(3) or [{"kind": "y"}, {"kind": "z"}])
-    assert calls == [1, 3] and [r["key"] for r in Rows(tmp_path / "rows.jsonl").rows] == ["a", "b", "b"]
-
-
 def test_task_measurements_are_seeded_and_sized():
     faces = lfw_faces(16, "test")[:3]
-    a, b = measure(Task("cs", 200, outliers=4), faces), measure(Task("cs", 200, outliers=4), faces)
+    a, b = measure(GanTask("cs", 200, outliers=4), faces), measure(GanTask("cs", 200, outliers=4), faces)
     assert a.y.shape == (3, 200) and a.operator.m == 196 and bool((a.y == b.y).all())
-    inpaint = measure(Task("inpaint", drop=0.5), faces)
+    inpaint = measure(GanTask("inpaint", drop=0.5), faces)
     assert inpaint.operator.kind == "mask" and 0.3 < float(inpaint.operator.mask.mean()) < 0.7
 
 

@@ -1,6 +1,6 @@
 """The ``gan`` benchmark's report: tables per task, the headline lines, the issue's targets, PSNR vs sparsity.
 
-Built from ``rows.jsonl`` alone (``python -m lipdeploy.bench.cpu.gan_report DIR`` rebuilds it), so the report always
+Built from the rows files alone (``python -m lipdeploy.bench.cpu.gan_report DIR`` rebuilds it), so the report always
 says what the rows say. Every PSNR is a mean over the held-out faces with its 95% interval (``bench.stats.interval``),
 every comparison a difference paired per face (the same faces, operators and noise for both methods) with its
 interval, and every headline and target reads that interval (``bench.stats.verdict``): "holds" only when the interval
@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lipdeploy.bench.rows import RowStore
 from lipdeploy.bench.stats import HOLDS, NOISE, Interval, interval, verdict
 from lipdeploy.fileio import atomic_write_text
 
 WITHIN_DB = 0.5
 BACK_PROJECTION_MARGIN_DB = 3.0  # the issue's target: CS through the generator >= 3 dB above back-projection
 Quality = dict[str, dict[str, dict[str, Any]]]
+ENV_FILES = ("environment.json", "preset.json")
 
 
 def _quality(rows: list[dict[str, Any]]) -> Quality:
@@ -173,16 +175,21 @@ def quality_table(task: str, q: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def latency_table(rows: list[dict[str, Any]]) -> list[str]:
-    lat = [r for r in rows if r.get("kind") == "latency"]
-    if not lat:
+    """One line per method: its ``torch-cpu`` and ``ort-cpu`` rows (``gan-latency/<method>/<runner>`` jobs)."""
+    by: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("kind") == "latency":
+            by.setdefault(r["method"], dict(r))[r["runner"]] = r["ms"]
+    if not by:
         return []
     lines = ["### generator forward latency (batch 1, 1 thread)", "",
              "| method | sparsity | compacted PyTorch CPU ms | ONNX Runtime CPU ms | parameters | ONNX bytes |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in lat:
+    for m, r in by.items():
+        ms = [f"{r[k]:.3f}" if k in r else "-" for k in ("torch-cpu", "ort-cpu")]
         lines.append(
-            f"| {r['method']} | {100 * r['sparsity']:.1f}% | {r['torch_cpu_ms']:.3f} | {r['ort_cpu_ms']:.3f} | "
-            f"{r['compacted_parameters']:,} | {r['onnx_bytes']:,} |"
+            f"| {m} | {100 * r['sparsity']:.1f}% | {ms[0]} | {ms[1]} | {r['compacted_parameters']:,} | "
+            f"{r['onnx_bytes']:,} |"
         )
     return [*lines, ""]
 
@@ -239,10 +246,8 @@ def plot(out: Path, quality: Quality) -> Path | None:
 
 def write_report(out: Path, rows: list[dict[str, Any]]) -> Path:
     quality = _quality(rows)
-    env = {}
-    if (out / "environment.json").is_file():
-        env = json.loads((out / "environment.json").read_text())
-    settings = {k: env.get(k) for k in ("epochs", "iters", "rounds", "quick")}
+    env, preset = (json.loads((out / f).read_text()) if (out / f).is_file() else {} for f in ENV_FILES)
+    settings = {k: preset.get(k) for k in ("name", "epochs", "iters", "rounds", "eval_images")}
     text = [
         "# gan benchmark: the demo generator's tickets as priors on held-out faces",
         "",
@@ -278,8 +283,7 @@ def write_report(out: Path, rows: list[dict[str, Any]]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     out = Path((argv or sys.argv[1:])[0])
-    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
-    write_report(out, rows)
+    write_report(out, RowStore.read_all(out)[0])
     return 0
 
 

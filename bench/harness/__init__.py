@@ -10,6 +10,7 @@ must cost one job, not the run. The parts:
 - :mod:`.workspace`: images and every method's network (tickets found on demand);
 - :mod:`.engine`: the fitting engine as the benchmark uses it (fits, IMP, deep decoders);
 - :mod:`.measure`: the rows of each job kind; :mod:`.latency` and :mod:`.memprobe` take the measurements;
+- :mod:`.gan` and :mod:`.gan_measure`: the ``gan`` preset's jobs (generator priors), run by the same Bench;
 - :mod:`.runner`: :class:`Bench`, which runs and records the jobs, then rebuilds the report
   (:mod:`lipdeploy.bench.report`, which reads the folder through :mod:`lipdeploy.bench.rows` only).
 """

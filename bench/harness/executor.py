@@ -36,6 +36,7 @@ from lipdeploy.fileio import atomic_write_bytes, atomic_write_text
 from ..rows import RowStore
 from .backends import LATENCY_RUNNERS
 from .execution import Executor
+from .gan import GanBench, GanPreset
 from .jobs import Job
 from .runner import Bench, RunStats, job_line, run_environment
 
@@ -99,8 +100,7 @@ class RayExecutor(Executor):
         for job in jobs:
             for dep in _needs(bench, job):
                 if dep not in done and dep not in {j.key for j in queue}:
-                    _, image, kind = dep.split("/", 2)
-                    queue.insert(0, Job(dep, "find", image=image, find=kind))
+                    queue.insert(0, _find_job(bench, dep))
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         task = ray.remote(run_job_on_worker)
         shipped: dict[Path, Any] = {}  # file -> object ref: each input file is put into the object store once
@@ -186,6 +186,8 @@ def make_executor(name: str, address: str | None = None, cpus_per_job: int = 1) 
 
 def _needs(bench: Bench, job: Job) -> list[str]:
     """Keys of the find jobs whose tickets ``job`` reads (none for finds, dense and deep-decoder methods)."""
+    if isinstance(bench, GanBench):
+        return bench.needs(job)
     m = job.method
     if job.kind == "find" or m is None or m.find_kind is None or m.rounds is None:
         return []
@@ -198,6 +200,8 @@ def _inputs(bench: Bench, job: Job) -> tuple[dict[str, Path], Job]:
 
     A find gets the round files already in its folder (IMP resumes after the last complete round); a ticket-based
     method the one round file it fits; a user's ticket file is shipped too and the job renamed to read it."""
+    if isinstance(bench, GanBench):
+        return bench.inputs(job)
     ws = bench.workspace
     files: dict[str, Path] = {}
     if job.kind == "find":
@@ -219,6 +223,14 @@ def _inputs(bench: Bench, job: Job) -> tuple[dict[str, Path], Job]:
         if path.is_file():
             files[path.relative_to(bench.out).as_posix()] = path
     return files, job
+
+
+def _find_job(bench: Bench, key: str) -> Job:
+    """The find job called ``key`` (``find/<image>/<kind>``, or the gan preset's ``gan-find/<kind>``)."""
+    if isinstance(bench, GanBench):
+        return bench.find_job(key)
+    _, image, kind = key.split("/", 2)
+    return Job(key, "find", image=image, find=kind)
 
 
 def _uses_cuda(job: Job, cluster_has_gpu: bool) -> bool:
@@ -334,12 +346,15 @@ def run_job_on_worker(
             (out / _INPUT_ROWS).write_text("".join(json.dumps(r) + "\n" for r in recs))
         if job.method is not None and job.method.path is not None:  # a shipped user ticket: read the worker's copy
             job = replace(job, method=replace(job.method, path=str(out / job.method.path)))
-        bench = Bench(preset, out, backends=[job.backend] if job.backend else [])
+        if isinstance(preset, GanPreset):
+            bench: Bench = GanBench(preset, out)
+        else:
+            bench = Bench(preset, out, backends=[job.backend] if job.backend else [])
         bench.env = env = _worker_environment(preset)
         bench.prepare()
         fits0 = engine.COUNTERS["fits"]
         try:
-            (job_runner or Bench.run_job)(bench, job)
+            (job_runner or type(bench).run_job)(bench, job)
         except Exception as exc:  # noqa: BLE001 - reported by the driver; the exception itself may not unpickle there
             # paths in the message as the driver knows them: relative to the results folder
             raise JobError(_one_line(exc).replace(str(out) + os.sep, "")) from None

@@ -131,7 +131,7 @@ class Bench:
         if self.executor is not None and not self.executor.in_process:
             self.executor.run(self, todo, stats)  # e.g. Ray tasks; the driver records every finished job
             stats.seconds = time.perf_counter() - t0
-            build_report(self.out)
+            self.report()
             return stats
         bar = _progress_bar(progress)
         # a log that is not a terminal (redirected, CI) gets one line per job with an ETA instead of a live bar
@@ -160,8 +160,12 @@ class Bench:
                 bar.advance(task_id)
         stats.fits = engine.COUNTERS["fits"] - fits0
         stats.seconds = time.perf_counter() - t0
-        build_report(self.out)
+        self.report()
         return stats
+
+    def report(self) -> None:
+        """Rebuild the report from every rows file in the folder."""
+        build_report(self.out)
 
     def run_job(self, job: Job) -> None:
         """Run one job and record its rows (find jobs record their own, see :meth:`run_find`)."""

@@ -36,10 +36,11 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option(
     "--preset",
     "preset_name",
-    type=click.Choice(["ci", "cpu", "paper", "fidelity", "evidence"]),
+    type=click.Choice(["ci", "cpu", "paper", "fidelity", "evidence", "gan"]),
     default="ci",
     show_default=True,
-    help="Settings bundle (bench/harness/presets.py; printed in the report). ci is a smoke test.",
+    help="Settings bundle (bench/harness/presets.py; printed in the report). ci is a smoke test; gan: generator "
+    "priors (bench/harness/gan.py; of the other options only --iters applies).",
 )
 @click.option(
     "--task",
@@ -169,13 +170,18 @@ def bench_command(
     """
     # the harness imports torch and the whole library: loaded to run, not for `lipdeploy bench --help`
     from ..bench.harness import Bench, parse_shard, shard_jobs
-    from ..bench.harness.presets import get_preset, rounds_for
     from ..bench.report import build_report
 
     outp = Path(out)
     if report_only:
         if not outp.is_dir():
             raise InputError(outp, "no such results folder")
+        if preset_name == "gan":
+            from ..bench.cpu.gan_report import main as gan_report  # matplotlib: loaded to run, not for --help
+
+            gan_report([str(outp)])
+            click.echo(f"report rebuilt -> {outp / 'report.md'}")
+            return
         info = build_report(outp)
         click.echo(f"report rebuilt: {info['rows']} rows from {info['jobs']} jobs -> {outp / 'report.md'}")
         return
@@ -184,27 +190,11 @@ def bench_command(
     check_output_folder(outp)  # a read-only or impossible folder is refused before any work
     if seeds is not None and seeds < 1:
         raise InputError(None, f"--seeds must be >= 1, got {seeds}")
-    preset = get_preset(preset_name)
-    changes = {}
-    if task:
-        changes["task"] = task
-    if images:
-        changes["images"] = tuple(_split(images))
-    if sparsities:
-        try:
-            rounds = sorted({rounds_for(float(s)) for s in _split(sparsities)})
-        except ValueError as exc:
-            raise InputError(None, f"--sparsities: {exc}") from None
-        changes["rounds"] = tuple(rounds)
-    if iters is not None:
-        changes["iters"] = iters
-    if imp_iters is not None:
-        changes["imp_iters"] = imp_iters
-    if changes:
-        preset = preset.replace(**changes)
-    if seeds is not None:
-        # more or fewer seeds change no fit: the preset keeps its name (its rows stay comparable with the others)
-        preset = dataclasses.replace(preset, seeds=seeds)
+    if preset_name == "gan":
+        preset = _gan_preset(iters, task=task, images=images, sparsities=sparsities, imp_iters=imp_iters, seeds=seeds,
+                             ticket=tickets, example=example)  # fmt: skip
+    else:
+        preset = _dip_preset(preset_name, task, images, sparsities, iters, imp_iters, seeds)
     if example:
         tickets = (*tickets, str(bundled_ticket()))
     for t in tickets:
@@ -224,7 +214,13 @@ def bench_command(
 
     runner = make_executor(executor, address, threads)
     patterns = _split(job_patterns)
-    bench = Bench(preset, outp, shard_t, tuple(tickets), log=lambda m: click.echo(m, err=True), executor=runner)
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if preset_name == "gan":
+        from ..bench.harness.gan import GanBench  # with the harness: loaded to run, not for --help
+
+        bench = GanBench(preset, outp, shard_t, log=log, executor=runner)
+    else:
+        bench = Bench(preset, outp, shard_t, tuple(tickets), log=log, executor=runner)
     only = _key_filter(bench, patterns, "--jobs")
     redo = _key_filter(bench, _split(redo_patterns), "--redo")
 
@@ -251,6 +247,45 @@ def bench_command(
     for f in stats.failed:
         click.echo(f"  failed: {f}", err=True)
     click.echo(f"report: {outp / 'report.md'}")
+
+
+def _dip_preset(preset_name, task, images, sparsities, iters, imp_iters, seeds):
+    """The DIP preset ``preset_name`` with the options' changes."""
+    from ..bench.harness.presets import get_preset, rounds_for  # the harness imports torch: loaded to run
+
+    preset = get_preset(preset_name)
+    changes = {}
+    if task:
+        changes["task"] = task
+    if images:
+        changes["images"] = tuple(_split(images))
+    if sparsities:
+        try:
+            rounds = sorted({rounds_for(float(s)) for s in _split(sparsities)})
+        except ValueError as exc:
+            raise InputError(None, f"--sparsities: {exc}") from None
+        changes["rounds"] = tuple(rounds)
+    if iters is not None:
+        changes["iters"] = iters
+    if imp_iters is not None:
+        changes["imp_iters"] = imp_iters
+    if changes:
+        preset = preset.replace(**changes)
+    if seeds is not None:
+        # more or fewer seeds change no fit: the preset keeps its name (its rows stay comparable with the others)
+        preset = dataclasses.replace(preset, seeds=seeds)
+    return preset
+
+
+def _gan_preset(iters, **dip_only):
+    """The gan preset (``--iters``: Adam steps of each latent fit); the DIP presets' options are refused."""
+    from ..bench.harness.gan import GAN_PRESETS  # the harness imports torch: loaded to run
+
+    given = [f"--{k.replace('_', '-')}" for k, v in dip_only.items() if v not in (None, (), False)]
+    if given:
+        raise InputError(None, f"{', '.join(given)}: not an option of the gan preset (DIP presets only)")
+    preset = GAN_PRESETS["gan"]
+    return preset.replace(iters=iters) if iters is not None else preset
 
 
 def _remove_if_no_results(folder: Path) -> None:
