@@ -363,7 +363,9 @@ def _header_shape(name: Any, shape: Any) -> list[int]:
     return list(shape)
 
 
-def _as_state_dict(path: Path, obj: Mapping[str, Any]) -> StateDict:
+def as_state_dict(path: Path, obj: Mapping[str, Any]) -> StateDict:
+    """A loaded file's tensors as a state dict (a ``state_dict`` entry unwrapped, a DataParallel ``module.`` prefix
+    dropped); anything else is refused in one line naming ``path``."""
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     out: StateDict = {}
@@ -580,7 +582,7 @@ def _load_ticket(
             ticket = ticket.replace(init=init)
         return ticket
 
-    sd = _as_state_dict(path, obj)
+    sd = as_state_dict(path, obj)
     mask_keys = [k for k in sd if k.endswith(".weight_mask")]
     orig_keys = [k for k in sd if k.endswith(".weight_orig")]
     if mask_keys and not orig_keys and len(mask_keys) == len(sd):
@@ -589,7 +591,7 @@ def _load_ticket(
             raise InputError(path, "mask-only file (the paper's masks): pass the network's weights with --weights")
         raw_masks = {k[: -len("_mask")]: v for k, v in sd.items()}
         wpath = Path(weights)
-        wsd = _plain_state(wpath, _as_state_dict(wpath, read_tensor_file(wpath)[0]))
+        wsd = _plain_state(wpath, as_state_dict(wpath, read_tensor_file(wpath)[0]))
         arch = _infer_or_fail(wpath, wsd, arch_overrides)
         _check_state(wpath, arch, wsd)
         init, fitted = wsd, None
@@ -645,7 +647,7 @@ def _load_weights(path: Path, arch: ArchSpec, net: str | None = None) -> StateDi
     elif net is not None:
         raise InputError(path, f"net={net!r} picks a network of a progressive-GAN checkpoint; this file is not one")
     else:
-        sd = _plain_state(path, _as_state_dict(path, content))
+        sd = _plain_state(path, as_state_dict(path, content))
     _check_state(path, arch, sd)
     return sd
 
