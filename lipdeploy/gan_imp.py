@@ -30,7 +30,7 @@ from .discriminator import DiscriminatorSpec, prunable_discriminator_names
 from .errors import InputError
 from .fileio import atomic_output, atomic_write_text
 from .gan_train import GanTrainConfig, train_wgan_gp
-from .imp import existing_rounds, prune, round_path
+from .imp import check_same_settings, existing_rounds, prune, round_path
 from .runlock import folder_locked, image_digest
 from .ticket import Ticket, load_ticket, read_tensor_file
 
@@ -123,17 +123,6 @@ def _settings(generator: Ticket, disc: DiscriminatorStart, data: torch.Tensor, d
     }
 
 
-def _check_same(path: Path, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
-    if old is None:
-        raise InputError(path, "not written by 'lipdeploy find --generator' (no settings): use another folder")
-    old_n, new_n = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
-    diff = [k for k in new_n if old_n.get(k) != new_n.get(k)]
-    if diff:
-        k = diff[0]
-        raise InputError(path, f"the folder holds rounds made with other settings ({k}: {old_n.get(k)!r} there, "
-                         f"{new_n.get(k)!r} now); use another output folder")  # fmt: skip
-
-
 @folder_locked("out_dir")
 def find_gan_ticket(
     generator: Ticket,
@@ -180,7 +169,7 @@ def find_gan_ticket(
     rows = []
     if done:
         first = load_ticket(done[0])
-        _check_same(done[0], first.provenance.get("settings"), settings)
+        check_same_settings(done[0], first.provenance.get("settings"), settings, "lipdeploy find --generator")
         last = max(done)
         last_ticket = load_ticket(done[last])
         d_file = discriminator_path(out_dir, last)

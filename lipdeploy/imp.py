@@ -253,7 +253,7 @@ def find_ticket(
     rewind_state: dict[str, torch.Tensor] | None = None
     if done:
         first = load_ticket(done[0])
-        _check_same(done[0], first.provenance.get("settings"), settings)
+        check_same_settings(done[0], first.provenance.get("settings"), settings)
         original_init = first.init
         last_r = max(done)
         prev = load_ticket(done[last_r]) if last_r else first
@@ -356,9 +356,12 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _check_same(path: Path, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
+def check_same_settings(
+    path: Path, old: Mapping[str, Any] | None, new: Mapping[str, Any], command: str = "lipdeploy find"
+) -> None:
+    """Refuse to resume a chain in a folder whose first round (``path``) was made with other settings."""
     if old is None:
-        raise InputError(path, "not written by 'lipdeploy find' (no settings in its provenance): use another folder")
+        raise InputError(path, f"not written by '{command}' (no settings in its provenance): use another folder")
     old_n, new_n = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
     diff = [k for k in new_n if old_n.get(k) != new_n.get(k)]
     if diff:

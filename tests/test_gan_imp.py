@@ -90,7 +90,7 @@ def test_gan_imp_rounds_rewind_prune_both_and_resume(faces, tmp_path):
     # resume: a third round continues the chain; another data set is refused
     more = find_gan_ticket(gen, disc, faces, tmp_path / "imp", 3, train)
     assert len(more) == 4 and load_ticket(more[3]).density == pytest.approx(0.8**3, abs=2e-3)
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(Exception, match="different settings"):
         find_gan_ticket(gen, disc, faces[:4], tmp_path / "imp", 4, train)
     summary = json.loads((tmp_path / "imp" / "imp.json").read_text())
     assert [row["round"] for row in summary["rounds"]] == [0, 1, 2, 3]
