@@ -66,8 +66,12 @@ from .tasks import Observation, Task, make_task
 from .ticket import Ticket
 
 FitBackend = str
-"""How a fit runs the network: "auto", "dense", "sparse" or a name of ``lipdeploy.backends.BACKENDS`` (see
+"""How a fit runs the network: "auto", "masked", "sparse" or a name of ``lipdeploy.backends.BACKENDS`` (see
 :attr:`FitConfig.backend` and :func:`fit_backends`)."""
+
+MASKED = "masked"
+"""The uncompacted network under its masks, on any device: the reference (its fitted weights keep the reference
+layout, which pruning ranks), pruned weights held at zero by masking their gradients."""
 
 SPARSE = "sparse"
 """Compacted network, per-layer dispatch over the registered backends (``sparsify(..., "auto")``) on any device."""
@@ -88,16 +92,17 @@ def _prepare_model(
 
 
 def fit_backends() -> list[str]:
-    """The values :attr:`FitConfig.backend` accepts: "auto", "sparse", and the registered backends' names."""
-    return [AUTO, SPARSE, *sorted(BACKENDS)]
+    """The values :attr:`FitConfig.backend` accepts: "auto", "masked", "sparse", and the registered backends' names
+    ("dense" among them: the compacted network, every conv PyTorch's)."""
+    return [AUTO, MASKED, SPARSE, *sorted(BACKENDS)]
 
 
 def _network_backend(config: FitConfig, device: torch.device, masks: Masks | None) -> str | None:
     """What ``sparsify`` runs the compacted network on ("auto" or a registered backend), or None for the masked
-    reference network (backend "dense", and "auto" on CPU or for an unpruned network)."""
+    reference network (backend "masked", and "auto" on CPU or for an unpruned network)."""
     if config.backend == SPARSE:
         return AUTO
-    if config.backend == "dense":
+    if config.backend == MASKED:
         return None
     if config.backend != AUTO:
         return config.backend
@@ -444,6 +449,8 @@ __all__ = [
     "BEST_LABEL",
     "EMA_MODES",
     "FINAL_LABEL",
+    "MASKED",
+    "SPARSE",
     "EagerStep",
     "FitConfig",
     "FitResult",

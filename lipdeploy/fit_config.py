@@ -87,6 +87,12 @@ def check_field(field: dataclasses.Field, value: Any, what: str | None = None) -
     return check(value, what) if check is not None else value
 
 
+def field_help(config: type, name: str) -> str:
+    """The help of field ``name`` of the settings dataclass ``config`` (an option declared by hand, such as
+    ``--backend``, shows the field's own words)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(config) if f.name == name)
+
+
 def check_settings(config: Any) -> None:
     """Every field of the settings dataclass ``config`` checked (InputError naming the first bad field)."""
     for field in dataclasses.fields(config):
@@ -130,8 +136,9 @@ class FitConfig:
     backend: str = setting(
         "auto",
         "auto: a pruned network runs on the sparse kernels on CUDA (per layer, where faster than cuDNN) and as the "
-        "masked dense network on CPU; sparse: compacted + sparse kernels on any device; dense: masked network; a "
-        "registered backend's name: compacted, every conv on that backend.",
+        "masked network on CPU; masked: the uncompacted network under its masks (the reference); sparse: compacted "
+        "+ sparse kernels on any device; a registered backend's name (dense: PyTorch's convs, reference, "
+        "triton-*): compacted, every conv on that backend.",
     )
     capture: str = setting(
         "off",
@@ -147,4 +154,13 @@ class FitConfig:
         return asdict(self)
 
 
-__all__ = ["CAPTURE_MODES", "EMA_MODES", "FitConfig", "at_least", "check_field", "check_settings", "setting"]
+__all__ = [
+    "CAPTURE_MODES",
+    "EMA_MODES",
+    "FitConfig",
+    "at_least",
+    "check_field",
+    "check_settings",
+    "field_help",
+    "setting",
+]

@@ -40,7 +40,7 @@ import torch
 from . import __version__
 from .errors import InputError
 from .fileio import atomic_output, atomic_write_text
-from .fit import FitConfig, FitResult, fit, simulate
+from .fit import MASKED, FitConfig, FitResult, fit, simulate
 from .masks import Mask, Masks
 from .multi_image import image_records, stack_observations
 from .patterns import PATTERNS, get_pattern
@@ -211,8 +211,8 @@ def find_ticket(
     exactly as before and writes the same settings and provenance.
     """
     fit_config = fit_config or FitConfig()
-    # Pruning ranks the fitted weights in the reference layout, which only the masked dense network keeps.
-    fit_config = dataclasses.replace(fit_config, backend="dense")
+    # Pruning ranks the fitted weights in the reference layout, which only the masked network keeps.
+    fit_config = dataclasses.replace(fit_config, backend=MASKED)
     obs_seed = fit_config.seed if obs_seed is None else obs_seed
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -45,7 +45,7 @@ def test_registry_names_and_aliases():
     with pytest.raises(ValueError, match="already registered"):
         register(BACKENDS["dense"])
     assert fit_backends() == [
-        "auto", "sparse", "dense", "reference", "triton-bsr", "triton-bsr32x16", "triton-csr", "triton-kernel"
+        "auto", "masked", "sparse", "dense", "reference", "triton-bsr", "triton-bsr32x16", "triton-csr", "triton-kernel"
     ]  # fmt: skip
 
 

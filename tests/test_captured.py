@@ -237,7 +237,7 @@ def test_compiled_step_matches_the_eager_fit_on_cpu():
 # ---- GPU: capture + replay equals eager (skipped without CUDA, see conftest.py) ----
 
 
-def _gpu_pair(capture: str, sparsity: float, backend: str = "dense", iters: int = 12):
+def _gpu_pair(capture: str, sparsity: float, backend: str = "masked", iters: int = 12):
     clean = _clean(64, seed=7)
     obs = simulate(Denoise(), clean, seed=0)
     cfg = dict(iters=iters, log_every=4, device="cuda", backend=backend)

@@ -142,9 +142,9 @@ def test_sparse_backend_fits_like_the_masked_network():
     clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     obs = simulate(Denoise(), clean, seed=0)
     cfg = dict(iters=8, log_every=4)
-    dense = fit(ticket, obs, FitConfig(backend="dense", **cfg), gt=clean)
+    masked = fit(ticket, obs, FitConfig(backend="masked", **cfg), gt=clean)
     sparse = fit(ticket, obs, FitConfig(backend="sparse", **cfg), gt=clean)
-    assert (dense.output - sparse.output).abs().max() < 1e-4
+    assert (masked.output - sparse.output).abs().max() < 1e-4
     # on CPU the compacted network's convs stay dense: their masks hold through fitting, kept weights move
     from lipdeploy.compaction import compact
 
@@ -152,6 +152,34 @@ def test_sparse_backend_fits_like_the_masked_network():
     moved = 0
     for key, layer in layout.convs.items():
         fitted = sparse.state_dict[f"ops.{key}.weight"]
+        assert bool((fitted[~layer.mask.bool()] == 0).all())
+        moved += int((fitted != layout.ops[key].weight.detach()).sum())
+    assert moved > 0
+
+
+def test_dense_backend_fits_the_compacted_network_like_the_masked_one():
+    """backend="dense" is the registered backend (``lipdeploy.backends.BACKENDS["dense"]``): the compacted network,
+    every conv PyTorch's; it fits a ticket as the masked network does, in the compacted layout, pruned weights zero.
+    backend="masked" keeps the reference layout (what IMP prunes from)."""
+    from lipdeploy.compaction import compact
+    from lipdeploy.testing import pruned_model
+
+    spec = tiny_skip()
+    model, _ = pruned_model(spec, 0.7)
+    ticket = ticket_from_model(model, spec)
+    clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    obs = simulate(Denoise(), clean, seed=0)
+    cfg = dict(iters=8, log_every=4)
+    masked = fit(ticket, obs, FitConfig(backend="masked", **cfg), gt=clean)
+    dense = fit(ticket, obs, FitConfig(backend="dense", **cfg), gt=clean)
+    assert (masked.output - dense.output).abs().max() < 1e-4
+    assert abs(masked.psnr_best - dense.psnr_best) < 1e-3
+    assert set(masked.state_dict) == set(ticket.build().state_dict())  # the reference layout
+    layout = compact(ticket)
+    assert layout.convs and all(f"ops.{key}.weight" in dense.state_dict for key in layout.convs)
+    moved = 0
+    for key, layer in layout.convs.items():
+        fitted = dense.state_dict[f"ops.{key}.weight"]
         assert bool((fitted[~layer.mask.bool()] == 0).all())
         moved += int((fitted != layout.ops[key].weight.detach()).sum())
     assert moved > 0

@@ -243,7 +243,7 @@ def test_gpu_verdict_derives_fitting_step_speedups_from_median_steps():
 
     def row(variant, mean, median, sp=0.0, eager=None):
         r = {"size": 256, "sparsity": sp, "variant": variant, "mask": "block-random" if sp else "-",
-             "backend": "triton-bsr" if sp else "dense", "step_ms": mean, "step_ms_median": median}  # fmt: skip
+             "backend": "triton-bsr" if sp else "masked", "step_ms": mean, "step_ms_median": median}  # fmt: skip
         return r | ({"speedup_vs_dense_eager": eager} if eager else {})
 
     steps = [row("dense_eager", 182.3, 17.0), row("dense_captured", 4.92, 4.91)]

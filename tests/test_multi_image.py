@@ -128,7 +128,7 @@ def test_single_image_runs_as_before(images, tmp_path):
     assert ta.provenance["settings"] == tb.provenance["settings"]
     assert ta.provenance["settings"]["image_sha256"] == image_digest(clean)
     assert all(torch.equal(ta.fitted[n], tb.fitted[n]) for n in ta.fitted)
-    direct = fit(dense_ticket(), Denoise().clean_target(clean), FitConfig(iters=ITERS, backend="dense"), gt=clean)
+    direct = fit(dense_ticket(), Denoise().clean_target(clean), FitConfig(iters=ITERS, backend="masked"), gt=clean)
     assert all(torch.equal(ta.fitted[n], direct.state_dict[n]) for n in ta.fitted)
     assert ta.provenance["psnr_best"] == direct.psnr_best
 

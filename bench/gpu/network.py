@@ -41,10 +41,12 @@ import torch
 
 from lipdeploy.backends import sparse_layers, sparsify
 from lipdeploy.compaction import analyze_compaction, compact
+from lipdeploy.fit import MASKED, FitConfig, fit, simulate
 from lipdeploy.kernels import SparseConv2d
 from lipdeploy.masks import Mask, freeze_pruned, prunable_shapes
 from lipdeploy.networks import SkipSpec, make_input
 from lipdeploy.patterns import PATTERNS
+from lipdeploy.tasks import Denoise
 from lipdeploy.ticket import ticket_from_model
 
 from ..script import Results, needs_gpu, parser, refuse, script_environment
@@ -302,9 +304,6 @@ def run_fit_step(args: argparse.Namespace) -> Results:
     ``W + P`` and one of ``W`` iterations, divided by ``P``: setup, warm-up and capture cancel out.
     ``max_abs_diff_vs_eager`` checks that the captured fit restored the same image.
     """
-    from lipdeploy.fit import FitConfig, fit, simulate
-    from lipdeploy.tasks import Denoise
-
     dev = torch.device(getattr(args, "device", "cuda"))
     cuda = dev.type == "cuda"
     gpu = torch.cuda.get_device_name() if cuda else "cpu (smoke test only)"
@@ -337,11 +336,11 @@ def run_fit_step(args: argparse.Namespace) -> Results:
         for sp in dict.fromkeys([0.0, *(s for s in args.sparsities if s > 0)]):  # dense first, then as given
             cases: list[tuple[str, str, object, str]] = []
             if sp <= 0:
-                cases = [("dense", "-", dense_ticket, "dense")]
+                cases = [("dense", "-", dense_ticket, MASKED)]
             if sp > 0 and ("masked" in variants or "sparse" in variants):
                 kind = args.masks[0]
                 ticket = ticket_from_model(base, spec, dict(_masks(base, kind, sp, args.seed).items()))
-                cases += [(v, kind, ticket, b) for v, b in (("masked", "dense"), ("sparse", args.fit_backend))
+                cases += [(v, kind, ticket, b) for v, b in (("masked", MASKED), ("sparse", args.fit_backend))
                           if v in variants]  # fmt: skip
             if sp > 0 and "bsr" in variants:
                 blocks = ticket_from_model(base, spec, dict(_masks(base, block_kind, sp, args.seed).items()))

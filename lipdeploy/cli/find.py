@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ..fit import FitConfig
+from ..fit import MASKED, FitConfig
 from ..gan_train import GanTrainConfig
 from ..images import check_min_side, crop_to_multiple, image_name, load_image
 from ..imp import ImpConfig, find_ticket
@@ -236,7 +236,7 @@ def find_command(
     config = FitConfig(iters=iters, lr=lr, ema=ema, ema_mode=ema_mode, seed=seed, device=device, backend=backend)
     eta = ""
     if not (quiet or as_json) and iters >= 50:
-        step_s = estimate_fit(start, clean.shape[2], clean.shape[3], device, "dense", seed)
+        step_s = estimate_fit(start, clean.shape[2], clean.shape[3], device, MASKED, seed)
         eta = f"; expected up to {format_duration(step_s * iters * (rounds + 1))} ({1e3 * step_s:.0f} ms/step measured)"
     log(f"IMP on {', '.join(names)} ({task_spec.name}), {prior_label}: rounds 0-{rounds}, into {out_dir}{eta}")
     paths = find_ticket(

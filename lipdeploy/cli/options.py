@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import InputError
-from ..fit_config import check_field
+from ..fit_config import FitConfig, check_field, field_help
 from ..limits import check_size
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ def pattern_names() -> list[str]:
 
 
 def backend_names() -> list[str]:
-    """The values ``--backend`` accepts: :attr:`lipdeploy.fit.FitConfig.backend`'s ("auto", "dense", "sparse" and
-    every backend registered in :data:`lipdeploy.backends.BACKENDS`)."""
+    """The values ``--backend`` accepts: :attr:`lipdeploy.fit.FitConfig.backend`'s ("auto", "masked", "sparse" and
+    every backend registered in :data:`lipdeploy.backends.BACKENDS`, "dense" among them)."""
     from ..fit import fit_backends  # imports torch: read when parsing or showing help
 
     return fit_backends()
@@ -433,12 +433,14 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         type=RegistryChoice(backend_names),
         default="auto",
         show_default=True,
-        help="auto: a pruned network runs on the sparse kernels on CUDA (per layer, where faster than cuDNN) and as "
-        "the masked dense network on CPU; sparse: compacted + sparse kernels on any device; dense: masked network; "
-        "a registered backend's name: compacted, every conv on that backend.",
+        help=field_help(FitConfig, "backend"),
     )(checked)
     return click.option(
-        "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where to fit."
+        "--device",
+        type=click.Choice(["cpu", "cuda"]),
+        default="cpu",
+        show_default=True,
+        help=field_help(FitConfig, "device"),
     )(fn)
 
 
@@ -452,7 +454,7 @@ def check_backend(device: str, backend: str) -> None:
     from ..backends import BACKENDS  # the kernels and backends: loaded to run, not for --help
 
     if backend not in BACKENDS:
-        return  # auto, sparse, dense: every layer runs somewhere on any device
+        return  # auto, masked, sparse: every layer runs somewhere on any device
     # loaded to run, not for --help
     from ..compaction import compact
     from ..testing import random_mask_ticket, tiny_skip
@@ -643,7 +645,7 @@ def estimate_fit(
     # the fitting engine (torch and the whole library): loaded to run, not for --help
     import torch
 
-    from ..fit import FitConfig, fit
+    from ..fit import fit
     from ..tasks import Observation
 
     blank = torch.zeros(1, 3, height, width)
