@@ -30,7 +30,7 @@ from torch import nn
 from .compaction.build import model_input
 from .compaction.graph import Node
 from .compaction.trace import trace
-from .errors import InputError
+from .errors import InputError, first_line
 from .masks import Mask
 from .networks import prunable_names
 from .ticket import Ticket, as_state_dict, read_tensor_file
@@ -50,7 +50,7 @@ def import_factory(text: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module may fail in any way: one line about it
-        raise InputError(None, f"--arch-factory {text}: cannot import {module_name!r} ({_first_line(exc)})") from None
+        raise InputError(None, f"--arch-factory {text}: cannot import {module_name!r} ({first_line(exc)})") from None
     finally:
         if added:
             sys.path.remove(cwd)
@@ -62,11 +62,6 @@ def import_factory(text: str):
     if not callable(obj):
         raise InputError(None, f"--arch-factory {text}: {attr!r} is not callable")
     return obj
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,7 @@ class FactorySpec:
         try:
             model = fn()
         except Exception as exc:  # the user's code
-            raise InputError(None, f"--arch-factory {self.factory}: the factory failed ({_first_line(exc)})") from None
+            raise InputError(None, f"--arch-factory {self.factory}: the factory failed ({first_line(exc)})") from None
         if not isinstance(model, nn.Module):
             raise InputError(None, f"--arch-factory {self.factory}: returned a {type(model).__name__}, not a module")
         return model

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .fileio import atomic_output, check_regular_file
 from .limits import MAX_IMAGE_PIXELS, check_image_pixels
 
@@ -90,18 +90,13 @@ def load_image(path: str | Path) -> torch.Tensor:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(path, f"image is too large (at most {MAX_IMAGE_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable image ({_first_line(exc)})") from None
+        raise InputError(path, f"not a readable image ({first_line(exc, 120)})") from None
     except Exception as exc:  # a corrupt file can make a decoder raise anything (struct.error, IndexError, ...)
-        raise InputError(path, f"not a readable image ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise InputError(path, f"not a readable image ({type(exc).__name__}: {first_line(exc, 120)})") from None
     try:
         return _to_tensor(arr)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:120]
 
 
 class _pixel_limit:
