@@ -40,7 +40,7 @@ CSV_COLUMNS = (
     "metric",
     "value",
     "unit",
-    "backend",
+    "runner",
     "preset",
     "task",
     "sparsity",
@@ -436,16 +436,16 @@ def quality_tables(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 def resource_table(rows: list[dict[str, Any]]) -> list[str]:
     mem = {(r["method"], r["metric"]): r["value"] for r in rows if r.get("image") == "-" and r["metric"] != "note"}
     lat = {
-        (r["method"], r.get("backend"), r["metric"]): r["value"]
+        (r["method"], r.get("runner"), r["metric"]): r["value"]
         for r in rows
         if r["metric"] in ("forward_ms", "step_ms")
     }
     loaded = {
-        (r["method"], r.get("backend"), r["metric"])
+        (r["method"], r.get("runner"), r["metric"])
         for r in rows
         if r["metric"] in ("forward_ms", "step_ms") and r.get("loaded")
     }
-    backends = sorted({b for _, b, _ in lat})
+    runners = sorted({b for _, b, _ in lat})
     header = [
         "method",
         "params",
@@ -457,7 +457,7 @@ def resource_table(rows: list[dict[str, Any]]) -> list[str]:
         "Adam state dense",
         "Adam state sparse",
     ]
-    for b in backends:
+    for b in runners:
         header += [f"fwd ms {b}"] + ([f"step ms {b}"] if any(k[1] == b and k[2] == "step_ms" for k in lat) else [])
     body = []
     for m in method_order(rows):
@@ -474,7 +474,7 @@ def resource_table(rows: list[dict[str, Any]]) -> list[str]:
             _bytes(mem.get((m, "optimizer_state_bytes_dense"))),
             _bytes(mem.get((m, "optimizer_state_bytes_sparse"))),
         ]
-        for b in backends:
+        for b in runners:
             row.append(_fmt(lat.get((m, b, "forward_ms")), 1) + ("*" if (m, b, "forward_ms") in loaded else ""))
             if any(k[1] == b and k[2] == "step_ms" for k in lat):
                 row.append(_fmt(lat.get((m, b, "step_ms")), 1) + ("*" if (m, b, "step_ms") in loaded else ""))
@@ -587,7 +587,7 @@ def plots(out: Path, rows: list[dict[str, Any]]) -> list[str]:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         series = defaultdict(list)
         for r in lat:
-            series[(r["backend"], "dense/LIP" if r["family"] in ("dense", "lip") else r["family"])].append(r)
+            series[(r["runner"], "dense/LIP" if r["family"] in ("dense", "lip") else r["family"])].append(r)
         styles = series_styles([f"{b} {fam}" for b, fam in series])
         for (b, fam), rs in sorted(series.items()):
             rs = sorted(rs, key=lambda r: r.get("sparsity") or 0)
@@ -665,7 +665,7 @@ def build_report(out: str | Path) -> dict[str, Any]:
     derived = time_to_quality(out, rows)
     all_rows = rows + derived
     all_rows += mean_rows(all_rows)
-    # CSV: one row per (method, image, metric[, backend]) joined with its environment
+    # CSV: one row per (method, image, metric[, runner]) joined with its environment
     buf = io.StringIO()
     cols = list(CSV_COLUMNS) + ["note"] + list(ENV_COLUMNS)
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -713,7 +713,7 @@ def claims_setting(preset: dict[str, Any]) -> str:
     )
 
 
-HEADLINE_LATENCY_BACKENDS = {"torch-cpu-compact": "compacted torch CPU", "onnxruntime-cpu": "ONNX Runtime CPU"}
+HEADLINE_LATENCY_RUNNERS = {"torch-cpu-compact": "compacted torch CPU", "onnxruntime-cpu": "ONNX Runtime CPU"}
 
 
 def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
@@ -721,7 +721,7 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
     means = {(r["method"], r["metric"]): r for r in rows if r.get("image") == "mean"}
     # the deployable forms (a masked network costs what dense costs, whatever its ticket's structure), and only the
     # timings made in the same run as dense's: milliseconds from another run are not comparable
-    lat = {b: {m: ms for m, (ms, _) in _beside_dense(rows, b).items()} for b in HEADLINE_LATENCY_BACKENDS}
+    lat = {b: {m: ms for m, (ms, _) in _beside_dense(rows, b).items()} for b in HEADLINE_LATENCY_RUNNERS}
     deltas = delta_intervals(rows)
     timed = any(lat.values())
     body = []
@@ -739,7 +739,7 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
                 _mean_text(pb),
                 iv.text() if iv and iv.n and m != "dense" else ("+0.00" if m == "dense" else "-"),
                 _fmt(means.get((m, "ssim_best"), {}).get("value"), 3),
-                *((_fmt(lat[b].get(m), 1) for b in HEADLINE_LATENCY_BACKENDS) if timed else ()),
+                *((_fmt(lat[b].get(m), 1) for b in HEADLINE_LATENCY_RUNNERS) if timed else ()),
                 f"{pb.get('n', pb.get('n_images', ''))} ({pb.get('n_images', '')} x {pb.get('n_seeds', 1)})",
             ]
         )
@@ -758,7 +758,7 @@ def headline(rows: list[dict[str, Any]], preset: dict[str, Any]) -> str:
         "",
     ]
     header = ["method", "sparsity", "params", "PSNR dB [95%]", "Δ vs dense dB [95%]", "SSIM"]
-    header += [f"fwd ms ({HEADLINE_LATENCY_BACKENDS[b]})" for b in HEADLINE_LATENCY_BACKENDS] if timed else []
+    header += [f"fwd ms ({HEADLINE_LATENCY_RUNNERS[b]})" for b in HEADLINE_LATENCY_RUNNERS] if timed else []
     header += ["n (images x seeds)"]
     lines += _table(header, body)
     lines += [*threads_note(rows)]
@@ -963,7 +963,7 @@ NEAR_DENSE_DB = 0.5  # "within 0.5 dB of dense": the quality bar of issue 12's h
 REFERENCE_FAMILIES = ("dense", "dd", "dd-matched", "dip-narrow")
 # the deployable form on each runtime: a structured ticket runs compacted (the masked "torch-cpu" network costs what
 # dense costs whatever the mask, so it says nothing about a ticket's speed)
-FRONTIER_BACKENDS = (("onnxruntime-cpu", "ONNX Runtime CPU"), ("torch-cpu-compact", "compacted PyTorch CPU"))
+FRONTIER_RUNNERS = (("onnxruntime-cpu", "ONNX Runtime CPU"), ("torch-cpu-compact", "compacted PyTorch CPU"))
 
 
 def family_label(family: str, rows: list[dict[str, Any]]) -> str:
@@ -978,21 +978,21 @@ def family_label(family: str, rows: list[dict[str, Any]]) -> str:
     return family.removeprefix("lip-")
 
 
-def latency_vs_dense(rows: list[dict[str, Any]], backend: str) -> dict[str, float]:
+def latency_vs_dense(rows: list[dict[str, Any]], runner: str) -> dict[str, float]:
     """Per method: forward latency over the dense DIP's, both timed in the same run (rows' ``env``). Ratios across runs
     mean nothing on a shared machine: on the cpu preset's 2-core VM the dense-cost masked network timed 160 ms in one
     session and 76 ms in the next (PyTorch CPU, 1 thread). Methods without a dense timing in their run are left out
     (re-time them together: ``lipdeploy bench --jobs 'latency/*' --redo 'latency/*'``)."""
-    return {m: ms / dense_ms for m, (ms, dense_ms) in _beside_dense(rows, backend).items()}
+    return {m: ms / dense_ms for m, (ms, dense_ms) in _beside_dense(rows, runner).items()}
 
 
-def _beside_dense(rows: list[dict[str, Any]], backend: str) -> dict[str, tuple[float, float]]:
-    """Per method timed on ``backend`` in a run (rows' ``env``) that also timed the dense DIP: (its forward ms, the
+def _beside_dense(rows: list[dict[str, Any]], runner: str) -> dict[str, tuple[float, float]]:
+    """Per method timed on ``runner`` in a run (rows' ``env``) that also timed the dense DIP: (its forward ms, the
     dense DIP's forward ms in that run)."""
     timed = [
         r
         for r in rows
-        if r["metric"] == "forward_ms" and r.get("backend") == backend and isinstance(r.get("value"), (int, float))
+        if r["metric"] == "forward_ms" and r.get("runner") == runner and isinstance(r.get("value"), (int, float))
     ]
     dense = {r.get("env"): r["value"] for r in timed if r["method"] == "dense" and r["value"] > 0}
     return {r["method"]: (r["value"], dense[r.get("env")]) for r in timed if r.get("env") in dense}
@@ -1023,7 +1023,7 @@ def frontier_lines(rows: list[dict[str, Any]]) -> list[str]:
         fam = r.get("family") or ""
         if r["metric"] == "psnr_best" and r.get("image") == "mean" and (fam == "lip" or fam.startswith("lip-")):
             fams[fam].append(r["method"])
-    lat = {b: latency_vs_dense(rows, b) for b, _ in FRONTIER_BACKENDS}
+    lat = {b: latency_vs_dense(rows, b) for b, _ in FRONTIER_RUNNERS}
     lines = []
     for fam in sorted(fams):
         paired = [m for m in fams[fam] if m in ivs and ivs[m].n]
@@ -1036,7 +1036,7 @@ def frontier_lines(rows: list[dict[str, Any]]) -> list[str]:
             continue
         best = max(ok, key=lambda m: sparsity.get(m, 0.0))
         speed = []
-        for b, name in FRONTIER_BACKENDS:
+        for b, name in FRONTIER_RUNNERS:
             if lat[b].get(best):
                 speed.append(f"{name} latency {lat[b][best]:.2f}x dense's")
         sp = 100 * sparsity.get(best, 0.0)
@@ -1122,7 +1122,7 @@ def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
     the narrow DIPs are the reference points. Returns the PNG name."""
     deltas = delta_vs_dense(rows)
     ivs = delta_intervals(rows)
-    lat = {b: latency_vs_dense(rows, b) for b, _ in FRONTIER_BACKENDS}
+    lat = {b: latency_vs_dense(rows, b) for b, _ in FRONTIER_RUNNERS}
     if not deltas.get("dense", (0, 0))[1] or not any(lat.values()):
         return []
     import matplotlib
@@ -1135,7 +1135,7 @@ def quality_latency_plot(out: Path, rows: list[dict[str, Any]]) -> list[str]:
     sparsity = _sparsity_of(rows)
     fams = sorted({f for m, f in fam_of.items() if f and f not in ("transfer", "ticket") and deltas.get(m, (0, 0))[1]})
     styles = distinct_styles(fams)
-    panels = [(b, name) for b, name in FRONTIER_BACKENDS if lat[b]]
+    panels = [(b, name) for b, name in FRONTIER_RUNNERS if lat[b]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
     for ax, (b, name) in zip(axes[0], panels, strict=True):
         off: list[str] = []

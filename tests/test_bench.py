@@ -1,7 +1,7 @@
 """End-to-end tests of ``lipdeploy bench`` on a tiny preset: rows, report files, resume, shard merge, CLI.
 
-One module-scoped run (two images, every method family, every CPU backend, the memory probe) is shared by most tests;
-the shard test uses a cheaper plan (no memory probe, one backend) because it runs everything twice more.
+One module-scoped run (two images, every method family, every CPU runner, the memory probe) is shared by most tests;
+the shard test uses a cheaper plan (no memory probe, one runner) because it runs everything twice more.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_rows_cover_every_method_and_metric_group(run_dir):
             assert quality <= by_method[m.method.name], m.key
         if m.kind == "memory":
             assert memory <= by_method[m.method.name], m.key
-    lat = {(r["method"], r["backend"]) for r in rows if r["metric"] == "forward_ms"}
+    lat = {(r["method"], r["runner"]) for r in rows if r["metric"] == "forward_ms"}
     assert ("dense", "torch-cpu") in lat and ("lip-unstructured-36", "torch-cpu") in lat
     assert any(r["metric"] == "step_ms" for r in rows)
     # sparse tickets store fewer bytes than the dense ONNX of the same network
@@ -158,12 +158,12 @@ def test_torn_last_line_is_ignored(run_dir, tmp_path):
 
 def test_two_shards_merge_to_the_unsharded_job_set(tmp_path):
     preset = tiny_preset(granularities=("unstructured",), memory_probe=False, onnx_sizes=False, images=("astronaut",))
-    backends = ["torch-cpu"]
-    keys = {j.key for j in plan(preset, backends=backends)}
+    runners = ["torch-cpu"]
+    keys = {j.key for j in plan(preset, runners=runners)}
     a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
     # shards on "different machines": separate folders; each computes the tickets it needs itself
-    Bench(preset, a, (0, 2), backends=backends).run(progress=False)
-    Bench(preset, b, (1, 2), backends=backends).run(progress=False)
+    Bench(preset, a, (0, 2), runners=runners).run(progress=False)
+    Bench(preset, b, (1, 2), runners=runners).run(progress=False)
     _, ja = RowStore.read_all(a)
     _, jb = RowStore.read_all(b)
     assert set(ja) != keys and set(jb) != keys
@@ -232,7 +232,7 @@ def test_user_ticket_is_benchmarked(tmp_path):
     preset = tiny_preset(
         images=("astronaut",), memory_probe=False, onnx_sizes=False, latency_methods=("ticket-ticket",)
     )
-    bench = Bench(preset, tmp_path / "out", tickets=(path,), backends=["torch-cpu"])
+    bench = Bench(preset, tmp_path / "out", tickets=(path,), runners=["torch-cpu"])
     stats = bench.run(progress=False, only=lambda j: "ticket-" in j.key)
     assert stats.failed == [] and stats.ran == 3  # quality, memory, latency
     rows, _ = RowStore.read_all(tmp_path / "out")
@@ -243,11 +243,11 @@ def test_user_ticket_is_benchmarked(tmp_path):
 
 
 def test_structured_tickets_only_on_the_presets_structured_images():
-    keys = {j.key for j in plan(tiny_preset(structured_images=("coffee",)), backends=["torch-cpu"])}
+    keys = {j.key for j in plan(tiny_preset(structured_images=("coffee",)), runners=["torch-cpu"])}
     assert "find/coffee/kernel" in keys and "quality/lip-channel-20/coffee" in keys
     assert "find/astronaut/kernel" not in keys and "quality/lip-channel-20/astronaut" not in keys
     # an image list without the structured images falls back to the run's first image
-    keys = {j.key for j in plan(tiny_preset(structured_images=("chelsea",)), backends=["torch-cpu"])}
+    keys = {j.key for j in plan(tiny_preset(structured_images=("chelsea",)), runners=["torch-cpu"])}
     assert "find/astronaut/kernel" in keys and "find/coffee/kernel" not in keys
     assert PRESETS["cpu"].structured_images == ("astronaut",)
 
@@ -264,7 +264,7 @@ def test_concurrent_runs_sharing_a_folder_find_a_ticket_once(tmp_path):
 
     def run(key: str) -> None:
         try:
-            stats = Bench(preset, tmp_path, backends=["torch-cpu"]).run(progress=False, only=lambda j: j.key == key)
+            stats = Bench(preset, tmp_path, runners=["torch-cpu"]).run(progress=False, only=lambda j: j.key == key)
             assert stats.failed == []
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
@@ -333,7 +333,7 @@ def test_latency_ratios_pair_each_model_with_dense_timed_in_the_same_run():
     from lipdeploy.bench.report import latency_vs_dense
 
     def lat(method, ms, env):
-        return {"method": method, "metric": "forward_ms", "backend": "torch-cpu", "value": ms, "env": env}
+        return {"method": method, "metric": "forward_ms", "runner": "torch-cpu", "value": ms, "env": env}
 
     rows = [
         lat("dense", 160.0, "old"),
@@ -355,8 +355,8 @@ def test_headline_latency_columns_show_only_timings_from_dense_s_run():
     def q(method, family):
         return {"method": method, "family": family, "metric": "psnr_best", "image": "mean", "value": 30.0}
 
-    def lat(method, backend, ms, env):
-        return {"method": method, "metric": "forward_ms", "backend": backend, "value": ms, "env": env}
+    def lat(method, runner, ms, env):
+        return {"method": method, "metric": "forward_ms", "runner": runner, "value": ms, "env": env}
 
     rows = [q("dense", "dense"), q("lip-a", "lip-channel"), q("lip-b", "lip-channel")]
     rows += [lat("dense", "torch-cpu-compact", 80.0, "run2"), lat("lip-a", "torch-cpu-compact", 12.5, "run2")]
@@ -379,7 +379,7 @@ def test_quality_latency_plot_lists_collapsed_tickets_instead_of_drawing_them(tm
         return {"method": method, "family": family, "metric": "psnr_best", "image": "astronaut", "value": value}
 
     def lat(method, ms):
-        return {"method": method, "metric": "forward_ms", "backend": "onnxruntime-cpu", "value": ms, "env": "run"}
+        return {"method": method, "metric": "forward_ms", "runner": "onnxruntime-cpu", "value": ms, "env": "run"}
 
     rows = [q("dense", "dense", 29.0), q("lip-block-83", "lip-block", 29.1), q("random-block-96", "random-block", 12.0)]
     rows += [lat("dense", 50.0), lat("lip-block-83", 49.0), lat("random-block-96", 0.01)]
@@ -443,17 +443,17 @@ def test_report_reads_a_results_folder_without_the_harness():
 
 def test_latency_runners_name_their_conv_backend_from_the_registry():
     from lipdeploy.backends import BACKENDS
-    from lipdeploy.bench.harness import LATENCY_RUNNERS, available_backends
-    from lipdeploy.bench.harness.backends import runner
+    from lipdeploy.bench.harness import LATENCY_RUNNERS, available_runners
+    from lipdeploy.bench.harness.runners import runner
 
     for name, r in LATENCY_RUNNERS.items():
         assert r.name == name and r.conv_backend in BACKENDS, name
-    # the committed CPU results' backend names are runners, so old rows and new rows share report columns
+    # the committed CPU results' runner fields name runners of the table, so old rows and new rows share report columns
     rows, _ = RowStore.read_all(Path(__file__).resolve().parents[1] / "bench" / "results" / "cpu")
-    assert {r["backend"] for r in rows if r["metric"] == "forward_ms"} <= set(LATENCY_RUNNERS)
-    assert available_backends()[0] == "torch-cpu" and set(available_backends()) <= set(LATENCY_RUNNERS)
+    assert {r["runner"] for r in rows if r["metric"] == "forward_ms"} <= set(LATENCY_RUNNERS)
+    assert available_runners()[0] == "torch-cpu" and set(available_runners()) <= set(LATENCY_RUNNERS)
     assert runner("triton-cuda").sparse_only and not runner("torch-cpu").sparse_only
-    with pytest.raises(ValueError, match="unknown latency backend"):
+    with pytest.raises(ValueError, match="unknown latency runner"):
         runner("nope")
 
 
@@ -481,9 +481,9 @@ def test_cpu_preset_keeps_its_committed_jobs_and_only_adds_new_ones():
 
     cpu = P["cpu"]
     old = cpu.replace(frontier=(), frontier_rounds=(), frontier_random=(), narrow_dip=False)
-    backends = ["torch-cpu", "torch-cpu-compact", "onnxruntime-cpu"]
-    before = [j.key for j in plan(old, backends=backends)]
-    after = [j.key for j in plan(cpu, backends=backends)]
+    runners = ["torch-cpu", "torch-cpu-compact", "onnxruntime-cpu"]
+    before = [j.key for j in plan(old, runners=runners)]
+    after = [j.key for j in plan(cpu, runners=runners)]
     assert after[: len(before)] == before
     new = after[len(before) :]
     assert new[:3] == ["find/astronaut/block", "find/astronaut/channel-norm", "find/astronaut/random-block"]
@@ -514,7 +514,7 @@ def test_fidelity_preset_plan_and_names():
     from lipdeploy.bench.harness.presets import PRESETS as P
 
     fid = P["fidelity"]
-    keys = [j.key for j in plan(fid, backends=["torch-cpu"])]
+    keys = [j.key for j in plan(fid, runners=["torch-cpu"])]
     assert keys[:3] == ["quality/dense@denoise/astronaut", "quality/dd-k64@denoise/astronaut",
                         "find/astronaut/unstructured@denoise"]  # fmt: skip
     assert "quality/random-99.5@sr/coffee" in keys and "quality/dd-matched-98.8@inpaint/astronaut" in keys
@@ -543,7 +543,7 @@ def test_frontier_and_tasks_run_end_to_end(tmp_path):
     )
     # the quality-latency plot's runtimes are the deployable forms (ONNX Runtime, compacted PyTorch): a masked
     # "torch-cpu" ticket costs what dense costs, so its timings alone give no plot
-    stats = Bench(front, tmp_path / "f", backends=["torch-cpu", "torch-cpu-compact"]).run(progress=False)
+    stats = Bench(front, tmp_path / "f", runners=["torch-cpu", "torch-cpu-compact"]).run(progress=False)
     assert not stats.failed, stats.failed
     rows = json.loads((tmp_path / "f" / "rows.json").read_text())["rows"]
     q = {r["method"]: r for r in rows if r["metric"] == "psnr_best" and r["image"] == "astronaut"}
@@ -551,7 +551,7 @@ def test_frontier_and_tasks_run_end_to_end(tmp_path):
     assert q["lip-channel-norm-36"]["channel_rule"].startswith("per-layer")
     assert q["dip-narrow-36"]["width"] < TINY_NET.channels_down[0]
     assert (tmp_path / "f" / "quality_vs_latency.png").exists()
-    masked_only = [r for r in rows if r.get("backend") != "torch-cpu-compact"]
+    masked_only = [r for r in rows if r.get("runner") != "torch-cpu-compact"]
     assert quality_latency_plot(tmp_path / "masked", masked_only) == []
     assert "sparsest ticket within 0.5 dB of dense" in (tmp_path / "f" / "report.md").read_text()
 
@@ -571,8 +571,8 @@ def test_frontier_and_tasks_run_end_to_end(tmp_path):
         multi_image=("chelsea", "rocket"),
         latency_methods=(),
     )
-    assert "find/chelsea+rocket/unstructured@denoise" in {j.key for j in plan(multi, backends=["torch-cpu"])}
-    stats = Bench(multi, tmp_path / "m", backends=["torch-cpu"]).run(progress=False)
+    assert "find/chelsea+rocket/unstructured@denoise" in {j.key for j in plan(multi, runners=["torch-cpu"])}
+    stats = Bench(multi, tmp_path / "m", runners=["torch-cpu"]).run(progress=False)
     assert not stats.failed, stats.failed
     rows = json.loads((tmp_path / "m" / "rows.json").read_text())["rows"]
     q = {(r["method"], r["image"]): r for r in rows if r["metric"] == "psnr_best" and r["image"] != "mean"}
@@ -639,7 +639,7 @@ def _quality(method, family, sparsity, psnr_by_image):
 
 
 def _ort(method, ms):
-    return {"method": method, "metric": "forward_ms", "backend": "onnxruntime-cpu", "value": ms, "image": "-"}
+    return {"method": method, "metric": "forward_ms", "runner": "onnxruntime-cpu", "value": ms, "image": "-"}
 
 
 def test_issue_12_target_lines_name_what_meets_them_and_what_comes_closest():

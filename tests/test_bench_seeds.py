@@ -29,8 +29,8 @@ def one_thread():
 
 def test_seeds_repeat_every_fit_and_keep_the_first_seed_s_keys():
     ci = PRESETS["ci"]
-    one = plan(ci, backends=[])
-    three = plan(ci.replace(seeds=3), backends=[])
+    one = plan(ci, runners=[])
+    three = plan(ci.replace(seeds=3), runners=[])
     fits = [j for j in one if j.kind in ("quality", "transfer")]
     assert len(three) == len(one) + 2 * len(fits)
     keys = [j.key for j in three]
@@ -43,7 +43,7 @@ def test_seeds_repeat_every_fit_and_keep_the_first_seed_s_keys():
 
 def test_keep_jobs_orders_the_plan_and_chains_stop_at_the_last_kept_ticket():
     ev = PRESETS["evidence"]
-    jobs = plan(ev, backends=[])
+    jobs = plan(ev, runners=[])
     keys = [j.key for j in jobs]
     assert keys[0] == "quality/dense@denoise/astronaut" and len(keys) == len(set(keys))
     # every comparison on astronaut before any of coffee's LIP fits
@@ -65,9 +65,9 @@ def test_a_run_with_more_seeds_runs_only_the_new_seeds(tmp_path):
         structured_rounds=(), granularities=("unstructured",), transfer=False, latency_methods=(), memory_probe=False,
         onnx_sizes=False, log_every=2, keep_jobs=("quality/dense/*", "quality/dd-k16/*"),
     )  # fmt: skip
-    first = Bench(preset, tmp_path, backends=[]).run(progress=False)
+    first = Bench(preset, tmp_path, runners=[]).run(progress=False)
     assert first.ran == 2 and first.failed == []
-    again = Bench(preset.replace(name="test-seeds", seeds=3), tmp_path, backends=[]).run(progress=False)
+    again = Bench(preset.replace(name="test-seeds", seeds=3), tmp_path, runners=[]).run(progress=False)
     assert again.ran == 4 and again.skipped == 2  # seeds 1 and 2 of both methods; seed 0 was done
     rows, _ = RowStore.read_all(tmp_path)
     psnr = {(r["method"], r["seed"]): r["value"] for r in rows if r["metric"] == "psnr_best"}

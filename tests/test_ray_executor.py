@@ -23,7 +23,7 @@ from lipdeploy.errors import InputError
 from lipdeploy.networks import SkipSpec
 
 TINY_NET = SkipSpec(in_channels=8, channels_down=(8,) * 5, channels_up=(8,) * 5, channels_skip=(2,) * 5)
-BACKENDS = ["torch-cpu"]
+RUNNERS = ["torch-cpu"]
 # rows whose value is a time (or depends on one: a stored ticket's provenance records its fit's seconds)
 TIMED = {"fit_seconds", "fit_step_ms", "find_seconds", "imp_round_seconds", "bytes_ticket"}
 
@@ -51,10 +51,10 @@ def tiny_preset() -> Preset:
 
 
 def deterministic(out: Path) -> dict[tuple, dict]:
-    """Rows that do not depend on timing, by (job, metric, backend), without their environment id."""
+    """Rows that do not depend on timing, by (job, metric, runner), without their environment id."""
     rows, _ = RowStore.read_all(out)
     return {
-        (r["job"], r["metric"], r.get("backend")): {k: v for k, v in r.items() if k != "env"}
+        (r["job"], r["metric"], r.get("runner")): {k: v for k, v in r.items() if k != "env"}
         for r in rows
         if r["metric"] not in TIMED and not r["job"].startswith("latency/")
     }
@@ -83,7 +83,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def serial_dir(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("serial")
-    stats = Bench(tiny_preset(), out, backends=BACKENDS).run(progress=False)
+    stats = Bench(tiny_preset(), out, runners=RUNNERS).run(progress=False)
     assert stats.failed == []
     return out
 
@@ -105,7 +105,7 @@ class KillOnce:
 def test_ray_run_gives_the_serial_rows_and_resumes(ray_cluster, serial_dir, tmp_path):
     out = tmp_path / "ray"
     lines: list[str] = []
-    bench = Bench(tiny_preset(), out, backends=BACKENDS, log=lines.append, executor=RayExecutor())
+    bench = Bench(tiny_preset(), out, runners=RUNNERS, log=lines.append, executor=RayExecutor())
     stats = bench.run(progress=False)
     assert stats.failed == [] and stats.ran == stats.planned and stats.fits > 0
     _, jobs = RowStore.read_all(out)
@@ -117,7 +117,7 @@ def test_ray_run_gives_the_serial_rows_and_resumes(ray_cluster, serial_dir, tmp_
     assert list(out.glob("environment-ray-*.json")) and (out / "report.md").is_file()
     assert len(lines) == stats.ran and lines[-1].startswith(f"[{stats.ran}/{stats.ran}] done")
     before = (out / "rows-0-1.jsonl").read_text()
-    again = Bench(tiny_preset(), out, backends=BACKENDS, executor=RayExecutor()).run(progress=False)
+    again = Bench(tiny_preset(), out, runners=RUNNERS, executor=RayExecutor()).run(progress=False)
     assert again.ran == 0 and again.skipped == stats.planned
     assert (out / "rows-0-1.jsonl").read_text() == before
 
@@ -127,7 +127,7 @@ def test_killed_worker_is_retried_and_a_needed_find_runs_first(ray_cluster, seri
     marker = tmp_path / "killed"
     wanted = {key, "quality/dd-k16/astronaut"}
     executor = RayExecutor(job_runner=KillOnce(key, marker), max_retries=2)
-    bench = Bench(tiny_preset(), tmp_path / "out", backends=BACKENDS, executor=executor)
+    bench = Bench(tiny_preset(), tmp_path / "out", runners=RUNNERS, executor=executor)
     stats = bench.run(progress=False, only=lambda j: j.key in wanted)
     assert marker.exists(), "the worker was not killed"
     assert stats.failed == [] and stats.ran == 2
@@ -141,7 +141,7 @@ def test_a_failing_job_is_reported_once_and_the_others_finish(ray_cluster, tmp_p
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a ticket")
     wanted = {"quality/ticket-broken/astronaut", "quality/dd-k16/astronaut", "quality/dense/astronaut"}
-    bench = Bench(tiny_preset(), tmp_path / "out", tickets=(str(bad),), backends=BACKENDS, executor=RayExecutor())
+    bench = Bench(tiny_preset(), tmp_path / "out", tickets=(str(bad),), runners=RUNNERS, executor=RayExecutor())
     stats = bench.run(progress=False, only=lambda j: j.key in wanted)
     assert len(stats.failed) == 1 and stats.failed[0].startswith("quality/ticket-broken/astronaut: "), stats.failed
     assert f"InputError: {bad}: " in stats.failed[0]  # the user's file named, not the worker's copy

@@ -153,15 +153,15 @@ def test_a_process_first_latency_timing_is_made_twice_and_the_first_thrown_away(
     timings = iter([97.0, 75.0, 76.0])
     calls = []
 
-    def fake_measure(t, backend, *args):
-        calls.append(backend)
+    def fake_measure(t, runner, *args):
+        calls.append(runner)
         return {"forward_ms": next(timings)}
 
     arch = SimpleNamespace(stride=32)
     preset = SimpleNamespace(images=("a",), latency_warmup=1, latency_repeats=1)
     ticket = SimpleNamespace(arch=arch)
     ws = SimpleNamespace(preset=preset, out=Path("."), size=lambda: (128, 128), method_ticket=lambda m, img: ticket)
-    job = SimpleNamespace(method=SimpleNamespace(name="dense"), backend="torch-cpu")
+    job = SimpleNamespace(method=SimpleNamespace(name="dense"), runner="torch-cpu")
     monkeypatch.setattr(M, "measure", fake_measure)
     monkeypatch.setattr(M, "method_fields", lambda m, t: {})
     monkeypatch.setattr(M, "row", lambda ws, m, image, metric, value, unit, **kw: {"metric": metric, "value": value})
@@ -177,7 +177,7 @@ def test_latency_spread_and_ci_has_no_verdict():
     stats = timed_ms(lambda: sum(range(1000)), warmup=1, repeats=5)
     assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
     rows = [
-        {"method": "dense", "backend": "torch-cpu", "metric": "forward_ms", "value": 10.0, "image": "-",
+        {"method": "dense", "runner": "torch-cpu", "metric": "forward_ms", "value": 10.0, "image": "-",
          "loaded": True},
     ]  # fmt: skip
     table = "\n".join(resource_table(rows))

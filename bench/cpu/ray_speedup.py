@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()
             t0 = time.perf_counter()
-            bench = Bench(preset, Path(tmp), backends=["torch-cpu"], executor=RayExecutor(local_cpus=workers))
+            bench = Bench(preset, Path(tmp), runners=["torch-cpu"], executor=RayExecutor(local_cpus=workers))
             stats = bench.run(progress=False, only=lambda job: any(fnmatchcase(job.key, p) for p in PATTERNS))
             wall = time.perf_counter() - t0
             rows, _ = RowStore.read_all(Path(tmp))

@@ -6,7 +6,7 @@ must cost one job, not the run. The parts:
 
 - :mod:`.presets`: every setting of a run (``ci``, ``cpu``, ``paper``);
 - :mod:`.jobs`: the methods compared and the ordered, shardable job plan;
-- :mod:`.backends`: the latency runners (runtime, device, conv backend), in one table;
+- :mod:`.runners`: the latency runners (runtime, device, conv backend), in one table;
 - :mod:`.workspace`: images and every method's network (tickets found on demand);
 - :mod:`.engine`: the fitting engine as the benchmark uses it (fits, IMP, deep decoders);
 - :mod:`.measure`: the rows of each job kind; :mod:`.latency` and :mod:`.memprobe` take the measurements;
@@ -16,10 +16,10 @@ must cost one job, not the run. The parts:
 """
 
 from ..rows import RowStore
-from .backends import LATENCY_RUNNERS, LatencyRunner, available_backends
 from .jobs import Job, Method, methods_for, parse_shard, plan, shard_jobs
 from .presets import PRESETS, Preset, get_preset, rounds_for
 from .runner import Bench, RunStats, run_environment
+from .runners import LATENCY_RUNNERS, LatencyRunner, available_runners
 
 __all__ = [
     "LATENCY_RUNNERS",
@@ -31,7 +31,7 @@ __all__ = [
     "Preset",
     "RowStore",
     "RunStats",
-    "available_backends",
+    "available_runners",
     "get_preset",
     "methods_for",
     "parse_shard",

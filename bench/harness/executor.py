@@ -34,11 +34,11 @@ from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_write_bytes, atomic_write_text
 
 from ..rows import RowStore
-from .backends import LATENCY_RUNNERS
 from .execution import Executor
 from .gan import GanBench, GanPreset
 from .jobs import Job
 from .runner import Bench, RunStats, job_line, run_environment
+from .runners import LATENCY_RUNNERS
 
 EXECUTORS = ("serial", "ray")
 
@@ -236,7 +236,7 @@ def _find_job(bench: Bench, key: str) -> Job:
 def _uses_cuda(job: Job, cluster_has_gpu: bool) -> bool:
     """A latency job on a CUDA runner; a memory job on a cluster with GPUs (it probes the CUDA peak where it can)."""
     if job.kind == "latency":
-        spec = LATENCY_RUNNERS.get(job.backend or "")
+        spec = LATENCY_RUNNERS.get(job.runner or "")
         return spec is not None and spec.device == "cuda"
     return job.kind == "memory" and cluster_has_gpu
 
@@ -349,7 +349,7 @@ def run_job_on_worker(
         if isinstance(preset, GanPreset):
             bench: Bench = GanBench(preset, out)
         else:
-            bench = Bench(preset, out, backends=[job.backend] if job.backend else [])
+            bench = Bench(preset, out, runners=[job.runner] if job.runner else [])
         bench.env = env = _worker_environment(preset)
         bench.prepare()
         fits0 = engine.COUNTERS["fits"]

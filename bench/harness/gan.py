@@ -160,7 +160,7 @@ def gan_plan(preset: GanPreset) -> list[Job]:
                 jobs.append(Job(task_key(task, m), "gan-quality", image=task.name, find=m))
     for m in preset.latency_methods:
         if m in preset.methods():
-            jobs += [Job(f"gan-latency/{m}/{r}", "gan-latency", backend=r, find=m) for r in RUNNERS]
+            jobs += [Job(f"gan-latency/{m}/{r}", "gan-latency", runner=r, find=m) for r in RUNNERS]
     return jobs
 
 
@@ -180,20 +180,20 @@ class GanBench(Bench):
         out: str | Path,
         shard: tuple[int, int] = (0, 1),
         tickets: tuple[str, ...] = (),
-        backends: list[str] | None = None,
+        runners: list[str] | None = None,
         log: Callable[[str], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
-        """:class:`Bench`'s signature (an executor's worker builds either); ``tickets`` and ``backends`` (the DIP
+        """:class:`Bench`'s signature (an executor's worker builds either); ``tickets`` and ``runners`` (the DIP
         presets' user tickets and latency runners) have no meaning here and must be empty."""
-        if tickets or backends:
-            raise InputError(None, "the gan preset takes no --ticket and no latency backends")
+        if tickets or runners:
+            raise InputError(None, "the gan preset takes no --ticket and no latency runners")
         self.preset = preset  # type: ignore[assignment]
         self.executor = executor
         self.out = Path(out)
         self.shard = shard
         self.tickets = ()
-        self.backends = []
+        self.runners = []
         self.store = RowStore(self.out, shard)
         self.env = run_environment(preset, shard)  # type: ignore[arg-type]
         self.log = log or (lambda msg: None)
@@ -226,7 +226,7 @@ class GanBench(Bench):
         elif job.kind == "gan-quality":
             rows = [gan_measure.quality_row(self, job.find, _task(self.preset, job.image))]
         elif job.kind == "gan-latency":
-            rows = [gan_measure.latency_row(self, job.find, job.backend)]
+            rows = [gan_measure.latency_row(self, job.find, job.runner)]
         else:
             raise ValueError(job.kind)
         self.store.append(job.key, job.kind, rows, time.perf_counter() - t0, self.env["env_id"])

@@ -16,8 +16,8 @@ from pathlib import Path
 from lipdeploy.errors import InputError
 
 from ..rows import slug
-from .backends import LATENCY_RUNNERS, available_backends
 from .presets import FIND_KINDS, Preset, pct, round_sparsity
+from .runners import LATENCY_RUNNERS, available_runners
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Job:
     kind: str  # find | quality | transfer | latency | memory
     method: Method | None = None
     image: str | None = None
-    backend: str | None = None  # latency runner (lipdeploy.bench.harness.backends)
+    runner: str | None = None  # latency runner (lipdeploy.bench.harness.runners)
     find: str | None = None  # find kind for find jobs (FIND_KINDS key, with "@task" in multi-task presets)
     seed: int | None = None  # fit seed of a quality / transfer job (None = the preset's ``seed``)
 
@@ -154,16 +154,16 @@ def transfer_methods(preset: Preset) -> list[Method]:
     return ms
 
 
-def _sparse_only(backend: str) -> bool:
-    spec = LATENCY_RUNNERS.get(backend)
+def _sparse_only(runner: str) -> bool:
+    spec = LATENCY_RUNNERS.get(runner)
     return spec is not None and spec.sparse_only
 
 
-def plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str] | None = None) -> list[Job]:
+def plan(preset: Preset, tickets: tuple[str, ...] = (), runners: list[str] | None = None) -> list[Job]:
     """The full, ordered job list: :func:`base_plan` with every fit repeated per seed of the preset (each replica
     right after its job, keyed ``<job>/seed<s>``; the preset's own seed keeps the key without it, so folders
     measured before seeds existed resume), kept to the preset's ``keep_jobs`` globs in their order."""
-    jobs = with_seeds(preset, base_plan(preset, tickets, backends))
+    jobs = with_seeds(preset, base_plan(preset, tickets, runners))
     if not preset.keep_jobs:
         return jobs
     kept: list[Job] = []
@@ -192,14 +192,14 @@ def with_seeds(preset: Preset, jobs: list[Job]) -> list[Job]:
     return out
 
 
-def base_plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str] | None = None) -> list[Job]:
+def base_plan(preset: Preset, tickets: tuple[str, ...] = (), runners: list[str] | None = None) -> list[Job]:
     """The ordered job list of one seed. Order = priority for a run that may be cut short: the first image's core
     comparison (dense and deep decoders first, as they need no ticket; then its IMP, LIP, random, matched deep
     decoders) and the latency/memory jobs come first, then the other images, transfer, structured tickets, user
     tickets."""
-    backends = backends if backends is not None else available_backends()
+    runners = runners if runners is not None else available_runners()
     if preset.multi_task:
-        return _plan_tasks(preset, tickets, backends)
+        return _plan_tasks(preset, tickets, runners)
     methods = methods_for(preset, tickets)
     core = [m for m in methods if m.family in ("dense", "dd", "lip", "random", "dd-matched")]
     structured = [m for m in methods if m.family in ("lip-kernel", "lip-channel")]
@@ -218,10 +218,10 @@ def base_plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str]
             if preset.latency_methods is not None and m.name not in preset.latency_methods:
                 continue
             jobs.append(Job(f"memory/{m.name}", "memory", m))
-            for b in backends:
+            for b in runners:
                 if _sparse_only(b) and m.family in ("dense", "dd", "dip-narrow"):
                     continue  # nothing sparse to run
-                jobs.append(Job(f"latency/{m.name}/{b}", "latency", m, backend=b))
+                jobs.append(Job(f"latency/{m.name}/{b}", "latency", m, runner=b))
 
     first, rest = preset.images[0], preset.images[1:]
     free = [m for m in core if m.family in ("dense", "dd")]  # need no ticket: results before the first IMP ends
@@ -263,7 +263,7 @@ def base_plan(preset: Preset, tickets: tuple[str, ...] = (), backends: list[str]
     return jobs
 
 
-def _plan_tasks(preset: Preset, tickets: tuple[str, ...], backends: list[str]) -> list[Job]:
+def _plan_tasks(preset: Preset, tickets: tuple[str, ...], runners: list[str]) -> list[Job]:
     """The plan of a multi-task preset: per image (the first image first, so a partial run has every task's curve on
     it), per task, the ticket-free fits, the LIP and random chains, then their fits, then the structured frontier's
     chains and fits (if the preset has one); latency and memory of the first
@@ -301,9 +301,9 @@ def _plan_tasks(preset: Preset, tickets: tuple[str, ...], backends: list[str]) -
             continue
         if m.family in ("dense", "dd", "lip", "random", "dd-matched"):
             add(Job(f"memory/{m.name}", "memory", m))
-            for b in backends:
+            for b in runners:
                 if not (_sparse_only(b) and m.family in ("dense", "dd")):
-                    add(Job(f"latency/{m.name}/{b}", "latency", m, backend=b))
+                    add(Job(f"latency/{m.name}/{b}", "latency", m, runner=b))
     for m in methods:
         if m.family == "transfer-task":
             for img in preset.images:

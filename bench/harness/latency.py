@@ -1,6 +1,6 @@
 """Latency per latency runner (forward and one Adam fitting step) and stored sizes (dense and sparse ONNX files).
 
-The runners are named in :data:`lipdeploy.bench.harness.backends.LATENCY_RUNNERS`; how each one runs:
+The runners are named in :data:`lipdeploy.bench.harness.runners.LATENCY_RUNNERS`; how each one runs:
 
 - ``torch-cpu``: the masked network as a user fits it (dense convolutions; pruned weights are zeros);
 - ``torch-cpu-compact``: :func:`lipdeploy.compaction.compact` (dead channels removed; exact), forward only;
@@ -29,7 +29,7 @@ from lipdeploy.networks import make_input
 from lipdeploy.ticket import Ticket
 
 from ..timing import device_ms
-from .backends import runner
+from .runners import runner
 
 
 def timed_ms(fn, warmup: int, repeats: int) -> dict[str, float]:
@@ -77,11 +77,11 @@ def _fwd_fn(model: torch.nn.Module, x: torch.Tensor):
 
 
 def measure(
-    t: Ticket, backend: str, h: int, w: int, warmup: int, repeats: int, onnx_dir: Path, name: str
+    t: Ticket, runner_name: str, h: int, w: int, warmup: int, repeats: int, onnx_dir: Path, name: str
 ) -> dict[str, Any]:
-    """{"forward_ms": ..., "step_ms": ...} (medians) for ``t`` on latency runner ``backend`` at an ``h`` x ``w``
+    """{"forward_ms": ..., "step_ms": ...} (medians) for ``t`` on latency runner ``runner_name`` at an ``h`` x ``w``
     output (no ``step_ms`` for runners that time the forward pass only)."""
-    run = runner(backend)
+    run = runner(runner_name)
     x = make_input(t.arch, h, w)
     target = torch.rand((1, 3, h, w), generator=torch.Generator().manual_seed(0))
     if run.device == "cuda":

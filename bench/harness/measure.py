@@ -112,7 +112,7 @@ _burned_in = False  # has this process timed a model yet (latency_rows)
 
 def latency_rows(ws: Workspace, job: Job) -> list[dict[str, Any]]:
     """Median forward (and fitting-step) ms of the method on the job's latency runner, at the first image's size."""
-    m, backend = job.method, job.backend
+    m, runner = job.method, job.runner
     t = ws.method_ticket(m, ws.preset.images[0])
     h, w = ws.size()
     if h % t.arch.stride or w % t.arch.stride:
@@ -125,9 +125,9 @@ def latency_rows(ws: Workspace, job: Job) -> list[dict[str, Any]]:
         # paper network (PyTorch CPU, 1 thread, 128 px) timed 83-97 ms first and 75 ms when timed again in the same
         # process (2026-11-27; 2.5 s of warm-up calls did not help, a second measurement did). So a process's first
         # timing is made twice and the first one thrown away.
-        measure(t, backend, h, w, p.latency_warmup, p.latency_repeats, ws.out / "onnx", m.name)
+        measure(t, runner, h, w, p.latency_warmup, p.latency_repeats, ws.out / "onnx", m.name)
         _burned_in = True
-    res = measure(t, backend, h, w, p.latency_warmup, p.latency_repeats, ws.out / "onnx", m.name)
+    res = measure(t, runner, h, w, p.latency_warmup, p.latency_repeats, ws.out / "onnx", m.name)
     rows = []
     load = _load()
     cores = os.cpu_count() or 1
@@ -139,11 +139,11 @@ def latency_rows(ws: Workspace, job: Job) -> list[dict[str, Any]]:
         # a row timed while more processes wanted the CPU than it has cores is flagged: its median is suspect
         loaded = load is not None and load > cores
         rows.append(
-            row(ws, m, "-", metric, value, "ms", backend=backend, size=f"{w}x{h}", loadavg=load, loaded=loaded,
+            row(ws, m, "-", metric, value, "ms", runner=runner, size=f"{w}x{h}", loadavg=load, loaded=loaded,
                 **extra, **f)
         )  # fmt: skip
     if res.get("_note"):
-        rows.append(row(ws, m, "-", "note", res["_note"], "", backend=backend, **f))
+        rows.append(row(ws, m, "-", "note", res["_note"], "", runner=runner, **f))
     return rows
 
 
@@ -176,12 +176,12 @@ def memory_rows(ws: Workspace, job: Job) -> list[dict[str, Any]]:
             got = probe(path, h, w, device, torch.get_num_threads())
             if device == "cpu":
                 step = got["peak_rss_bytes"] - got["baseline_rss_bytes"]
-                rows.append(row(ws, m, "-", "peak_rss_step_bytes", step, "B", backend="torch-cpu", size=size, **f))
+                rows.append(row(ws, m, "-", "peak_rss_step_bytes", step, "B", runner="torch-cpu", size=size, **f))
                 total = got["peak_rss_bytes"]
-                rows.append(row(ws, m, "-", "peak_rss_total_bytes", total, "B", backend="torch-cpu", size=size, **f))
+                rows.append(row(ws, m, "-", "peak_rss_total_bytes", total, "B", runner="torch-cpu", size=size, **f))
             else:
                 peak = got["cuda_peak_bytes"]
-                rows.append(row(ws, m, "-", "cuda_peak_step_bytes", peak, "B", backend="torch-cuda", size=size, **f))
+                rows.append(row(ws, m, "-", "cuda_peak_step_bytes", peak, "B", runner="torch-cuda", size=size, **f))
     return rows
 
 

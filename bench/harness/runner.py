@@ -29,10 +29,10 @@ from lipdeploy.tasks import Task, make_task
 from ..report import build_report
 from ..rows import RowStore
 from . import engine, measure
-from .backends import available_backends
 from .execution import Executor
 from .jobs import Job, plan, shard_jobs
 from .presets import Preset
+from .runners import available_runners
 from .workspace import Workspace
 
 
@@ -63,8 +63,8 @@ class RunStats:
 class Bench:
     """One benchmark run (or shard of one) into ``out``.
 
-    ``backends``: the latency runners to time (default: every one this machine has, see
-    :func:`lipdeploy.bench.harness.backends.available_backends`); ``tickets``: user ticket files compared as methods.
+    ``runners``: the latency runners to time (default: every one this machine has, see
+    :func:`lipdeploy.bench.harness.runners.available_runners`); ``tickets``: user ticket files compared as methods.
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class Bench:
         out: str | Path,
         shard: tuple[int, int] = (0, 1),
         tickets: tuple[str, ...] = (),
-        backends: list[str] | None = None,
+        runners: list[str] | None = None,
         log: Callable[[str], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
@@ -82,7 +82,7 @@ class Bench:
         self.out = Path(out)
         self.shard = shard
         self.tickets = tuple(tickets)
-        self.backends = backends if backends is not None else available_backends()
+        self.runners = runners if runners is not None else available_runners()
         self.task: Task = make_task(preset.task)
         self.store = RowStore(self.out, shard)
         self.env = run_environment(preset, shard)
@@ -107,7 +107,7 @@ class Bench:
 
     def jobs(self) -> list[Job]:
         """Every job of the run (all shards), in plan order."""
-        return plan(self.preset, self.tickets, self.backends)
+        return plan(self.preset, self.tickets, self.runners)
 
     def run(
         self,

@@ -1,6 +1,6 @@
 """The harness's latency runners, named in one table: each is a runtime on a device running a conv backend.
 
-A latency row's ``backend`` field is a runner's name (``torch-cpu``, ``triton-cuda`` ...): a *runtime + device*
+A latency row's ``runner`` field is a runner's name (``torch-cpu``, ``triton-cuda`` ...): a *runtime + device*
 pair, because the same conv backend times differently under PyTorch and ONNX Runtime, or on CPU and GPU. What runs
 each convolution is the runner's ``conv_backend``, named in the vocabulary of :mod:`lipdeploy.backends`
 (``dense``: a dense convolution, pruned weights stored as zeros or removed by compaction; ``triton-csr``: the Triton
@@ -69,9 +69,9 @@ def runner(name: str) -> LatencyRunner:
     try:
         return LATENCY_RUNNERS[name]
     except KeyError:
-        raise ValueError(f"unknown latency backend {name!r} (known: {', '.join(LATENCY_RUNNERS)})") from None
+        raise ValueError(f"unknown latency runner {name!r} (known: {', '.join(LATENCY_RUNNERS)})") from None
 
 
-def available_backends() -> list[str]:
+def available_runners() -> list[str]:
     """Names of the latency runners this machine can run, in table order."""
     return [r.name for r in LATENCY_RUNNERS.values() if r.available()]

@@ -102,7 +102,7 @@ class Workspace:
         """IMP rounds a find of ``kind`` runs: the most any planned fit needs (a preset with ``keep_jobs`` plans
         fewer fits, so its chains stop where its last kept ticket is)."""
         need = [0]
-        for job in plan(self.preset, backends=[]):
+        for job in plan(self.preset, runners=[]):
             m = job.method
             if m is None or m.rounds is None or job.kind not in ("quality", "transfer", "latency", "memory"):
                 continue
