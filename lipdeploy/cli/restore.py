@@ -9,7 +9,9 @@ import datetime as _dt
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -18,6 +20,7 @@ from ..environment import environment
 from ..errors import InputError
 from ..fileio import atomic_output_set, check_output_path, dumps_record
 from ..fit import FitConfig, fit, simulate
+from ..fit_result import FitResult
 from ..images import (
     centre_crop,
     check_min_side,
@@ -31,7 +34,8 @@ from ..images import (
 from ..latent_fit import LatentFitConfig
 from ..limits import check_work
 from ..priors import PriorSpec
-from ..tasks import Task
+from ..tasks import Observation, Task
+from ..ticket import Ticket
 from .generator_options import GeneratorSource, SensingSpec, generator_options, sensing_options
 from .options import (
     SEED,
@@ -143,118 +147,250 @@ def restore_command(
         )  # fmt: skip
     iters = FitConfig.iters if iters is None else iters
     log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
-    out_png = check_output_path(output, force)
-    out_json = check_output_path(output.with_suffix(".json"), force)
-    out_obs = check_output_path(output.with_suffix(".observation.png"), force) if simulate else None
-    _check_distinct(out_png, out_json, out_obs)
+    paths = output_paths(output, simulate, force)
     if simulate and gt is not None:
         raise InputError(None, "--simulate uses IMAGE as the ground truth; do not also give --gt")
+    inputs = prepare_inputs(image, gt, task_spec, prior, seed, simulate, crop, resize, log)
+    config = FitConfig(
+        iters=iters, lr=lr, input_noise_std=input_noise_std, ema=ema, ema_mode=ema_mode, seed=seed, device=device,
+        backend=backend,
+    )  # fmt: skip
+    result = run_fit(inputs, config, quiet, as_json, log)
+    record = restore_record(image, gt, simulate, prior, paths, inputs, config, result)
+    write_outputs(paths, result, inputs.observation, record, force)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    print_result(result, paths, with_gt=inputs.gt is not None)
 
-    task_name = task_spec.name
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files a restoration writes: the PNG, its record, and with ``--simulate`` the observation it was fitted to."""
+
+    png: Path
+    record: Path
+    observation: Path | None
+
+    def output_set(self) -> list[Path]:
+        """The files in the order they are written as one set: the images, then the record naming the PNG."""
+        return [self.png] + ([self.observation] if self.observation is not None else []) + [self.record]
+
+
+@dataclass
+class LoadedImages:
+    """IMAGE, its ``--mask`` and its ``--gt``, kept on one window while they are cropped and resized together."""
+
+    observed: torch.Tensor
+    mask: torch.Tensor | None
+    gt: torch.Tensor | None
+    gt_factor: int  # the ground truth's side over the observation's: the factor for sr, else 1
+
+
+@dataclass
+class FitInputs:
+    """What the fit runs on (the prior, the task, the observation, the ground truth) and how IMAGE became it."""
+
+    ticket: Ticket
+    prior_label: str
+    task_name: str
+    task: Task
+    observation: Observation
+    gt: torch.Tensor | None
+    original_size: list[int]  # [width, height] of IMAGE as read
+    fitted_size: list[int]  # [width, height] of IMAGE once cropped to the network's multiple
+    crop_msg: str | None
+    shrink_msg: str | None
+
+
+def output_paths(output: Path, simulate: bool, force: bool) -> OutputPaths:
+    """The outputs of ``-o OUT``, each checked writable (and absent without ``--force``) and distinct."""
+    png = check_output_path(output, force)
+    record = check_output_path(output.with_suffix(".json"), force)
+    observation = check_output_path(output.with_suffix(".observation.png"), force) if simulate else None
+    _check_distinct(png, record, observation)
+    return OutputPaths(png, record, observation)
+
+
+def prepare_inputs(
+    image: str,
+    gt: str | None,
+    task_spec: TaskSpec,
+    prior: PriorSpec,
+    seed: int,
+    simulate: bool,
+    crop: str | None,
+    resize: str | None,
+    log: Reporter,
+) -> FitInputs:
+    """The prior and IMAGE as the fit needs them: loaded, shrunk by ``--crop`` / ``--resize``, observed (or degraded
+    with ``--simulate``) and checked to fit the network and the memory; the notices go to ``log``."""
     ticket, prior_label = make_prior(prior, seed)
     stride = ticket.arch.stride
+    images = load_images(image, gt, task_spec)
+    original_size = [images.observed.shape[3], images.observed.shape[2]]
+    shrink_msg = None
+    if crop or resize:
+        images, shrink_msg = shrink_images(image, images, crop, resize)
+        if shrink_msg:
+            log(shrink_msg)
+    task = task_spec.build(images.mask)
+    if task_spec.name == "inpaint" and images.mask is None and not simulate:
+        raise InputError(image, "inpainting an observation needs --mask (white = known pixels); or use --simulate")
+    if simulate:
+        task, img_c, observation, crop_msg = simulated_observation(image, task_spec, task, images, stride, seed)
+        gt_img = img_c
+    else:
+        img_c, observation, gt_img, crop_msg = given_observation(image, task_spec, task, images, stride)
+    check_min_side(image, img_c.shape[2], img_c.shape[3], _min_obs_side(ticket.arch.min_side, img_c, observation))
+    check_work(ticket.arch, *observation.out_size, training=True, what="this fit")
+    if crop_msg:
+        log(crop_msg)
+    return FitInputs(
+        ticket=ticket,
+        prior_label=prior_label,
+        task_name=task_spec.name,
+        task=task,
+        observation=observation,
+        gt=gt_img,
+        original_size=original_size,
+        fitted_size=[img_c.shape[3], img_c.shape[2]],
+        crop_msg=crop_msg,
+        shrink_msg=shrink_msg,
+    )
+
+
+def load_images(image: str, gt: str | None, task_spec: TaskSpec) -> LoadedImages:
+    """IMAGE, the task's mask and the ground truth, the latter checked to match the observation's size (times the
+    factor for super-resolution)."""
     img = load_image(image)
     mask = task_spec.load_mask(like=img)
     gt_full = load_image(gt) if gt is not None else None
-    f_gt = int(task_spec.factor) if task_name == "sr" else 1
+    f_gt = int(task_spec.factor) if task_spec.name == "sr" else 1
     if gt_full is not None and tuple(gt_full.shape[2:]) != (img.shape[2] * f_gt, img.shape[3] * f_gt):
         raise InputError(
             gt,
             f"ground truth is {gt_full.shape[3]}x{gt_full.shape[2]}, "
             f"the observation needs {img.shape[3] * f_gt}x{img.shape[2] * f_gt}",
         )
-    shrink_msg = None
-    original_size = [img.shape[3], img.shape[2]]
-    if crop or resize:
-        cropped, box, shrink_msg = shrink_image(image, img, crop, None)
-        if box is not None:  # the same window of the mask, and of the ground truth (f times larger for sr)
-            h, w = cropped.shape[2], cropped.shape[3]
-            if mask is not None:
-                mask, _ = centre_crop(mask, h, w)
-            if gt_full is not None:
-                gt_full = gt_full[:, :, box[0] * f_gt : (box[0] + h) * f_gt, box[1] * f_gt : (box[1] + w) * f_gt]
-        img, _, resize_msg = shrink_image(image, cropped, None, resize)
-        shrink_msg = "; ".join(m for m in (shrink_msg, resize_msg) if m) or None
-        h, w = img.shape[2], img.shape[3]
-        if mask is not None and tuple(mask.shape[2:]) != (h, w):
-            mask = (resize_image(mask.expand(-1, 3, -1, -1), h, w)[:, :1] > 0.5).float()
-        if gt_full is not None and tuple(gt_full.shape[2:]) != (h * f_gt, w * f_gt):
-            gt_full = resize_image(gt_full, h * f_gt, w * f_gt)
-        if shrink_msg:
-            log(shrink_msg)
-    task = task_spec.build(mask)
-    if task_name == "inpaint" and mask is None and not simulate:
-        raise InputError(image, "inpainting an observation needs --mask (white = known pixels); or use --simulate")
+    return LoadedImages(img, mask, gt_full, f_gt)
 
-    crop_msg = None
-    gt_img = None
-    if simulate:
-        img_c, crop_msg = crop_to_multiple(img, task.clean_multiple(stride))
-        check_image_size(image, img_c, stride)
+
+def shrink_images(
+    image: str, images: LoadedImages, crop: str | None, resize: str | None
+) -> tuple[LoadedImages, str | None]:
+    """``--crop`` then ``--resize`` applied to IMAGE, and the same window of its mask and ground truth (``f`` times
+    larger for super-resolution); the message says what changed (None when nothing did)."""
+    mask, gt_full, f_gt = images.mask, images.gt, images.gt_factor
+    cropped, box, shrink_msg = shrink_image(image, images.observed, crop, None)
+    if box is not None:
+        h, w = cropped.shape[2], cropped.shape[3]
         if mask is not None:
-            mask_c, _ = crop_to_multiple(mask, task.clean_multiple(stride))
-            task = task_spec.build(mask_c)
-        observation = simulate_obs(task, img_c, seed)
-        gt_img = img_c
-    else:
-        mult = task.obs_multiple(stride)
-        top, left, nh, nw = crop_offsets(img.shape[2], img.shape[3], mult)
-        img_c, crop_msg = crop_to_multiple(img, mult)
-        check_image_size(image, img_c, stride if task_name != "sr" else mult)
-        observation = task.observe(img_c, None if mask is None else mask[:, :, top : top + nh, left : left + nw])
-        if gt_full is not None:  # checked against the observation's size above
-            f = f_gt
-            gt_img = gt_full[:, :, top * f : (top + nh) * f, left * f : (left + nw) * f].contiguous()
-    check_min_side(image, img_c.shape[2], img_c.shape[3], _min_obs_side(ticket.arch.min_side, img_c, observation))
-    check_work(ticket.arch, *observation.out_size, training=True, what="this fit")
-    if crop_msg:
-        log(crop_msg)
+            mask, _ = centre_crop(mask, h, w)
+        if gt_full is not None:
+            gt_full = gt_full[:, :, box[0] * f_gt : (box[0] + h) * f_gt, box[1] * f_gt : (box[1] + w) * f_gt]
+    img, _, resize_msg = shrink_image(image, cropped, None, resize)
+    shrink_msg = "; ".join(m for m in (shrink_msg, resize_msg) if m) or None
+    h, w = img.shape[2], img.shape[3]
+    if mask is not None and tuple(mask.shape[2:]) != (h, w):
+        mask = (resize_image(mask.expand(-1, 3, -1, -1), h, w)[:, :1] > 0.5).float()
+    if gt_full is not None and tuple(gt_full.shape[2:]) != (h * f_gt, w * f_gt):
+        gt_full = resize_image(gt_full, h * f_gt, w * f_gt)
+    return LoadedImages(img, mask, gt_full, f_gt), shrink_msg
 
-    config = FitConfig(
-        iters=iters,
-        lr=lr,
-        input_noise_std=input_noise_std,
-        ema=ema,
-        ema_mode=ema_mode,
-        seed=seed,
-        device=device,
-        backend=backend,
-    )
+
+def simulated_observation(
+    image: str, task_spec: TaskSpec, task: Task, images: LoadedImages, stride: int, seed: int
+) -> tuple[Task, torch.Tensor, Observation, str | None]:
+    """``--simulate``: IMAGE (the clean image) cropped to the task's multiple and degraded by the task, seeded; the
+    task (rebuilt on the cropped mask), the cropped image (the ground truth), the observation, the crop's message."""
+    img_c, crop_msg = crop_to_multiple(images.observed, task.clean_multiple(stride))
+    check_image_size(image, img_c, stride)
+    if images.mask is not None:
+        mask_c, _ = crop_to_multiple(images.mask, task.clean_multiple(stride))
+        task = task_spec.build(mask_c)
+    return task, img_c, simulate_obs(task, img_c, seed), crop_msg
+
+
+def given_observation(
+    image: str, task_spec: TaskSpec, task: Task, images: LoadedImages, stride: int
+) -> tuple[torch.Tensor, Observation, torch.Tensor | None, str | None]:
+    """IMAGE as the observation, cropped to the task's multiple (its mask and ground truth on the same window): the
+    cropped image, the observation, the ground truth (None without ``--gt``), the crop's message."""
+    img, mask = images.observed, images.mask
+    mult = task.obs_multiple(stride)
+    top, left, nh, nw = crop_offsets(img.shape[2], img.shape[3], mult)
+    img_c, crop_msg = crop_to_multiple(img, mult)
+    check_image_size(image, img_c, stride if task_spec.name != "sr" else mult)
+    observation = task.observe(img_c, None if mask is None else mask[:, :, top : top + nh, left : left + nw])
+    gt_img = None
+    if images.gt is not None:  # checked against the observation's size by load_images
+        f = images.gt_factor
+        gt_img = images.gt[:, :, top * f : (top + nh) * f, left * f : (left + nw) * f].contiguous()
+    return img_c, observation, gt_img, crop_msg
+
+
+def run_fit(inputs: FitInputs, config: FitConfig, quiet: bool, as_json: bool, log: Reporter) -> FitResult:
+    """Fit the prior to the observation, the expected time said first (measured on a few steps of a long fit), and
+    refuse a fit that diverged (nothing is written then)."""
     progress = not quiet and not as_json and sys.stderr.isatty()
-    out_h, out_w = observation.out_size
+    out_h, out_w = inputs.observation.out_size
     eta = ""
-    if not (quiet or as_json) and iters >= 50:  # a few measured steps; not worth it for a short test fit
-        step_s = estimate_fit(ticket, out_h, out_w, device, backend, seed)
-        eta = f"; expected {format_duration(step_s * iters)} ({1e3 * step_s:.0f} ms/step measured)"
-    log(f"{task_name}: {prior_label}, output {out_w}x{out_h}, {iters} iterations{eta}")
-    result = fit(ticket, observation, config, gt=gt_img, task=task, progress=progress, description=task_name)
+    if not (quiet or as_json) and config.iters >= 50:  # a few measured steps; not worth it for a short test fit
+        step_s = estimate_fit(inputs.ticket, out_h, out_w, config.device, config.backend, config.seed)
+        eta = f"; expected {format_duration(step_s * config.iters)} ({1e3 * step_s:.0f} ms/step measured)"
+    log(f"{inputs.task_name}: {inputs.prior_label}, output {out_w}x{out_h}, {config.iters} iterations{eta}")
+    result = fit(
+        inputs.ticket,
+        inputs.observation,
+        config,
+        gt=inputs.gt,
+        task=inputs.task,
+        progress=progress,
+        description=inputs.task_name,
+    )
     if result.initial_output_weight > 0.1:
         log(
             f"warning: {result.initial_output_weight:.0%} of the output is the untrained network's (paper average "
-            f"after {iters} iterations); --ema-mode debiased or more --iters avoid it"
+            f"after {config.iters} iterations); --ema-mode debiased or more --iters avoid it"
         )
-
     if not bool(torch.isfinite(result.output).all()):
         raise InputError(None, "the fit diverged (its output is not finite): nothing written; lower --lr")
-    record = {
+    return result
+
+
+def restore_record(
+    image: str,
+    gt: str | None,
+    simulate: bool,
+    prior: PriorSpec,
+    paths: OutputPaths,
+    inputs: FitInputs,
+    config: FitConfig,
+    result: FitResult,
+) -> dict[str, Any]:
+    """OUT.json's record: what was restored, with which prior and settings, how long it took, how well it did (the
+    PNG's hash is added when it is written)."""
+    ticket, observation = inputs.ticket, inputs.observation
+    return {
         "command": "lipdeploy restore",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "image": image_name(image),
         "ground_truth": ("IMAGE (simulated observation)" if simulate else (image_name(gt) if gt else None)),
-        "output": out_png.name,
-        "observation_image": out_obs.name if out_obs else None,
-        "task": {"name": task_name, **observation.params},
+        "output": paths.png.name,
+        "observation_image": paths.observation.name if paths.observation else None,
+        "task": {"name": inputs.task_name, **observation.params},
         "prior": {
-            "label": prior_label,
+            "label": inputs.prior_label,
             "ticket": str(prior.ticket) if prior.ticket else None,
             "arch": ticket.arch.to_dict(),
             "density": round(ticket.density, 6),
             "kept_weights": ticket.kept_count,
             "prunable_weights": ticket.prunable_count,
         },
-        "image_size": {"original": original_size, "cropped_observation": [img_c.shape[3], img_c.shape[2]]},
-        "crop": crop_msg,
-        "shrink": shrink_msg,
+        "image_size": {"original": inputs.original_size, "cropped_observation": inputs.fitted_size},
+        "crop": inputs.crop_msg,
+        "shrink": inputs.shrink_msg,
         "output_size": [observation.out_size[1], observation.out_size[0]],
         "settings": {**config.to_dict(), "input_noise_std": result.input_noise_std},
         "timing": {
@@ -263,32 +399,36 @@ def restore_command(
             "ms_per_step": round(result.step_ms, 3),
             "ms_per_step_median": round(result.step_ms_median, 3),
         },
-        "metrics": result.metrics_record() if gt_img is not None else None,
+        "metrics": result.metrics_record() if inputs.gt is not None else None,
         "history": result.history,
         "environment": environment(),
     }
-    # the PNG (and observation), then the record naming the PNG's sha256, as one output set: a reader never finds a
-    # record beside an image it does not describe
-    outputs = [out_png] + ([out_obs] if out_obs is not None else []) + [out_json]
-    with atomic_output_set(*outputs, exclusive=not force) as tmps:
+
+
+def write_outputs(
+    paths: OutputPaths, result: FitResult, observation: Observation, record: dict[str, Any], force: bool
+) -> None:
+    """The PNG (and observation), then the record naming the PNG's sha256, as one output set: a reader never finds a
+    record beside an image it does not describe. ``record`` gains the hash."""
+    with atomic_output_set(*paths.output_set(), exclusive=not force) as tmps:
         write_png(result.output, tmps[0])
-        if out_obs is not None:
+        if paths.observation is not None:
             write_png(observation.image, tmps[1])
         record["output_sha256"] = hashlib.sha256(tmps[0].read_bytes()).hexdigest()
         tmps[-1].write_text(dumps_record(record, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(record, indent=2))
-        return
 
+
+def print_result(result: FitResult, paths: OutputPaths, with_gt: bool) -> None:
+    """The summary on stdout: the time, with ground truth the best and the final PSNR/SSIM, the files written."""
     click.echo(f"restored in {result.seconds:.1f} s ({result.step_ms:.1f} ms/step, {result.backtracks} backtracks)")
-    if gt_img is not None:
+    if with_gt:
         inp = f" (observation: {result.input_psnr:.2f} dB)" if result.input_psnr is not None else ""
         click.echo(
             f"PSNR best over iterations (oracle): {result.psnr_best:.2f} dB at iteration {result.best_iter}, "
             f"SSIM {result.ssim_best:.4f}"
         )
         click.echo(f"PSNR at the final iteration: {result.psnr_final:.2f} dB, SSIM {result.ssim_final:.4f}{inp}")
-    click.echo(f"wrote {out_png} and {out_json}")
+    click.echo(f"wrote {paths.png} and {paths.record}")
 
 
 def _check_distinct(*paths: Path | None) -> None:
@@ -303,13 +443,14 @@ def _check_distinct(*paths: Path | None) -> None:
         seen[key] = p
 
 
-def _min_obs_side(net_min: int, obs_img: torch.Tensor, observation) -> int:
+def _min_obs_side(net_min: int, obs_img: torch.Tensor, observation: Observation) -> int:
     """The network's minimum side expressed on the observation (smaller than the output for super-resolution)."""
     factor = max(1, observation.out_size[0] // max(1, obs_img.shape[2]))
     return -(-net_min // factor)
 
 
-def simulate_obs(task: Task, clean: torch.Tensor, seed: int):
+def simulate_obs(task: Task, clean: torch.Tensor, seed: int) -> Observation:
+    """:func:`lipdeploy.fit.simulate`, with a task's refusal of the image as one error line."""
     try:
         return simulate(task, clean, seed)
     except ValueError as exc:
