@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -169,6 +170,130 @@ def latent_dim(generator: nn.Module) -> int:
     return first.in_features
 
 
+@dataclass
+class _LatentBatch:
+    """The latents of one fit as one batch: image k's restart j is row k * restarts + j (the zf's); mom's zg's follow
+    as rows ``rows`` to ``2 * rows``."""
+
+    z: torch.Tensor  # [count, d]: the leaf Adam moves
+    y_rows: torch.Tensor  # [count, m]: each row's measurements
+    sign: torch.Tensor  # [count, 1]: +1 descends (the zf's), -1 ascends (mom's zg's)
+    gt_rows: torch.Tensor | None  # [rows, n]: each zf row's ground truth
+    images: int
+    restarts: int
+
+    @property
+    def rows(self) -> int:
+        return self.images * self.restarts
+
+    @property
+    def count(self) -> int:
+        return self.z.shape[0]
+
+
+def _latent_batch(
+    meas: Measurements, config: LatentFitConfig, gt: torch.Tensor | None, d: int, device: torch.device
+) -> _LatentBatch:
+    """The seeded initial latents of every image and restart, with the rows' measurements and ground truth."""
+    y = meas.y.reshape(-1, meas.m).to(device)
+    images, restarts = y.shape[0], config.restarts
+    rows = images * restarts
+    mom = config.objective == "mom"
+    count = rows * (2 if mom else 1)  # mom: the zf's, then the zg's, in one batch
+    y_rows = y.repeat_interleave(restarts, dim=0).repeat(2 if mom else 1, 1)
+    gen = torch.Generator().manual_seed(config.seed)
+    z = torch.randn(count, d, generator=gen).to(device).requires_grad_()
+    gt_rows = None
+    if gt is not None:
+        gt_flat = gt.reshape(images, -1).to(device)
+        if gt_flat.shape[1] != meas.n:
+            raise InputError(
+                None, f"the ground truth has {gt_flat.shape[1]} values, the measurements describe {meas.n}"
+            )
+        gt_rows = gt_flat.repeat_interleave(restarts, dim=0)
+    sign = torch.ones(count, 1, device=device)
+    sign[rows:] = -1.0
+    return _LatentBatch(z=z, y_rows=y_rows, sign=sign, gt_rows=gt_rows, images=images, restarts=restarts)
+
+
+@contextmanager
+def _frozen(generator: nn.Module, device: torch.device) -> Iterator[None]:
+    """``generator`` on ``device`` in eval mode with its weights frozen; its mode and ``requires_grad`` flags are
+    given back after."""
+    was_training = generator.training
+    grads = [p.requires_grad for p in generator.parameters()]
+    generator.to(device).eval()
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, g in zip(generator.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        generator.train(was_training)
+
+
+def _step_losses(
+    generator: nn.Module,
+    batch: _LatentBatch,
+    meas: Measurements,
+    config: LatentFitConfig,
+    perm_gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's images ``[count, n]`` and each row's loss (the objective of the module docstring)."""
+    x = generator(batch.z).reshape(batch.count, -1)
+    r = batch.y_rows - meas.predict(x)
+    if config.objective == "mom":
+        perm = torch.randperm(r.shape[1], generator=perm_gen, device=batch.z.device)
+        return x, mom_loss(r[: batch.rows], r[batch.rows :], config.mom_batch, perm)
+    return x, r.square().mean(dim=1) + config.z_penalty * batch.z.square().sum(dim=1)
+
+
+def _descend(
+    generator: nn.Module,
+    batch: _LatentBatch,
+    meas: Measurements,
+    config: LatentFitConfig,
+    progress: bool,
+    description: str,
+    callback: Callable[[int, float], None] | None,
+    t0: float,
+) -> list[dict[str, float]]:
+    """``config.iters`` Adam steps of the latents (ascent for mom's zg's); the history logged every ``log_every``
+    steps and at the last (seconds since ``t0``, the loss of each image's best restart, with ground truth its MSE)."""
+    opt = torch.optim.Adam([batch.z], lr=config.lr)  # ascent for the zg rows: their gradient is negated below
+    perm_gen = torch.Generator(device=batch.z.device).manual_seed(config.seed + 1)
+    history: list[dict[str, float]] = []
+    bar = progress_bar(progress, description, config.iters)
+    bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
+    try:
+        if bar:
+            bar.start()
+        for i in range(config.iters):
+            x, per = _step_losses(generator, batch, meas, config, perm_gen)
+            opt.zero_grad(set_to_none=True)
+            per.sum().backward()
+            batch.z.grad.mul_(batch.sign)
+            opt.step()
+            loss = float(per.detach().view(batch.images, batch.restarts).min(dim=1).values.mean())
+            if callback is not None:
+                callback(i + 1, loss)
+            if (i + 1) % config.log_every == 0 or i == config.iters - 1:
+                entry = {"iter": i + 1, "seconds": round(time.perf_counter() - t0, 4), "loss": loss}
+                if batch.gt_rows is not None:
+                    mse = (x[: batch.rows].detach() - batch.gt_rows).square().mean(dim=1)
+                    entry["mse"] = float(mse.view(batch.images, batch.restarts).min(dim=1).values.mean())
+                history.append(entry)
+                if bar:
+                    bar.update(bar_task, completed=i + 1, stats=f"loss {loss:.5g}")
+            elif bar:
+                bar.update(bar_task, completed=i + 1)
+    finally:
+        if bar:
+            bar.stop()
+    return history
+
+
 def fit_latent(
     generator: nn.Module,
     meas: Measurements,
@@ -185,78 +310,19 @@ def fit_latent(
     image per row of ``y``) adds MSE/PSNR/SSIM. ``callback(step, loss)`` is called after every step."""
     config = config or LatentFitConfig()
     device = torch.device(config.device)
-    d = dim or latent_dim(generator)
-    y = meas.y.reshape(-1, meas.m).to(device)
-    images, restarts = y.shape[0], config.restarts
-    rows = images * restarts  # image k's restart j is row k * restarts + j
-    mom = config.objective == "mom"
-    count = rows * (2 if mom else 1)  # mom: the zf's, then the zg's, in one batch
-    y_rows = y.repeat_interleave(restarts, dim=0).repeat(2 if mom else 1, 1)
-    gen = torch.Generator().manual_seed(config.seed)
-    z = torch.randn(count, d, generator=gen).to(device).requires_grad_()
-    perm_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    batch = _latent_batch(meas, config, gt, dim or latent_dim(generator), device)
     meas_d = meas.to(device)
-    gt_rows = None
-    if gt is not None:
-        gt_flat = gt.reshape(images, -1).to(device)
-        if gt_flat.shape[1] != meas.n:
-            raise InputError(
-                None, f"the ground truth has {gt_flat.shape[1]} values, the measurements describe {meas.n}"
-            )
-        gt_rows = gt_flat.repeat_interleave(restarts, dim=0)
-    opt = torch.optim.Adam([z], lr=config.lr)  # ascent for the zg rows: their gradient is negated below
-    sign = torch.ones(count, 1, device=device)
-    sign[rows:] = -1.0
-    history: list[dict[str, float]] = []
-    bar = progress_bar(progress, description, config.iters)
-    bar_task = bar.add_task(description, total=config.iters, stats="") if bar else None
-    was_training = generator.training
-    grads = [p.requires_grad for p in generator.parameters()]
-    generator.to(device).eval()
-    for p in generator.parameters():
-        p.requires_grad_(False)
-    t0 = time.perf_counter()
-    try:
-        if bar:
-            bar.start()
-        for i in range(config.iters):
-            x = generator(z).reshape(count, -1)
-            r = y_rows - meas_d.predict(x)
-            if mom:
-                perm = torch.randperm(r.shape[1], generator=perm_gen, device=device)
-                per = mom_loss(r[:rows], r[rows:], config.mom_batch, perm)
-            else:
-                per = r.square().mean(dim=1) + config.z_penalty * z.square().sum(dim=1)
-            opt.zero_grad(set_to_none=True)
-            per.sum().backward()
-            z.grad.mul_(sign)
-            opt.step()
-            loss = float(per.detach().view(images, restarts).min(dim=1).values.mean())
-            if callback is not None:
-                callback(i + 1, loss)
-            if (i + 1) % config.log_every == 0 or i == config.iters - 1:
-                entry = {"iter": i + 1, "seconds": round(time.perf_counter() - t0, 4), "loss": loss}
-                if gt_rows is not None:
-                    mse = (x[:rows].detach() - gt_rows).square().mean(dim=1).view(images, restarts)
-                    entry["mse"] = float(mse.min(dim=1).values.mean())
-                history.append(entry)
-                if bar:
-                    bar.update(bar_task, completed=i + 1, stats=f"loss {loss:.5g}")
-            elif bar:
-                bar.update(bar_task, completed=i + 1)
+    with _frozen(generator, device):
+        t0 = time.perf_counter()
+        history = _descend(generator, batch, meas_d, config, progress, description, callback, t0)
         with torch.no_grad():
-            zf = z[:rows].detach()
+            zf = batch.z[: batch.rows].detach()
             final = generator(zf)
-            losses = measurement_loss(meas_d, final.reshape(rows, -1), config, y_rows[:rows]).view(images, restarts)
-    finally:
-        if bar:
-            bar.stop()
-        for p, g in zip(generator.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        generator.train(was_training)
+            losses = measurement_loss(meas_d, final.reshape(batch.rows, -1), config, batch.y_rows[: batch.rows])
+    losses = losses.view(batch.images, batch.restarts)
     seconds = time.perf_counter() - t0
     kept = torch.argmin(losses, dim=1)
-    index = torch.arange(images, device=kept.device) * restarts + kept
+    index = torch.arange(batch.images, device=kept.device) * batch.restarts + kept
     output = final[index].cpu()
     per_image = per_image_metrics(output, gt) if gt is not None else []
     quality = {k: sum(r[k] for r in per_image) / len(per_image) if per_image else None for k in ("mse", "psnr", "ssim")}

@@ -19,6 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..errors import InputError
 from ..fileio import atomic_output_set, check_output_path, dumps_record
 from ..generator_prior import fit_to_resolution, generator_prior
 from ..images import image_name, load_image, load_mask, resize_image, write_png
-from ..latent_fit import LatentFitConfig, fit_latent, image_metrics, to_unit
+from ..latent_fit import LatentFitConfig, LatentFitResult, fit_latent, image_metrics, to_unit
 from ..sensing import (
     MaskOperator,
     Measurements,
@@ -41,6 +42,7 @@ from ..sensing import (
     save_measurements,
     simulate_measurements,
 )
+from ..ticket import Ticket
 from .generator_options import GeneratorSource, SensingSpec
 from .options import Reporter, TaskSpec
 
@@ -68,33 +70,17 @@ def restore_with_generator(
     """The ``restore`` command for ``--generator`` / ``--example-generator`` (module docstring)."""
     log = Reporter()
     task = task_spec.name
-    if task not in ("cs", "inpaint"):
-        raise InputError(None, f"a generator prior restores --task cs or --task inpaint, not {task!r}")
-    if task == "cs" and simulate == (sensing.measurements_file is not None):
-        raise InputError(None, "--task cs needs --simulate (measure IMAGE) or --measurements-file Y.pt, one of them")
+    check_task(task, simulate, sensing)
     config = LatentFitConfig(
         objective=sensing.objective, iters=iters, lr=lr, restarts=sensing.restarts, seed=seed,
         z_penalty=sensing.z_penalty, mom_batch=sensing.mom_batch, device=device,
     )  # fmt: skip
-    out_png = check_output_path(output, force)
-    out_json = check_output_path(output.with_suffix(".json"), force)
-    extra = None
-    if simulate:
-        extra = check_output_path(output.with_suffix(".measurements.pt" if task == "cs" else ".observation.png"), force)
-    if len({p.resolve() for p in (out_png, out_json, extra) if p is not None}) < (3 if extra else 2):
-        raise InputError(output, "the outputs collide: give -o a .png name")
-
+    paths = output_paths(output, task, simulate, force)
     gen_path = source.path()
     model, ticket_obj, label = generator_prior(gen_path, ticket, net)
     res = ticket_obj.arch.resolution
     n = 3 * res * res
-    given = None  # read, or the counts checked, before any notice: a bad input is one error line
-    if task == "cs" and sensing.measurements_file is not None:
-        if sensing.measurements is not None or sensing.outliers:
-            raise InputError(None, "--measurements and --outliers come from --measurements-file; do not give them")
-        given = load_measurements(sensing.measurements_file, n)
-    elif task == "cs":
-        measurement_count(sensing, n)
+    given = given_measurements(task, sensing, n)  # before any notice: a bad input is one error line
     x, size_msg, original = _image(image, res, task, simulate)
     if size_msg:
         log(f"{image_name(image)}: {size_msg}")
@@ -114,18 +100,82 @@ def restore_with_generator(
 
     record = _record(image, original, res, gen_path, ticket, label, ticket_obj, task, task_spec, meas, config, result)
     record["baselines"] = baselines or None
-    outputs = [out_png] + ([extra] if extra else []) + [out_json]
-    with atomic_output_set(*outputs) as tmps:
-        write_png(result.image, tmps[0])
-        if extra is not None and task == "cs":
-            save_measurements(meas, tmps[1])
-        elif extra is not None:
-            write_png(observation, tmps[1])
-        record["output_sha256"] = hashlib.sha256(tmps[0].read_bytes()).hexdigest()
-        tmps[-1].write_text(dumps_record(record, indent=2) + "\n")
+    write_outputs(paths, result, task, meas, observation, record)
     if as_json:
         click.echo(json.dumps(json.loads(dumps_record(record)), indent=2))
         return
+    print_result(result, baselines, paths)
+
+
+@dataclass(frozen=True)
+class GeneratorOutputs:
+    """The files a generator restoration writes: the PNG, its record, and with ``--simulate`` the measurements
+    (``--task cs``) or the observation (``--task inpaint``)."""
+
+    png: Path
+    record: Path
+    simulated: Path | None
+
+    def output_set(self) -> list[Path]:
+        """The files in the order they are written as one set: the PNG, the simulated input, the record."""
+        return [self.png] + ([self.simulated] if self.simulated else []) + [self.record]
+
+
+def check_task(task: str, simulate: bool, sensing: SensingSpec) -> None:
+    """Refuse a task a generator does not restore, and compressive sensing without exactly one source of
+    measurements."""
+    if task not in ("cs", "inpaint"):
+        raise InputError(None, f"a generator prior restores --task cs or --task inpaint, not {task!r}")
+    if task == "cs" and simulate == (sensing.measurements_file is not None):
+        raise InputError(None, "--task cs needs --simulate (measure IMAGE) or --measurements-file Y.pt, one of them")
+
+
+def output_paths(output: Path, task: str, simulate: bool, force: bool) -> GeneratorOutputs:
+    """The outputs of ``-o OUT``, each checked writable (and absent without ``--force``) and distinct."""
+    out_png = check_output_path(output, force)
+    out_json = check_output_path(output.with_suffix(".json"), force)
+    extra = None
+    if simulate:
+        extra = check_output_path(output.with_suffix(".measurements.pt" if task == "cs" else ".observation.png"), force)
+    if len({p.resolve() for p in (out_png, out_json, extra) if p is not None}) < (3 if extra else 2):
+        raise InputError(output, "the outputs collide: give -o a .png name")
+    return GeneratorOutputs(out_png, out_json, extra)
+
+
+def given_measurements(task: str, sensing: SensingSpec, n: int) -> Measurements | None:
+    """``--measurements-file`` read (for ``n`` image values), or, when measurements are simulated, their counts
+    checked; None unless read."""
+    if task == "cs" and sensing.measurements_file is not None:
+        if sensing.measurements is not None or sensing.outliers:
+            raise InputError(None, "--measurements and --outliers come from --measurements-file; do not give them")
+        return load_measurements(sensing.measurements_file, n)
+    if task == "cs":
+        measurement_count(sensing, n)
+    return None
+
+
+def write_outputs(
+    paths: GeneratorOutputs,
+    result: LatentFitResult,
+    task: str,
+    meas: Measurements,
+    observation: torch.Tensor | None,
+    record: dict[str, Any],
+) -> None:
+    """The PNG (and the simulated measurements or observation), then the record naming the PNG's sha256, as one
+    output set. ``record`` gains the hash."""
+    with atomic_output_set(*paths.output_set()) as tmps:
+        write_png(result.image, tmps[0])
+        if paths.simulated is not None and task == "cs":
+            save_measurements(meas, tmps[1])
+        elif paths.simulated is not None:
+            write_png(observation, tmps[1])
+        record["output_sha256"] = hashlib.sha256(tmps[0].read_bytes()).hexdigest()
+        tmps[-1].write_text(dumps_record(record, indent=2) + "\n")
+
+
+def print_result(result: LatentFitResult, baselines: dict[str, Any], paths: GeneratorOutputs) -> None:
+    """The summary on stdout: the time and the restart kept, with ground truth the quality and the baselines'."""
     click.echo(f"restored in {result.seconds:.1f} s ({result.step_ms:.1f} ms/step), restart {result.restarts[0]} kept")
     if result.mse is not None:
         click.echo(
@@ -134,7 +184,7 @@ def restore_with_generator(
         )
         for name, m in baselines.items():
             click.echo(f"  {name}: MSE {m['mse']:.5f}, PSNR {m['psnr']:.2f} dB")
-    click.echo(f"wrote {out_png} and {out_json}")
+    click.echo(f"wrote {paths.png} and {paths.record}")
 
 
 def _image(image: str, res: int, task: str, simulate: bool) -> tuple[torch.Tensor | None, str | None, list[int] | None]:
@@ -213,7 +263,20 @@ def _rounded(m: dict[str, float]) -> dict[str, Any]:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
 
 
-def _record(image, original, res, gen_path, ticket, label, ticket_obj, task, task_spec, meas, config, result):
+def _record(
+    image: str,
+    original: list[int] | None,
+    res: int,
+    gen_path: Path,
+    ticket: Path | None,
+    label: str,
+    ticket_obj: Ticket,
+    task: str,
+    task_spec: TaskSpec,
+    meas: Measurements,
+    config: LatentFitConfig,
+    result: LatentFitResult,
+) -> dict[str, Any]:
     """OUT.json's record (the caller adds baselines and the PNG's hash)."""
     with_gt = result.mse is not None
     return {
