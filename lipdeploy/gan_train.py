@@ -6,8 +6,9 @@ networks; per batch one critic step (n_critic 1) with the loss
 blend of a real and a fake image: Gulrajani et al.'s penalty, and the progressive GAN's drift term), then one
 generator step with ``-E[D(G(z))]``. Images are on [-1, 1].
 
-Pruned weights stay exactly zero: both networks' masks are applied before training and their gradients masked, so
-Adam's moments for them stay zero and so does its update.
+Pruned weights stay exactly zero: both networks' masks are applied before training and their gradients masked after
+each backward pass, in one fused pass per network (:class:`lipdeploy.fit_result.PrunedGradients`, as the DIP fit
+does), so Adam's moments for them stay zero and so does its update.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .fit_result import progress_bar
+from .fit_result import PrunedGradients, progress_bar
 from .latent_fit import latent_dim
-from .masks import apply_masks_, freeze_pruned
+from .masks import apply_masks_
 
 
 def _help(text: str, default: Any) -> Any:
@@ -96,12 +97,7 @@ def train_wgan_gp(
     device = torch.device(config.device)
     generator.to(device).train()
     discriminator.to(device).train()
-    handles = []
-    for model, masks in ((generator, g_masks), (discriminator, d_masks)):
-        if masks:
-            with torch.no_grad():
-                apply_masks_(model, masks)
-            handles += freeze_pruned(model, {k: v for k, v in masks.items() if not bool(v.all())})
+    pruned = _Pruned(_masked(generator, g_masks), _masked(discriminator, d_masks))
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
@@ -122,7 +118,7 @@ def train_wgan_gp(
             order = torch.randperm(n, generator=gen)
             for s in range(steps):
                 real = data[order[s * config.batch : (s + 1) * config.batch].to(device)]
-                losses = _step(generator, discriminator, real, dim, gen, opt_g, opt_d, config)
+                losses = _step(generator, discriminator, real, dim, gen, (opt_g, opt_d), pruned, config)
                 for k, v in losses.items():
                     sums[k] += v / steps
                 if bar:
@@ -130,15 +126,41 @@ def train_wgan_gp(
     finally:
         if bar:
             bar.stop()
-        for h in handles:
-            h.remove()
     if not all(math.isfinite(v) for v in sums.values()):
         raise InputError(None, "GAN training diverged (a loss is not finite): lower the learning rate")
     return {**{k: round(v, 6) for k, v in sums.items()}, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _step(generator, discriminator, real, dim, gen, opt_g, opt_d, config) -> dict[str, float]:
-    """One batch: ``n_critic`` critic steps, then one generator step (D's weights frozen for it)."""
+@dataclass(frozen=True)
+class _Pruned:
+    """The gradient masks of the generator and of the discriminator."""
+
+    generator: PrunedGradients
+    discriminator: PrunedGradients
+
+
+def _masked(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> PrunedGradients:
+    """Zero ``model``'s pruned weights in place; the pass that masks their gradients after each backward."""
+    if not masks:
+        return PrunedGradients()
+    with torch.no_grad():
+        apply_masks_(model, masks)
+    return PrunedGradients.of(model, masks)
+
+
+def _step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    dim: int,
+    gen: torch.Generator,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
+    pruned: _Pruned,
+    config: GanTrainConfig,
+) -> dict[str, float]:
+    """One batch: ``n_critic`` critic steps, then one generator step (D's weights frozen for it); each network's
+    pruned gradients masked before its optimizer steps."""
+    opt_g, opt_d = optimizers
     device = real.device
     b = real.shape[0]
     for _ in range(config.n_critic):
@@ -148,6 +170,7 @@ def _step(generator, discriminator, real, dim, gen, opt_g, opt_d, config) -> dic
         loss_d, wasserstein = critic_loss(discriminator, real, fake, eps, config)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        pruned.discriminator()
         opt_d.step()
     for p in discriminator.parameters():
         p.requires_grad_(False)
@@ -155,6 +178,7 @@ def _step(generator, discriminator, real, dim, gen, opt_g, opt_d, config) -> dic
         loss_g = -discriminator(generator(torch.randn(b, dim, generator=gen).to(device))).mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        pruned.generator()
         opt_g.step()
     finally:
         for p in discriminator.parameters():

@@ -164,13 +164,3 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         params[name].mul_(mask.to(params[name].device, params[name].dtype))
-
-
-def freeze_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[torch.utils.hooks.RemovableHandle]:
-    """Make pruned weights get exactly zero gradient, so optimisers (Adam included) never move them off zero."""
-    params = dict(model.named_parameters())
-    handles = []
-    for name, mask in masks.items():
-        m = mask.to(params[name].device, params[name].dtype)
-        handles.append(params[name].register_hook(lambda grad, m=m: grad * m))
-    return handles

@@ -235,8 +235,8 @@ def test_pruned_gradients_are_exactly_zero_and_pruned_weights_stay_zero():
 
 def test_pruned_gradients_equal_the_gradient_hooks_bit_for_bit():
     """The fused pass gives exactly the gradients a per-layer hook (grad * mask) gives, and skips full masks."""
+    from lipdeploy.bench.cpu.masked_step import mask_with_hooks
     from lipdeploy.fit_result import PrunedGradients
-    from lipdeploy.masks import freeze_pruned
 
     torch.manual_seed(0)
     spec = tiny_skip()
@@ -249,7 +249,7 @@ def test_pruned_gradients_equal_the_gradient_hooks_bit_for_bit():
     for fused in (False, True):
         model.zero_grad(set_to_none=True)
         params = dict(model.named_parameters())
-        handles = [] if fused else freeze_pruned(model, masks)
+        handles = [] if fused else mask_with_hooks(model, masks)
         pruned = PrunedGradients({params[n]: m for n, m in masks.items()} if fused else None)
         model(x).square().mean().backward()
         pruned()

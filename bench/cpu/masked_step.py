@@ -7,7 +7,7 @@ weight snapshot, output average, PSNR tracking, Adam) on the paper network, one 
 
 - ``dense``: the unpruned network (nothing to mask);
 - ``masked_hooks``: a ticket (global magnitude pruning, ``--density``) whose pruned gradients are zeroed by a gradient
-  hook per layer (``lipdeploy.masks.freeze_pruned``: what the engine did before);
+  hook per layer (:func:`mask_with_hooks`, the baseline this benchmark measures the fused pass against);
 - ``masked_fused``: the same ticket, its pruned gradients zeroed after backward in one fused pass
   (:class:`lipdeploy.fit_result.PrunedGradients`: what the engine does).
 
@@ -25,14 +25,17 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lipdeploy.fit import EagerStep, FitConfig, simulate
 from lipdeploy.fit_result import PrunedGradients
 from lipdeploy.imp import prune
-from lipdeploy.masks import Mask, apply_masks_, freeze_pruned
+from lipdeploy.masks import Mask, apply_masks_
 from lipdeploy.networks import SkipSpec, make_input, paper_skip
 from lipdeploy.tasks import Denoise
 from lipdeploy.ticket import Ticket, ticket_from_model
@@ -42,6 +45,18 @@ from ..script import Results, parser, script_environment
 VARIANTS = ("dense", "masked_hooks", "masked_fused")
 
 
+def mask_with_hooks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[RemovableHandle]:
+    """The baseline: a gradient hook per masked weight (``grad * mask``: an extra autograd node and a new gradient
+    tensor each), which gives the gradients :class:`lipdeploy.fit_result.PrunedGradients` gives in one fused pass
+    after backward. Returns the hooks' handles."""
+    params = dict(model.named_parameters())
+    handles = []
+    for name, mask in masks.items():
+        m = mask.to(params[name].device, params[name].dtype)
+        handles.append(params[name].register_hook(lambda grad, m=m: grad * m))
+    return handles
+
+
 def make_step(ticket: Ticket, size: int, variant: str, seed: int = 0) -> EagerStep:
     """The engine's eager step on ``ticket`` at ``size`` x ``size``, its pruned gradients masked the ``variant`` way."""
     model = ticket.build("init", bn="image").train()
@@ -49,11 +64,9 @@ def make_step(ticket: Ticket, size: int, variant: str, seed: int = 0) -> EagerSt
     apply_masks_(model, masks)
     pruned = PrunedGradients()
     if variant == "masked_hooks":
-        freeze_pruned(model, masks)  # the hooks live as long as the model
+        mask_with_hooks(model, masks)  # the hooks live as long as the model
     elif variant == "masked_fused":
-        params = dict(model.named_parameters())
-        for name, mask in masks.items():
-            pruned.add(params[name], mask)
+        pruned = PrunedGradients.of(model, masks)
     clean = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     task = Denoise()
     config = FitConfig(iters=10**6, seed=seed)
