@@ -24,6 +24,9 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..export.onnx_export import ExportSummary
     from ..priors import PriorSpec
 
 
@@ -31,9 +34,9 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def print_summary(summary) -> None:
+def print_summary(summary: ExportSummary) -> None:
     """The export summary as a readable table."""
-    # rich only for the table: --json output does without it
+    # rich only for the table: `lipdeploy export --help` and --json do without it
     from rich.console import Console
     from rich.table import Table
 
@@ -94,6 +97,24 @@ def print_summary(summary) -> None:
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
+
+
+def read_target(
+    target: Path, arch: object, stride: int, embed: tuple[int, int] | None, test_size: tuple[int, int] | None
+) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """``--target``: the clean image (cropped to the network's ``stride``) and the parity size, the target's own
+    unless ``--embed-input`` or ``--test-size`` set one, which it must then match."""
+    if hasattr(arch, "latent_dim"):
+        raise InputError(target, "--target is for noise-code priors; a generator's output is not fitted to one image")
+    from ..images import crop_to_multiple, load_image  # torch loads when exporting, not for `lipdeploy export --help`
+
+    target_img, _ = crop_to_multiple(load_image(target), stride)
+    size = tuple(target_img.shape[2:])
+    if test_size is None and embed is None:
+        test_size = size
+    elif (embed or test_size) != size:
+        raise InputError(target, f"target is {size[0]}x{size[1]}, the parity size is {(embed or test_size)}")
+    return target_img, test_size
 
 
 EXAMPLES = examples(
@@ -160,9 +181,23 @@ PRECISION_WARN_DB = 35.0  # an fp16 / int8 output below this PSNR vs fp32 differ
 @quiet_option(help="No summary table (the manifest has it); warnings still print.")
 @arch_factory_option
 def export_command(
-    prior: PriorSpec, output, use, bn, weights_format, dtype, quantize, embed_input, seed, opset, test_size,
-    target, force, as_json, quiet, arch_factory,
-) -> None:  # fmt: skip
+    prior: PriorSpec,
+    output: Path,
+    use: str | None,
+    bn: str,
+    weights_format: str,
+    dtype: str,
+    quantize: str | None,
+    embed_input: str | None,
+    seed: int,
+    opset: int,
+    test_size: str | None,
+    target: Path | None,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+    arch_factory: str | None,
+) -> None:
     """Export TICKET (default: the bundled example) to an ONNX model run by ONNX Runtime alone.
 
     A generator (G.pth, or its ticket) exports with one input, the latent [batch, latent_dim] (batch dynamic), and
@@ -186,17 +221,8 @@ def export_command(
     embed = parse_size(embed_input, stride) if embed_input else None
     tsize = parse_size(test_size, stride) if test_size else None
     target_img = None
-    if target is not None and hasattr(t.arch, "latent_dim"):
-        raise InputError(target, "--target is for noise-code priors; a generator's output is not fitted to one image")
     if target is not None:
-        from ..images import crop_to_multiple, load_image  # torch: only with --target
-
-        target_img, _ = crop_to_multiple(load_image(target), stride)
-        size = tuple(target_img.shape[2:])
-        if tsize is None and embed is None:
-            tsize = size
-        elif (embed or tsize) != size:
-            raise InputError(target, f"target is {size[0]}x{size[1]}, the parity size is {(embed or tsize)}")
+        target_img, tsize = read_target(target, t.arch, stride, embed, tsize)
     try:
         summary = export_onnx(
             t,

@@ -43,13 +43,12 @@ class GeneratorSource:
 
 
 def bundled_generator_path() -> Path:
-    """Where the demo generator lives in the installed package (``lipdeploy/data``)."""
-    import lipdeploy
-
-    return Path(lipdeploy.__file__).resolve().parent / "data" / EXAMPLE_GENERATOR_NAME
+    """Where the demo generator lives in the installed package (``lipdeploy/data``, beside this ``cli`` package)."""
+    return Path(__file__).resolve().parents[1] / "data" / EXAMPLE_GENERATOR_NAME
 
 
 def bundled_generator() -> Path:
+    """The demo generator's path, checked to be installed."""
     path = bundled_generator_path()
     if not path.is_file():
         raise InputError(path, "the bundled example generator is missing from this installation; pass --generator")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +25,11 @@ from .options import (
     ticket_options,
 )
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..ticket import Ticket
+
 EXAMPLES = examples(
     "lipdeploy inspect --example",
     "lipdeploy inspect tickets/round_10.pt --size 512x512",
@@ -33,7 +39,7 @@ EXAMPLES = examples(
 )
 
 
-def inspect_report(ticket, height: int, width: int) -> dict:
+def inspect_report(ticket: Ticket, height: int, width: int) -> dict[str, Any]:
     """The inspect report as plain data (what ``--json`` prints)."""
     rows = layer_stats(ticket, height, width)
     labels = layer_labels(ticket.arch)
@@ -65,7 +71,7 @@ def inspect_report(ticket, height: int, width: int) -> dict:
     return report
 
 
-def image_size(arch, size: str | None) -> tuple[int, int]:
+def image_size(arch: Any, size: str | None) -> tuple[int, int]:
     """The image size the FLOPs are counted at: ``--size`` (default 256x256), a generator's own resolution."""
     side = getattr(arch, "resolution", None)
     if side is None:
@@ -79,7 +85,7 @@ def image_size(arch, size: str | None) -> tuple[int, int]:
     return side, side
 
 
-def _compaction(ticket, height: int, width: int) -> dict:
+def _compaction(ticket: Ticket, height: int, width: int) -> dict[str, Any]:
     return analyze_compaction(ticket, height=height, width=width).to_dict()
 
 
@@ -91,7 +97,8 @@ def _gflop(x: int) -> str:
     return f"{x / 1e9:.2f}"
 
 
-def print_report(report: dict) -> None:
+def print_report(report: dict[str, Any]) -> None:
+    """The inspect report as tables: the ticket's summary, its provenance, the layers, the blocks, the compaction."""
     # rich only for the table: --json output does without it
     from rich.console import Console
     from rich.table import Table
@@ -162,7 +169,7 @@ def print_report(report: dict) -> None:
         console.print(f"[bold]compaction[/bold]: {comp['summary']}")
 
 
-def _blocks_table(blocks: dict, labels: dict[str, str]):
+def _blocks_table(blocks: dict[str, Any], labels: dict[str, str]) -> Table:
     """The block structure (``inspect``'s ``blocks`` entry) as a rich table."""
     from rich.table import Table  # rich only for the table: --json output does without it
 
@@ -189,11 +196,11 @@ _PROVENANCE_SHOWN = (
 )  # fmt: skip
 
 
-def provenance_rows(provenance: dict) -> list[tuple[str, str]]:
+def provenance_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
     """A ticket's provenance as a short table: the keys a person asks about first (what made it, from what, how
     sparse, how good), floats rounded, the rest counted; the full record stays in ``--json``."""
 
-    def short(value) -> str:
+    def short(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
         if isinstance(value, dict):
