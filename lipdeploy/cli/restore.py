@@ -198,7 +198,7 @@ class FitInputs:
     observation: Observation
     gt: torch.Tensor | None
     original_size: list[int]  # [width, height] of IMAGE as read
-    fitted_size: list[int]  # [width, height] of IMAGE once cropped to the network's multiple
+    cropped_size: list[int]  # [width, height] of the observation once cropped to the network's multiple
     crop_msg: str | None
     shrink_msg: str | None
 
@@ -254,7 +254,7 @@ def prepare_inputs(
         observation=observation,
         gt=gt_img,
         original_size=original_size,
-        fitted_size=[img_c.shape[3], img_c.shape[2]],
+        cropped_size=[img_c.shape[3], img_c.shape[2]],
         crop_msg=crop_msg,
         shrink_msg=shrink_msg,
     )
@@ -388,7 +388,7 @@ def restore_record(
             "kept_weights": ticket.kept_count,
             "prunable_weights": ticket.prunable_count,
         },
-        "image_size": {"original": inputs.original_size, "cropped_observation": inputs.fitted_size},
+        "image_size": {"original": inputs.original_size, "cropped_observation": inputs.cropped_size},
         "crop": inputs.crop_msg,
         "shrink": inputs.shrink_msg,
         "output_size": [observation.out_size[1], observation.out_size[0]],
