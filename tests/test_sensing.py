@@ -145,6 +145,22 @@ def test_fit_latent_recovers_a_generator_image_better_than_the_linear_baselines(
     assert all(p.requires_grad for p in g.parameters()) and g.fc.weight.grad is None  # weights untouched
 
 
+def test_an_interrupted_fit_gives_the_generator_back_as_it_was():
+    g, x = _truth()
+    g.train()
+    g.fc.weight.requires_grad_(False)  # a caller's own frozen layer stays frozen, the others trainable
+    meas = simulate_measurements(x, GaussianOperator(48, 12, seed=0), seed=1)
+
+    def stop(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_latent(g, meas, LatentFitConfig(iters=10, objective="mom", mom_batch=4), callback=stop)
+    assert g.training
+    assert [p.requires_grad for p in g.parameters()] == [name != "fc.weight" for name, _ in g.named_parameters()]
+
+
 def test_several_images_fit_in_one_batch_each_keeping_its_best_restart():
     g = LinearGenerator()
     z = torch.randn(3, 6, generator=torch.Generator().manual_seed(9))
