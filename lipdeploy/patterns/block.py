@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from . import PATTERNS, register_pattern
 from .base import Pattern
+from .registry import PATTERNS, register_pattern
 
 BLOCK_SIZES: tuple[int, ...] = (4, 8, 16, 32, 64)
 """Allowed block sides (powers of two, as the bsr kernels' tiles)."""

@@ -35,8 +35,8 @@ import math
 
 import torch
 
-from . import register_pattern
 from .base import Pattern
+from .registry import register_pattern
 
 
 class Channel(Pattern):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register_pattern
 from .base import Pattern
+from .registry import register_pattern
 
 
 class Kernel(Pattern):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register_pattern
 from .base import Pattern
+from .registry import register_pattern
 
 
 class Unstructured(Pattern):
