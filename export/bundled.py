@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lipdeploy
 from lipdeploy.errors import InputError
 
 BUNDLED_TICKET_NAME = "example_ticket.pt"
@@ -12,8 +13,6 @@ BUNDLED_TICKET_NAME = "example_ticket.pt"
 
 def bundled_ticket_path() -> Path:
     """Path of the bundled example ticket (inside the installed package's ``data`` folder)."""
-    import lipdeploy
-
     return Path(lipdeploy.__file__).resolve().parent / "data" / BUNDLED_TICKET_NAME
 
 

@@ -18,7 +18,7 @@ _NEVER_FOLD = {"Conv", "ConvTranspose", "RandomUniform", "RandomNormal", "Random
 
 
 def _eval_node(node: onnx.NodeProto, inputs: list[np.ndarray], opset: int) -> list[np.ndarray] | None:
-    from onnx.reference import ReferenceEvaluator
+    from onnx.reference import ReferenceEvaluator  # 0.1-0.4 s on top of onnx: only when a node is folded
 
     names = [f"i{k}" for k in range(len(inputs))]
     mapping = dict(zip(node.input, names, strict=True))

@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import onnx
@@ -42,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from lipdeploy import __version__
+from lipdeploy.analysis import ticket_block_size
 from lipdeploy.compaction import CompactionReport, compact
 from lipdeploy.environment import import_onnxruntime
 from lipdeploy.errors import InputError
@@ -521,8 +522,78 @@ def export_onnx(
     weights = _check_options(ticket, weights, bn, weights_format, dtype, quantize, opset)
     path, manifest_path = check_output_set(Path(path), force)
     inp, embed_input = _input_and_sizes(ticket, embed_input, test_size)
-    test_size = inp.image_size
+    graph = _graph(
+        ticket, inp, t0, timings, weights=weights, bn=bn, weights_format=weights_format, dtype=dtype,
+        quantize=quantize, embed_input=embed_input, seed=seed, opset=opset, calibration_codes=calibration_codes,
+    )  # fmt: skip
+    _set_metadata(graph.model, ticket, weights, bn, weights_format, dtype, quantize, embed_input, seed, graph.removed)
+    _check_graph(graph.model)
 
+    # 4: parity
+    t2 = time.perf_counter()
+    parity = _parity_fields(graph, tolerance, weights_format, dtype, quantize, inp.generator, target)
+    timings["parity"] = time.perf_counter() - t2
+
+    # 5: write atomically (model, then manifest beside it)
+    data = graph.model.SerializeToString()
+    summary = ExportSummary(
+        path=str(path),
+        manifest_path=str(manifest_path),
+        architecture=ticket.arch.describe(),
+        weights=weights,
+        bn=bn,
+        weights_format=weights_format,
+        dtype=dtype,
+        quantize=quantize,
+        embed_input=embed_input,
+        seed=seed,
+        opset=opset,
+        density=ticket.density,
+        file_bytes=len(data),
+        dense_fp32_bytes=graph.dense_fp32_bytes,
+        parity_size=tuple(inp.image_size),
+        **parity,
+        removed=graph.removed,
+        packed=[p.to_dict() for p in graph.packed],
+        timings_s=timings,
+        model_input=inp.describe(),
+    )
+    _write(summary, ticket, data, force, _before_write)
+    timings["total"] = time.perf_counter() - t0
+    return summary
+
+
+class _Graph(NamedTuple):
+    """The exported graph before its checks: the final ``model``, the fp32 graph it came from (for parity), the
+    reference output and the input fed to both (None when embedded)."""
+
+    model: onnx.ModelProto
+    fp32_model: onnx.ModelProto
+    dense_fp32_bytes: int
+    reference: np.ndarray
+    feed: np.ndarray | None
+    packed: list[PackedTensor]
+    removed: dict[str, Any]
+
+
+def _graph(
+    ticket: Ticket,
+    inp: ModelInput,
+    t0: float,
+    timings: dict[str, float],
+    *,
+    weights: WeightsChoice,
+    bn: BatchNormChoice,
+    weights_format: str,
+    dtype: str,
+    quantize: str | None,
+    embed_input: tuple[int, int] | None,
+    seed: int,
+    opset: int,
+    calibration_codes: int,
+) -> _Graph:
+    """Steps 1-3 of the pipeline: the compacted module exported, then post-processed (embedded input, int8, weight
+    storage); records ``torch_export`` (since ``t0``) and ``post_process`` in ``timings``."""
     # 1-2: compacted module -> ONNX
     module, removed = export_module(ticket, weights, bn)
     code_t = inp.draw(seed)
@@ -549,58 +620,44 @@ def export_onnx(
             model = _quantize_int8(model, calib)
     packed = _store_weights(model, ticket, weights_format, dtype, quantized=quantize == "int8")
     timings["post_process"] = time.perf_counter() - t1
+    return _Graph(model, fp32_model, dense_fp32_bytes, reference, feed, packed, removed)
 
-    _set_metadata(model, ticket, weights, bn, weights_format, dtype, quantize, embed_input, seed, removed)
+
+def _check_graph(model: onnx.ModelProto) -> None:
+    """``onnx.checker``'s full check; :class:`ExportError` with its complaint."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"onnx.checker rejected the exported graph: {exc}") from exc
 
-    # 4: parity
-    t2 = time.perf_counter()
+
+def _parity_fields(
+    graph: _Graph,
+    tolerance: float,
+    weights_format: str,
+    dtype: str,
+    quantize: str | None,
+    generator: bool,
+    target: np.ndarray | torch.Tensor | None,
+) -> dict[str, float | None]:
+    """The parity and precision fields of :class:`ExportSummary`, measured in ONNX Runtime (see :func:`_parity`)."""
     exact = weights_format == "dense" and dtype == "fp32" and not quantize  # the fp32 graph is the final one
     packed_fp32 = weights_format == "sparse" and dtype == "fp32" and not quantize
     out, err, fp32_err, sparse_vs_dense = _parity(
-        fp32_model, None if exact else model, feed, reference, tolerance, packed_fp32
+        graph.fp32_model, None if exact else graph.model, graph.feed, graph.reference, tolerance, packed_fp32
     )
     precision_psnr = psnr_change = None
     if dtype != "fp32" or quantize:
-        precision_psnr = psnr(out, reference, peak=2.0 if inp.generator else 1.0)
+        precision_psnr = psnr(out, graph.reference, peak=2.0 if generator else 1.0)
         if target is not None:
-            psnr_change = _psnr_change(out, reference, target)
-    timings["parity"] = time.perf_counter() - t2
-
-    # 5: write atomically (model, then manifest beside it)
-    data = model.SerializeToString()
-    summary = ExportSummary(
-        path=str(path),
-        manifest_path=str(manifest_path),
-        architecture=ticket.arch.describe(),
-        weights=weights,
-        bn=bn,
-        weights_format=weights_format,
-        dtype=dtype,
-        quantize=quantize,
-        embed_input=embed_input,
-        seed=seed,
-        opset=opset,
-        density=ticket.density,
-        file_bytes=len(data),
-        dense_fp32_bytes=dense_fp32_bytes,
-        parity_size=tuple(test_size),
-        parity_max_abs=err,
-        fp32_parity_max_abs=fp32_err,
-        sparse_vs_dense_max_abs=sparse_vs_dense,
-        precision_psnr_db=precision_psnr,
-        psnr_change_db=psnr_change,
-        removed=removed,
-        packed=[p.to_dict() for p in packed],
-        timings_s=timings,
-        model_input=inp.describe(),
-    )
-    _write(summary, ticket, data, force, _before_write)
-    timings["total"] = time.perf_counter() - t0
-    return summary
+            psnr_change = _psnr_change(out, graph.reference, target)
+    return {
+        "parity_max_abs": err,
+        "fp32_parity_max_abs": fp32_err,
+        "sparse_vs_dense_max_abs": sparse_vs_dense,
+        "precision_psnr_db": precision_psnr,
+        "psnr_change_db": psnr_change,
+    }
 
 
 def _write(summary: ExportSummary, ticket: Ticket, data: bytes, force: bool, before_write: Any) -> None:
@@ -745,8 +802,6 @@ def input_contract(ticket: Ticket, embed_input: tuple[int, int] | None, seed: in
 
 def _block_size(ticket: Ticket) -> tuple[int, int] | None:
     """A block ticket's ``(Bo, Bi)`` (its weights may then be stored with one bit per block), else None."""
-    from lipdeploy.analysis import ticket_block_size
-
     return ticket_block_size(ticket)
 
 

@@ -200,68 +200,18 @@ def pack_tensor(
     values = flat[flat_mask]
     costs = _costs(array, block)
     encoding = min(costs, key=costs.get)
-
     if encoding.startswith("block"):
         assert block is not None
         keep, inside = _block_positions(array, block)
         values = flat[inside]
-        bits = b.unpack_bits(np.packbits(keep.reshape(-1)), keep.size, "blocks")
-        grid = b.op("Reshape", [bits, b.const(np.array(keep.shape, np.int64), "grid")])
-        row_map = b.const(np.arange(array.shape[0], dtype=np.int64) // block[0], "row_blocks")
-        col_map = b.const(np.arange(array.shape[1], dtype=np.int64) // block[1], "col_blocks")
-        rows = b.op("Gather", [grid, row_map], axis=0)  # [Cout, NBi, taps]
-        full = b.op("Gather", [rows, col_map], axis=1)  # [Cout, Cin, taps]
-        m = b.op("Reshape", [full, b.const(np.array([-1], np.int64), "shape")])
-        dense = b.gather_values(m, values, "w")
+        dense = _unpack_blocks(b, keep, array.shape, block, values)
     elif encoding.startswith("gaps"):
-        bits = int(encoding[4:])
-        symbols = _gap_symbols(flat_mask, bits)
-        sym = b.unpack_bits(_pack_symbols(symbols, bits), symbols.size, "gaps", bits)
-        is_esc = b.op("Equal", [sym, b.const(np.array([0], np.int32), "zero")])
-        sym64 = b.op("Cast", [sym], to=TensorProto.INT64)
-        step = b.op("Where", [is_esc, b.const(np.array([(1 << bits) - 1], np.int64), "escape"), sym64])
-        ends = b.op("CumSum", [step, b.const(np.array(0, np.int64), "axis")])  # 1 + position after each symbol
-        # k-th terminal symbol -> slot k, escapes -> a spare slot (summed there, then sliced off). Compress would be
-        # shorter but ONNX Runtime does not constant-fold it (data-dependent shape); this keeps every shape static.
-        term = b.op("Cast", [b.op("Not", [is_esc])], to=TensorProto.INT64)
-        rank = b.op(
-            "Sub",
-            [b.op("CumSum", [term, b.const(np.array(0, np.int64), "axis")]), b.const(np.array([1], np.int64), "one")],
-        )
-        slot = b.op("Where", [is_esc, b.const(np.array([values.size], np.int64), "spare"), rank])
-        zeros_pos = b.op(
-            "ConstantOfShape",
-            [b.const(np.array([values.size + 1], np.int64), "n")],
-            value=numpy_helper.from_array(np.zeros(1, np.int64)),
-        )
-        scattered = b.op("ScatterElements", [zeros_pos, slot, ends], axis=0, reduction="add")
-        pos1 = b.op(
-            "Slice",
-            [scattered, b.const(np.array([0], np.int64), "start"), b.const(np.array([values.size], np.int64), "end")],
-        )
-        pos = b.op("Sub", [pos1, b.const(np.array([1], np.int64), "one")])
-        zeros = b.op(
-            "ConstantOfShape",
-            [b.const(np.array([flat.size], np.int64), "n")],
-            value=numpy_helper.from_array(np.zeros(1, flat.dtype)),
-        )
-        dense = b.op("ScatterElements", [zeros, pos, b.const(values, "values")], axis=0)
+        dense = _unpack_gaps(b, flat, int(encoding[4:]), values)
     elif encoding == "bitmap":
         m = b.unpack_bits(np.packbits(flat_mask), flat.size, "mask")
         dense = b.gather_values(m, values, "w")
     else:
-        kk = array.shape[2] * array.shape[3]
-        kern = (array != 0).reshape(-1, kk).any(1)
-        inner = (array != 0).reshape(-1, kk)[kern].reshape(-1)
-        km = b.unpack_bits(np.packbits(kern), kern.size, "kernels")
-        im = b.unpack_bits(np.packbits(inner), inner.size, "inner")
-        im2 = b.op("Reshape", [im, b.const(np.array([-1, kk], np.int64), "shape")])
-        rows = b.op("Concat", [b.const(np.zeros((1, kk), np.int32), "zero_row"), im2], axis=0)
-        kcs = b.op("CumSum", [km, b.const(np.array(0, np.int32), "axis")])
-        kidx = b.op("Mul", [kcs, km])
-        full = b.op("Gather", [rows, kidx], axis=0)
-        m = b.op("Reshape", [full, b.const(np.array([-1], np.int64), "shape")])
-        dense = b.gather_values(m, values, "w")
+        dense = _unpack_kernel_bitmap(b, array, values)
     b.op("Reshape", [dense, b.const(np.array(array.shape, np.int64), "shape")], output=output_name)
     info = PackedTensor(
         name=name,
@@ -272,6 +222,73 @@ def pack_tensor(
         packed_bytes=int(costs[encoding]),
     )
     return b.nodes, info
+
+
+def _unpack_blocks(
+    b: _Builder, keep: np.ndarray, shape: tuple[int, ...], block: tuple[int, int], values: np.ndarray
+) -> str:
+    """The flat dense tensor from its kept-block bits ``keep`` ``[NBo, NBi, taps]`` and the ``values`` of every
+    position inside a kept block: the per-weight pattern is the block bits gathered by channel // Bo, channel // Bi."""
+    bits = b.unpack_bits(np.packbits(keep.reshape(-1)), keep.size, "blocks")
+    grid = b.op("Reshape", [bits, b.const(np.array(keep.shape, np.int64), "grid")])
+    row_map = b.const(np.arange(shape[0], dtype=np.int64) // block[0], "row_blocks")
+    col_map = b.const(np.arange(shape[1], dtype=np.int64) // block[1], "col_blocks")
+    rows = b.op("Gather", [grid, row_map], axis=0)  # [Cout, NBi, taps]
+    full = b.op("Gather", [rows, col_map], axis=1)  # [Cout, Cin, taps]
+    m = b.op("Reshape", [full, b.const(np.array([-1], np.int64), "shape")])
+    return b.gather_values(m, values, "w")
+
+
+def _unpack_gaps(b: _Builder, flat: np.ndarray, bits: int, values: np.ndarray) -> str:
+    """The flat dense tensor from the ``bits``-bit gap symbols of its nonzeros' positions (see :func:`_gap_symbols`)
+    and their ``values``."""
+    symbols = _gap_symbols(flat != 0, bits)
+    sym = b.unpack_bits(_pack_symbols(symbols, bits), symbols.size, "gaps", bits)
+    is_esc = b.op("Equal", [sym, b.const(np.array([0], np.int32), "zero")])
+    sym64 = b.op("Cast", [sym], to=TensorProto.INT64)
+    step = b.op("Where", [is_esc, b.const(np.array([(1 << bits) - 1], np.int64), "escape"), sym64])
+    ends = b.op("CumSum", [step, b.const(np.array(0, np.int64), "axis")])  # 1 + position after each symbol
+    # k-th terminal symbol -> slot k, escapes -> a spare slot (summed there, then sliced off). Compress would be
+    # shorter but ONNX Runtime does not constant-fold it (data-dependent shape); this keeps every shape static.
+    term = b.op("Cast", [b.op("Not", [is_esc])], to=TensorProto.INT64)
+    rank = b.op(
+        "Sub",
+        [b.op("CumSum", [term, b.const(np.array(0, np.int64), "axis")]), b.const(np.array([1], np.int64), "one")],
+    )
+    slot = b.op("Where", [is_esc, b.const(np.array([values.size], np.int64), "spare"), rank])
+    zeros_pos = b.op(
+        "ConstantOfShape",
+        [b.const(np.array([values.size + 1], np.int64), "n")],
+        value=numpy_helper.from_array(np.zeros(1, np.int64)),
+    )
+    scattered = b.op("ScatterElements", [zeros_pos, slot, ends], axis=0, reduction="add")
+    pos1 = b.op(
+        "Slice",
+        [scattered, b.const(np.array([0], np.int64), "start"), b.const(np.array([values.size], np.int64), "end")],
+    )
+    pos = b.op("Sub", [pos1, b.const(np.array([1], np.int64), "one")])
+    zeros = b.op(
+        "ConstantOfShape",
+        [b.const(np.array([flat.size], np.int64), "n")],
+        value=numpy_helper.from_array(np.zeros(1, flat.dtype)),
+    )
+    return b.op("ScatterElements", [zeros, pos, b.const(values, "values")], axis=0)
+
+
+def _unpack_kernel_bitmap(b: _Builder, array: np.ndarray, values: np.ndarray) -> str:
+    """The flat dense tensor from one bit per kernel, one bit per weight of the nonzero kernels, and the values."""
+    kk = array.shape[2] * array.shape[3]
+    kern = (array != 0).reshape(-1, kk).any(1)
+    inner = (array != 0).reshape(-1, kk)[kern].reshape(-1)
+    km = b.unpack_bits(np.packbits(kern), kern.size, "kernels")
+    im = b.unpack_bits(np.packbits(inner), inner.size, "inner")
+    im2 = b.op("Reshape", [im, b.const(np.array([-1, kk], np.int64), "shape")])
+    rows = b.op("Concat", [b.const(np.zeros((1, kk), np.int32), "zero_row"), im2], axis=0)
+    kcs = b.op("CumSum", [km, b.const(np.array(0, np.int32), "axis")])
+    kidx = b.op("Mul", [kcs, km])
+    full = b.op("Gather", [rows, kidx], axis=0)
+    m = b.op("Reshape", [full, b.const(np.array([-1], np.int64), "shape")])
+    return b.gather_values(m, values, "w")
 
 
 def pack_initializers(
