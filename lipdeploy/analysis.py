@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .networks import conv_layers
-from .patterns import Block, block_pattern, detect
+from .patterns import Block, block_pattern, detect, get_pattern
 from .ticket import Ticket
 
 
@@ -110,8 +110,6 @@ def ticket_block_size(ticket: Ticket) -> tuple[int, int] | None:
     block = ticket.provenance.get("block")
     if isinstance(block, (list, tuple)) and len(block) == 2:
         return int(block[0]), int(block[1])
-    from .patterns import get_pattern
-
     pattern = get_pattern(detect(ticket.masks))
     return pattern.block if isinstance(pattern, Block) else None
 

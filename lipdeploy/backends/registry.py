@@ -2,8 +2,8 @@
 
 A :class:`Backend` turns one :class:`~lipdeploy.compaction.CompactLayer` into the module that runs it. ``BACKENDS``
 maps each backend's name to it; that name is the one vocabulary of the API (``sparsify(backend=...)``,
-``FitConfig.backend``), the timing cache and the benchmarks' result rows. :func:`resolve` turns a user's spelling
-(old aliases included) into a registered name.
+``FitConfig.backend``), the timing cache and the benchmarks' result rows. :func:`resolve` checks a user's spelling
+against the registered names.
 """
 
 from __future__ import annotations

@@ -290,7 +290,7 @@ def make_feeds(model, shape: list[int] | None, arch: Any, seed: int) -> dict[str
     import torch  # slow to import: only when running a model
 
     if arch is not None:
-        from ..networks import make_input
+        from ..networks import make_input  # torch: only to make a lipdeploy model's input
 
         code = make_input(arch, shape[2], shape[3], seed=seed).numpy()
     else:
@@ -301,7 +301,7 @@ def make_feeds(model, shape: list[int] | None, arch: Any, seed: int) -> dict[str
 def _shape_graph(model, shape: list[int] | None):
     """A light copy of ``model`` for shape inference: large weights become graph inputs of their shape (their values
     never decide a shape), the noise input gets the concrete ``shape``."""
-    import onnx
+    import onnx  # slow to import: loaded to run a model, not for `lipdeploy run --help`
     from onnx import helper
 
     graph = model.graph
@@ -363,7 +363,7 @@ def check_graph(
 def _session_worker(model_path: str, provider: str, threads: int, feeds: dict, repeat: int) -> tuple[str, Any]:
     """In the child process: load the model, run it once, time ``repeat`` more runs: ("ok", results) or
     ("error", message)."""
-    from ..environment import import_onnxruntime
+    from ..environment import import_onnxruntime  # imports torch: only in the child that runs the model
 
     ort = import_onnxruntime()
     opts = ort.SessionOptions()
@@ -491,7 +491,7 @@ def run_command(model, size, seed, output, provider, threads, repeat, timeout, b
     check_ops(model, proto)
     check_io(model, proto)
     if provider == "cuda":
-        from ..environment import import_onnxruntime
+        from ..environment import import_onnxruntime  # imports torch: only to check for CUDA's provider
 
         if PROVIDERS["cuda"] not in import_onnxruntime().get_available_providers():
             raise InputError(None, f"ONNX Runtime here has no {PROVIDERS['cuda']}")
@@ -514,7 +514,7 @@ def run_command(model, size, seed, output, provider, threads, repeat, timeout, b
     # torch (for the PNG writer) loads when running a model, not for `lipdeploy run --help`
     import torch
 
-    from ..images import write_png
+    from ..images import write_png  # imports torch
 
     with atomic_output(output, exclusive=not force) as tmp:
         write_png(torch.from_numpy(np.ascontiguousarray(image)), tmp)
