@@ -91,10 +91,10 @@ class KernelConfig:
 
 def default_config(num_out_pixels: int, device: torch.device) -> KernelConfig:
     """Tile sizes by output size. Outputs > 64x64 were tuned on an H100 (see below). The smaller ones were chosen
-    from the sm_90 SASS (``python -m lipdeploy.bench.kernel_sass``, bench/results/kernel_sass_sm90.json): a thread's
-    pixels per nonzero (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so at 8 pixels per thread the
-    hot loops issue 5.3 (forward), 5.8 (input grad) and 7.7 (weight grad) instructions per multiply, against 11.6,
-    12.1 and 12.5 with the earlier masked 256-pixel tiles of 2 pixels per thread. The H100 showed that fewer
+    from the sm_90 SASS (``python -m lipdeploy.bench.gpu.kernel_sass``, bench/results/kernel_sass_sm90.json): a
+    thread's pixels per nonzero (BLOCK_P / (32 * num_warps)) amortise the per-nonzero index work, so at 8 pixels per
+    thread the hot loops issue 5.3 (forward), 5.8 (input grad) and 7.7 (weight grad) instructions per multiply, against
+    11.6, 12.1 and 12.5 with masked 256-pixel tiles of 2 pixels per thread. The H100 showed that fewer
     instructions did not win at 256x256: more programs in flight did. Small outputs get smaller tiles so that a
     layer still spreads over the 132 SMs."""
     if device.type != "cuda":
