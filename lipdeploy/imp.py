@@ -46,13 +46,14 @@ from .multi_image import image_records, stack_observations
 from .patterns import PATTERNS, get_pattern
 from .patterns import prune as prune_by_pattern
 from .runlock import folder_locked, image_digest, load_rewind_state, resume_settings
-from .tasks import Task
+from .tasks import Observation, Task
 from .ticket import Ticket, load_ticket
 
 Scope = Literal["global", "layer"]
 Granularity = str  # a name registered in lipdeploy.patterns.PATTERNS
 Target = Literal["paper", "clean", "observation"]
 ROUND_RE = re.compile(r"round_(\d+)\.(pt|safetensors)$")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -179,6 +180,167 @@ def _image_list(
     return images, names
 
 
+@dataclass
+class _Problem:
+    """What every round fits: the ground truth (the images, one batch), the fit target, the resume settings."""
+
+    clean: torch.Tensor
+    target: Observation
+    settings: dict[str, Any]
+    images: list[torch.Tensor]
+    names: list[str]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.images) > 1
+
+
+@dataclass
+class _Chain:
+    """Where the round chain stands: the original initialisation, the last round written, the rewind-point weights,
+    the summary rows so far and the next round to fit."""
+
+    original_init: dict[str, torch.Tensor]
+    prev: Ticket | None = None
+    rewind_state: dict[str, torch.Tensor] | None = None
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    next_round: int = 0
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _imp_fit_config(fit_config: FitConfig, multi: bool) -> FitConfig:
+    """``fit_config`` on the masked network (pruning ranks the fitted weights in the reference layout, which only
+    the masked network keeps); several images on the eager step (the captured step tracks one ground truth)."""
+    fit_config = dataclasses.replace(fit_config, backend=MASKED)
+    if multi and fit_config.capture == "auto":
+        return dataclasses.replace(fit_config, capture="off")
+    if multi and fit_config.capture != "off":
+        capture = fit_config.capture
+        raise InputError(None, f"several images are fitted by the eager step only, not capture {capture!r}")
+    return fit_config
+
+
+def _problem(
+    task: Task,
+    images: list[torch.Tensor],
+    names: list[str],
+    fit_config: FitConfig,
+    imp: ImpConfig,
+    arch: Any,
+    obs_seed: int,
+) -> _Problem:
+    """The ground truth, the fit target (the clean image for denoising by the paper's rule, else the simulated
+    observation; image i's with seed ``obs_seed + i``) and the settings a resumed run must match."""
+    if len(images) == 1:
+        clean = images[0]
+        settings = _settings(task, names[0], fit_config, imp, arch, obs_seed)
+        settings.update(resume_settings(clean, fit_config))  # the image's content and every fit setting
+        observation = simulate(task, clean, obs_seed)
+        target = task.clean_target(clean) if imp.fit_target(task) == "clean" else observation
+        return _Problem(clean, target, settings, images, names)
+    clean = torch.cat(images)  # the ground truth: PSNR/SSIM are the mean over images
+    settings = _settings(task, names, fit_config, imp, arch, obs_seed)
+    settings.update(resume_settings(clean, fit_config))
+    settings["image_sha256"] = [image_digest(img) for img in images]
+    if imp.fit_target(task) == "clean":
+        target = stack_observations([task.clean_target(img) for img in images])
+    else:
+        target = stack_observations([simulate(task, img, obs_seed + i) for i, img in enumerate(images)])
+    return _Problem(clean, target, settings, images, names)
+
+
+def _resume(
+    out_dir: Path, start: Ticket, settings: Mapping[str, Any], imp: ImpConfig, rewind_file: Path, say: Log
+) -> _Chain:
+    """The chain to continue: a fresh one, or after the complete rounds in ``out_dir`` (made with ``settings``, else
+    refused), with their rewind-point weights when rewinding."""
+    done = existing_rounds(out_dir)
+    if not done:
+        return _Chain(original_init=start.init)
+    first = load_ticket(done[0])
+    check_same_settings(done[0], first.provenance.get("settings"), settings)
+    last_r = max(done)
+    prev = load_ticket(done[last_r]) if last_r else first
+    if prev.fitted is None:
+        raise InputError(done[last_r], "round ticket holds no fitted weights: cannot continue from it")
+    rewind_state = None
+    if imp.rewind_iter > 0:
+        if not rewind_file.exists():
+            raise InputError(rewind_file, "missing: cannot continue an IMP run with rewinding without it")
+        rewind_state = load_rewind_state(rewind_file)
+    rows = [_summary_row(r, p, load_ticket(p).provenance) for r, p in sorted(done.items())]
+    if last_r >= imp.rounds:
+        say(f"{out_dir}: rounds 0-{last_r} already complete, nothing to do (more rounds continue the chain)")
+    else:
+        say(f"{out_dir}: rounds 0-{last_r} already complete; continuing from round {last_r + 1}")
+    return _Chain(first.init, prev, rewind_state, rows, last_r + 1)
+
+
+def _round_ticket(r: int, start: Ticket, chain: _Chain, imp: ImpConfig, seed: int) -> Ticket:
+    """Round ``r``'s ticket before its fit: round 0 the start; later rounds prune the previous round's fitted weights
+    and rewind the kept ones (to the original initialisation or the rewind point)."""
+    if r == 0:
+        return Ticket(arch=start.arch, init=chain.original_init, masks=start.masks)
+    prev = chain.prev
+    assert prev is not None and prev.fitted is not None
+    # random baseline: one generator per round, so a resumed run equals an uninterrupted one
+    gen = torch.Generator().manual_seed(seed * 1000 + r)
+    masks = prune(prev.fitted, prev.masks, imp.rate, imp.scope, imp.granularity, imp.random, gen)
+    init = chain.rewind_state if chain.rewind_state is not None else chain.original_init
+    return Ticket(arch=start.arch, init=init, masks=masks)
+
+
+def _save_rewind(rewind_file: Path, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The rewind-point weights on the CPU, written (atomically) to ``rewind_file``."""
+    rewind_state = {k: v.cpu() for k, v in weights.items()}
+    with atomic_output(rewind_file) as tmp:
+        torch.save(rewind_state, tmp)
+    return rewind_state
+
+
+PROVENANCE_SETTINGS = (
+    "task", "image", "rate", "seed", "granularity", "scope", "rewind_iter", "iters", "block", "channel_rule",
+)  # fmt: skip
+"""The settings a round's provenance repeats at its top level (those in the run's settings)."""
+
+
+def _provenance(
+    r: int, ticket: Ticket, result: FitResult, imp: ImpConfig, problem: _Problem, task: Task, parent: str | None
+) -> dict[str, Any]:
+    """Round ``r``'s provenance: the tool, its density, how it was initialised and pruned, its metrics, the run's
+    settings (and the images of a multi-image run)."""
+    settings = problem.settings
+    return {
+        "tool": "lipdeploy find",
+        "lipdeploy_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "round": r,
+        "density": round(ticket.density, 6),
+        "sparsity": round(1 - ticket.density, 6),
+        "init": "original initialisation"
+        if (r == 0 or imp.rewind_iter == 0)
+        else f"weights at iteration {imp.rewind_iter} of the dense fit (rewind point)",
+        "parent": parent,
+        "pruning": "random" if imp.random else f"{imp.scope} {get_pattern(imp.granularity).score_name}",
+        "psnr_best": result.psnr_best,
+        "psnr_final": result.psnr_final,
+        "ssim_best": result.ssim_best,
+        "ssim_final": result.ssim_final,
+        "psnr_measured": f"{task.metric_label}, vs the clean image; fit target: {settings['target']}",
+        "fit_seconds": round(result.seconds, 2),
+        "settings": settings,
+        **({"images": image_records(problem.names, problem.images)} if problem.multi else {}),
+        **{k: settings[k] for k in PROVENANCE_SETTINGS if k in settings},
+    }
+
+
 @folder_locked("out_dir")
 def find_ticket(
     start: Ticket,
@@ -193,14 +355,15 @@ def find_ticket(
     ext: str = ".pt",
     progress: bool = False,
     on_round: Callable[[int, Path, FitResult], None] | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> list[Path]:
     """Run IMP on ``clean`` (cropped to the network's stride) and write ``round_00`` .. ``round_{rounds}``.
 
     ``start``: the network to prune (its ``init`` is the original initialisation; its masks the starting point,
     normally dense). The observation is simulated from ``clean`` with ``obs_seed`` (default: the fit seed). Existing
     complete rounds in ``out_dir`` made with the same settings are kept and the run continues after the last one.
-    Returns the paths of all round files up to ``imp.rounds``.
+    Returns the paths of all round files up to ``imp.rounds``. Every round fits the masked network (backend
+    ``"masked"``, whatever ``fit_config.backend`` says): pruning ranks the fitted weights in the reference layout.
 
     Several images (the paper's multi-image IMP; ``clean`` a list of ``[1, 3, H, W]`` images of one size, e.g. from
     :func:`lipdeploy.multi_image.common_size`, ``image_name`` a list of as many names): one network and one noise
@@ -211,132 +374,33 @@ def find_ticket(
     exactly as before and writes the same settings and provenance.
     """
     fit_config = fit_config or FitConfig()
-    # Pruning ranks the fitted weights in the reference layout, which only the masked network keeps.
-    fit_config = dataclasses.replace(fit_config, backend=MASKED)
     obs_seed = fit_config.seed if obs_seed is None else obs_seed
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _output_folder(out_dir)
     say = log or (lambda _msg: None)
-
     images, names = _image_list(clean, image_name)
-    multi = len(images) > 1
-    if not multi:
-        clean = images[0]
-        settings = _settings(task, names[0], fit_config, imp, start.arch, obs_seed)
-        settings.update(resume_settings(clean, fit_config))  # the image's content and every fit setting
-        observation = simulate(task, clean, obs_seed)
-        target = task.clean_target(clean) if imp.fit_target(task) == "clean" else observation
-    else:
-        if fit_config.capture == "auto":  # the captured step tracks one ground truth (fit.py): the eager one here
-            fit_config = dataclasses.replace(fit_config, capture="off")
-        elif fit_config.capture != "off":
-            capture = fit_config.capture
-            raise InputError(None, f"several images are fitted by the eager step only, not capture {capture!r}")
-        clean = torch.cat(images)  # the ground truth: PSNR/SSIM are the mean over images
-        settings = _settings(task, names, fit_config, imp, start.arch, obs_seed)
-        settings.update(resume_settings(clean, fit_config))
-        settings["image_sha256"] = [image_digest(img) for img in images]
-        if imp.fit_target(task) == "clean":
-            target = stack_observations([task.clean_target(img) for img in images])
-        else:
-            target = stack_observations([simulate(task, img, obs_seed + i) for i, img in enumerate(images)])
+    fit_config = _imp_fit_config(fit_config, multi=len(images) > 1)
+    problem = _problem(task, images, names, fit_config, imp, start.arch, obs_seed)
     if imp.rewind_iter > fit_config.iters:
         raise InputError(None, f"rewind iteration {imp.rewind_iter} is beyond the {fit_config.iters} iterations")
-
-    done = existing_rounds(out_dir)
-    original_init = start.init
-    masks = start.masks
-    prev: Ticket | None = None
     rewind_file = out_dir / f"rewind_iter_{imp.rewind_iter}.pt"
-    rewind_state: dict[str, torch.Tensor] | None = None
-    if done:
-        first = load_ticket(done[0])
-        check_same_settings(done[0], first.provenance.get("settings"), settings)
-        original_init = first.init
-        last_r = max(done)
-        prev = load_ticket(done[last_r]) if last_r else first
-        if prev.fitted is None:
-            raise InputError(done[last_r], "round ticket holds no fitted weights: cannot continue from it")
-        if imp.rewind_iter > 0:
-            if not rewind_file.exists():
-                raise InputError(rewind_file, "missing: cannot continue an IMP run with rewinding without it")
-            rewind_state = load_rewind_state(rewind_file)
-        rows = [_summary_row(r, p, load_ticket(p).provenance) for r, p in sorted(done.items())]
-        if last_r >= imp.rounds:
-            say(f"{out_dir}: rounds 0-{last_r} already complete, nothing to do (more rounds continue the chain)")
-        else:
-            say(f"{out_dir}: rounds 0-{last_r} already complete; continuing from round {last_r + 1}")
-        start_round = last_r + 1
-    else:
-        start_round = 0
-        rows = []
-
-    for r in range(start_round, imp.rounds + 1):
-        if r == 0:
-            round_masks = masks
-            init = original_init
-        else:
-            assert prev is not None and prev.fitted is not None
-            # random baseline: one generator per round, so a resumed run equals an uninterrupted one
-            gen = torch.Generator().manual_seed(fit_config.seed * 1000 + r)
-            round_masks = prune(prev.fitted, prev.masks, imp.rate, imp.scope, imp.granularity, imp.random, gen)
-            init = rewind_state if rewind_state is not None else original_init
-        ticket = Ticket(arch=start.arch, init=init, masks=round_masks)
+    chain = _resume(out_dir, start, problem.settings, imp, rewind_file, say)
+    for r in range(chain.next_round, imp.rounds + 1):
+        ticket = _round_ticket(r, start, chain, imp, fit_config.seed)
         snap = {imp.rewind_iter} if (r == 0 and imp.rewind_iter > 0) else set()
         result = fit(
             ticket,
-            target,
+            problem.target,
             fit_config,
-            gt=clean,
+            gt=problem.clean,
             task=task,
             progress=progress,
             description=f"round {r}/{imp.rounds} density {ticket.density:.4f}",
             snapshot_at=snap,
         )
         if r == 0 and imp.rewind_iter > 0:
-            rewind_state = {k: v.cpu() for k, v in result.snapshots[imp.rewind_iter].items()}
-
-            with atomic_output(rewind_file) as tmp:
-                torch.save(rewind_state, tmp)
-        provenance = {
-            "tool": "lipdeploy find",
-            "lipdeploy_version": __version__,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "round": r,
-            "density": round(ticket.density, 6),
-            "sparsity": round(1 - ticket.density, 6),
-            "init": "original initialisation"
-            if (r == 0 or imp.rewind_iter == 0)
-            else f"weights at iteration {imp.rewind_iter} of the dense fit (rewind point)",
-            "parent": round_path(out_dir, r - 1, ext).name if r else None,
-            "pruning": "random" if imp.random else f"{imp.scope} {get_pattern(imp.granularity).score_name}",
-            "psnr_best": result.psnr_best,
-            "psnr_final": result.psnr_final,
-            "ssim_best": result.ssim_best,
-            "ssim_final": result.ssim_final,
-            "psnr_measured": f"{task.metric_label}, vs the clean image; fit target: {settings['target']}",
-            "fit_seconds": round(result.seconds, 2),
-            "settings": settings,
-            **({"images": image_records(names, images)} if multi else {}),
-            **{
-                k: settings[k]
-                for k in (
-                    "task",
-                    "image",
-                    "rate",
-                    "seed",
-                    "granularity",
-                    "scope",
-                    "rewind_iter",
-                    "iters",
-                    "block",
-                    "channel_rule",
-                )
-                if k in settings
-            },
-        }
+            chain.rewind_state = _save_rewind(rewind_file, result.snapshots[imp.rewind_iter])
+        parent = round_path(out_dir, r - 1, ext).name if r else None
+        provenance = _provenance(r, ticket, result, imp, problem, task, parent)
         ticket = ticket.replace(fitted=result.state_dict, provenance=provenance)
         path = round_path(out_dir, r, ext)
         ticket.save(path)
@@ -346,9 +410,10 @@ def find_ticket(
         )
         if on_round is not None:
             on_round(r, path, result)
-        prev = ticket
-        rows = [row for row in rows if row["round"] != r] + [_summary_row(r, path, provenance)]
-        atomic_write_text(out_dir / "imp.json", json.dumps({"settings": settings, "rounds": rows}, indent=2) + "\n")
+        chain.prev = ticket
+        chain.rows = [row for row in chain.rows if row["round"] != r] + [_summary_row(r, path, provenance)]
+        summary = {"settings": problem.settings, "rounds": chain.rows}
+        atomic_write_text(out_dir / "imp.json", json.dumps(summary, indent=2) + "\n")
     return [p for r, p in sorted(existing_rounds(out_dir).items()) if r <= imp.rounds]
 
 

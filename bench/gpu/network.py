@@ -7,8 +7,8 @@ fitting step (MSE loss, backward, Adam) of:
 
 - ``dense``: the unpruned network, PyTorch defaults (cuDNN, TF32 allowed as PyTorch allows it by default) -- the
   baseline users actually run; speedups are relative to it, measured in the same run;
-- ``masked``: the same network with the mask's zeros (what a LIP fit runs today; the fitting step includes the
-  gradient-masking hooks that keep pruned weights at zero);
+- ``masked``: the same network with the mask's zeros (what a LIP fit runs on backend "masked"; the fitting step
+  includes the fused pass that masks the pruned gradients, :class:`lipdeploy.fit_result.PrunedGradients`);
 - ``compact``: :func:`lipdeploy.compaction.compact` (exact channel compaction, dense cuDNN convs);
 - ``sparse``: :func:`lipdeploy.backends.sparsify` with ``backend="triton-csr"`` (every conv on the sparse kernels);
 - ``auto``: :func:`lipdeploy.backends.sparsify` with ``backend="auto"`` (per layer, the fastest of cuDNN and the
@@ -36,18 +36,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from lipdeploy.backends import sparse_layers, sparsify
 from lipdeploy.compaction import analyze_compaction, compact
-from lipdeploy.fit import MASKED, FitConfig, fit, simulate
+from lipdeploy.fit import MASKED, FitConfig, FitResult, fit, simulate
+from lipdeploy.fit_result import PrunedGradients
 from lipdeploy.kernels import SparseConv2d
-from lipdeploy.masks import Mask, freeze_pruned, prunable_shapes
+from lipdeploy.masks import Mask, prunable_shapes
 from lipdeploy.networks import SkipSpec, make_input
 from lipdeploy.patterns import PATTERNS
-from lipdeploy.tasks import Denoise
-from lipdeploy.ticket import ticket_from_model
+from lipdeploy.tasks import Denoise, Observation
+from lipdeploy.ticket import Ticket, ticket_from_model
 
 from ..script import Results, needs_gpu, parser, refuse, script_environment
 from ..timing import device_ms
@@ -111,14 +115,16 @@ def _fit_dense(model, x, steps: int, seed: int) -> None:
         opt.step()
 
 
-def _step_fn(net, x, target, hooks_masks=None):
-    if hooks_masks is not None:
-        freeze_pruned(net, hooks_masks)
+def _step_fn(net, x, target, masks=None):
+    """A plain fitting step of ``net`` (MSE, backward, Adam); with ``masks``, the pruned gradients masked in the fused
+    pass between backward and the update."""
+    pruned = PrunedGradients.of(net, masks) if masks is not None else PrunedGradients()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01)
 
     def step():
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.mse_loss(net(x), target).backward()
+        pruned()
         opt.step()
 
     return step
@@ -165,7 +171,7 @@ def run(args: argparse.Namespace) -> Results:
                         continue
                     t0 = time.perf_counter()
                     try:
-                        fwd_net, step_net, hook_masks = _variant(variant, ticket, dev, x)
+                        fwd_net, step_net, step_masks = _variant(variant, ticket, dev, x)
                     except Exception as exc:  # one failing variant must not lose the others' numbers
                         results.add({"size": size, "mask": kind, "sparsity": sp, "variant": variant,
                                      "error": f"{type(exc).__name__}: {exc}"[:300]})  # fmt: skip
@@ -174,7 +180,7 @@ def run(args: argparse.Namespace) -> Results:
                     with torch.no_grad():
                         t_fwd = _bench(lambda n=fwd_net, x=x: n(x), args.rep, dev)
                     if any(p.requires_grad for p in step_net.parameters()):
-                        t_step = _bench(_step_fn(step_net, x, target, hook_masks), args.rep, dev)
+                        t_step = _bench(_step_fn(step_net, x, target, step_masks), args.rep, dev)
                     else:  # compaction proved the output constant: nothing left to fit
                         t_step = None
                     row = _row(size, kind, sp, variant, t_fwd, t_step, t_dense_fwd, t_dense_step)
@@ -259,8 +265,6 @@ def _profile_fit(fit_once, cuda: bool) -> dict[str, float]:
     rest. CPU (smoke mode): launches = top-level aten ops (what would each be a launch), times = their self CPU time
     (kernels run by the Triton interpreter are no aten ops: the bsr kernels' time counts nowhere there).
     """
-    from torch.profiler import ProfilerActivity, profile
-
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         fit_once()
@@ -289,6 +293,102 @@ def _profile_fit(fit_once, cuda: bool) -> dict[str, float]:
     return {"launches": launches, "conv_ms": conv, "other_ms": other}
 
 
+FIT_WARMUP, FIT_PROFILED = 2, 3
+"""``--fit-step``'s profiled fits: one of ``FIT_WARMUP`` iterations and one of ``FIT_WARMUP + FIT_PROFILED``; their
+difference over ``FIT_PROFILED`` is one step's launches and times (setup, warm-up and capture cancel out)."""
+
+FitCase = tuple[str, str, Ticket, str]
+"""A ``--fit-step`` case: variant, mask kind, ticket, fit backend."""
+
+
+def _fit_cases(
+    base: torch.nn.Module,
+    spec: SkipSpec,
+    sparsity: float,
+    args: argparse.Namespace,
+    dense_ticket: Ticket,
+    variants: Sequence[str],
+    block_kind: str,
+) -> list[FitCase]:
+    """The cases fitted at ``sparsity``: at 0 the dense network (on the masked backend: the reference); else
+    ``masked`` and ``sparse`` (``--fit-backend``) on the first ``--masks`` kind, ``bsr`` on a ``block_kind`` ticket."""
+    if sparsity <= 0:
+        return [("dense", "-", dense_ticket, MASKED)]
+    cases: list[FitCase] = []
+    if "masked" in variants or "sparse" in variants:
+        kind = args.masks[0]
+        ticket = ticket_from_model(base, spec, dict(_masks(base, kind, sparsity, args.seed).items()))
+        cases += [(v, kind, ticket, b) for v, b in (("masked", MASKED), ("sparse", args.fit_backend))
+                  if v in variants]  # fmt: skip
+    if "bsr" in variants:
+        blocks = ticket_from_model(base, spec, dict(_masks(base, block_kind, sparsity, args.seed).items()))
+        cases.append(("bsr", block_kind, blocks, BSR_BACKEND))
+    return cases
+
+
+@dataclass
+class _FitStepSize:
+    """One image size of ``--fit-step``: the observation and ground truth every case fits, the results, and the
+    dense rows (by label) every speedup is measured against."""
+
+    results: Results
+    size: int
+    obs: Observation
+    clean: torch.Tensor
+    device: torch.device
+    iters: int
+    dense: dict[str, dict] = field(default_factory=dict)
+
+    def measure(self, ticket: Ticket, backend: str, capture: str) -> dict:
+        """The fit's own per-step times over ``iters`` iterations, per-step launches and conv / other ms from the
+        profiler (:data:`FIT_WARMUP`, :data:`FIT_PROFILED`), and the restored image (``output``)."""
+
+        def fit_for(iters: int) -> FitResult:
+            config = FitConfig(iters=iters, log_every=iters, device=str(self.device), backend=backend, capture=capture)
+            return fit(ticket, self.obs, config, gt=self.clean)
+
+        cuda = self.device.type == "cuda"
+        res = fit_for(self.iters)
+        short = _profile_fit(lambda: fit_for(FIT_WARMUP), cuda)
+        long = _profile_fit(lambda: fit_for(FIT_WARMUP + FIT_PROFILED), cuda)
+        per_step = {k: max(0.0, (long[k] - short[k]) / FIT_PROFILED) for k in short}
+        return {"step_ms": res.step_ms, "step_ms_median": res.step_ms_median, **per_step, "output": res.output}
+
+    def add_case(self, sparsity: float, case: FitCase, captured: str) -> None:
+        """``case``'s rows, eager then ``captured``: times, speedups over the dense rows, and the captured fit's
+        largest difference to the eager fit's image. A failing fit becomes an error row."""
+        variant, kind, ticket, backend = case
+        eager_out = None
+        for capture in ("off", captured):
+            label = f"{variant}_{'eager' if capture == 'off' else 'captured'}"
+            try:
+                m = self.measure(ticket, backend, capture)
+            except Exception as exc:  # one failing variant must not lose the others' numbers
+                self.results.add({"size": self.size, "sparsity": sparsity, "variant": label, "capture": capture,
+                                  "error": f"{type(exc).__name__}: {exc}"[:300]})  # fmt: skip
+                continue
+            out = m.pop("output")
+            if sparsity <= 0:
+                self.dense[label] = m
+            row = {"size": self.size, "mask": kind, "sparsity": sparsity, "variant": label, "backend": backend,
+                   "capture": capture}  # fmt: skip
+            row.update({k: round(v, 4) for k, v in m.items()})
+            for base_label in ("dense_eager", "dense_captured"):
+                if base_label in self.dense:
+                    # medians: the mean of the first fit on a card carries its one-time costs (CUDA
+                    # context, cuDNN heuristics, Triton compiles): dense eager at 256 px on an H100,
+                    # 2026-11-27, mean 182.3 ms per step against a median of 17.0 ms
+                    ratio = self.dense[base_label]["step_ms_median"] / m["step_ms_median"]
+                    row[f"speedup_vs_{base_label}"] = round(ratio, 3)
+            if eager_out is None:
+                eager_out = out
+            else:
+                row["max_abs_diff_vs_eager"] = float((out - eager_out).abs().max())
+            self.results.add(row)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def run_fit_step(args: argparse.Namespace) -> Results:
     """The engine's whole fitting step (``lipdeploy.fit.fit``: forward, backward, Adam, average, PSNR tracking,
     backtracking) per size x sparsity: dense / masked / sparse / bsr network, eager (``capture="off"``) vs captured
@@ -312,69 +412,17 @@ def run_fit_step(args: argparse.Namespace) -> Results:
     results = Results(args.output, script_environment(gpu=gpu, mode="fit-step", **settings), printer=_print_fit)
     spec = _spec(args)
     captured = "cuda-graph" if cuda else "sync-free"
-    warm, prof_steps = 2, 3
-
-    def measure(ticket, obs, clean, backend: str, capture: str) -> dict:
-        def cfg(iters: int) -> FitConfig:
-            return FitConfig(iters=iters, log_every=iters, device=str(dev), backend=backend, capture=capture)
-
-        res = fit(ticket, obs, cfg(args.fit_iters), gt=clean)
-        short = _profile_fit(lambda: fit(ticket, obs, cfg(warm), gt=clean), cuda)
-        long = _profile_fit(lambda: fit(ticket, obs, cfg(warm + prof_steps), gt=clean), cuda)
-        per_step = {k: max(0.0, (long[k] - short[k]) / prof_steps) for k in short}
-        return {"step_ms": res.step_ms, "step_ms_median": res.step_ms_median, **per_step, "output": res.output}
-
+    variants = getattr(args, "fit_variants", None) or FIT_VARIANTS
+    block_kind = getattr(args, "block_mask", "block-random")
     for size in args.sizes:
         torch.manual_seed(args.seed)
         base = spec.build().train()
         clean = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(1))
-        obs = simulate(Denoise(), clean, seed=0)
+        at_size = _FitStepSize(results, size, simulate(Denoise(), clean, seed=0), clean, dev, args.fit_iters)
         dense_ticket = ticket_from_model(base, spec, dict(Mask.ones_like(base).items()))
-        ref: dict[str, dict] = {}
-        variants = getattr(args, "fit_variants", None) or FIT_VARIANTS
-        block_kind = getattr(args, "block_mask", "block-random")
         for sp in dict.fromkeys([0.0, *(s for s in args.sparsities if s > 0)]):  # dense first, then as given
-            cases: list[tuple[str, str, object, str]] = []
-            if sp <= 0:
-                cases = [("dense", "-", dense_ticket, MASKED)]
-            if sp > 0 and ("masked" in variants or "sparse" in variants):
-                kind = args.masks[0]
-                ticket = ticket_from_model(base, spec, dict(_masks(base, kind, sp, args.seed).items()))
-                cases += [(v, kind, ticket, b) for v, b in (("masked", MASKED), ("sparse", args.fit_backend))
-                          if v in variants]  # fmt: skip
-            if sp > 0 and "bsr" in variants:
-                blocks = ticket_from_model(base, spec, dict(_masks(base, block_kind, sp, args.seed).items()))
-                cases.append(("bsr", block_kind, blocks, BSR_BACKEND))
-            for variant, kind, ticket, backend in cases:
-                eager_out = None
-                for capture in ("off", captured):
-                    label = f"{variant}_{'eager' if capture == 'off' else 'captured'}"
-                    try:
-                        m = measure(ticket, obs, clean, backend, capture)
-                    except Exception as exc:  # one failing variant must not lose the others' numbers
-                        results.add({"size": size, "sparsity": sp, "variant": label, "capture": capture,
-                                     "error": f"{type(exc).__name__}: {exc}"[:300]})  # fmt: skip
-                        continue
-                    out = m.pop("output")
-                    if sp <= 0:
-                        ref[label] = m
-                    row = {"size": size, "mask": kind, "sparsity": sp, "variant": label, "backend": backend,
-                           "capture": capture}  # fmt: skip
-                    row.update({k: round(v, 4) for k, v in m.items()})
-                    for base_label in ("dense_eager", "dense_captured"):
-                        if base_label in ref:
-                            # medians: the mean of the first fit on a card carries its one-time costs (CUDA
-                            # context, cuDNN heuristics, Triton compiles): dense eager at 256 px on an H100,
-                            # 2026-11-27, mean 182.3 ms per step against a median of 17.0 ms
-                            ratio = ref[base_label]["step_ms_median"] / m["step_ms_median"]
-                            row[f"speedup_vs_{base_label}"] = round(ratio, 3)
-                    if eager_out is None:
-                        eager_out = out
-                    else:
-                        row["max_abs_diff_vs_eager"] = float((out - eager_out).abs().max())
-                    results.add(row)
-                    if cuda:
-                        torch.cuda.empty_cache()
+            for case in _fit_cases(base, spec, sp, args, dense_ticket, variants, block_kind):
+                at_size.add_case(sp, case, captured)
     return results
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
+import torch
 
 from ..errors import InputError
 from ..fit import MASKED, FitConfig
@@ -15,8 +15,12 @@ from ..gan_train import GanTrainConfig
 from ..images import check_min_side, crop_to_multiple, image_name, load_image
 from ..imp import ImpConfig, find_ticket
 from ..limits import check_work
+from ..multi_image import common_size
+from ..patterns import block_name, block_pattern, parse_block
 from ..priors import PriorSpec
 from ..runlock import check_output_folder
+from ..tasks import Task
+from ..ticket import Ticket
 from .find_generator import find_with_generator
 from .generator_options import GeneratorSource, generator_options
 from .options import (
@@ -194,32 +198,58 @@ def find_command(
     D's masks and weights.
     """
     if source.given:
-        if images or task_spec.name is not None or prior.ticket is not None or prior.has_arch:
-            raise InputError(None, "GAN IMP (--generator) takes no IMAGES, --task, --ticket or --arch: it trains on "
-                             "--data")  # fmt: skip
+        _refuse_dip_inputs(images, task_spec, prior)
         return find_with_generator(
             source=source, net=prior.net, data=data, out_dir=out_dir, rounds=rounds, rate=rate, epochs=epochs,
             batch=batch, lr=GanTrainConfig.lr if lr is None else lr, random=random_, fresh=fresh_discriminator,
             seed=seed, device=device, quiet=quiet, as_json=as_json, ext=f".{fmt}",
         )  # fmt: skip
-    if not images or task_spec.name is None:
-        raise InputError(None, "find needs IMAGES and --task (or --generator G.pth for GAN IMP)")
-    if data is not None or fresh_discriminator:
-        raise InputError(None, "--data and --fresh-discriminator are for GAN IMP (--generator)")
+    _refuse_gan_inputs(images, task_spec, data, fresh_discriminator)
     lr = FitConfig.lr if lr is None else lr
     log = Reporter()  # notices on stderr: stdout stays the result (pure JSON with --json)
     granularity = _with_block(granularity, block)
     check_output_folder(out_dir)  # before the first fit, not after it (a read-only folder would waste the round)
-    imp = ImpConfig(
-        rounds=rounds,
-        rate=rate,
-        scope=scope,
-        granularity=granularity,
-        rewind_iter=rewind_iter,
-        target=target,
-        random=random_,
-    )
+    imp = ImpConfig(rounds=rounds, rate=rate, scope=scope, granularity=granularity, rewind_iter=rewind_iter,
+                    target=target, random=random_)  # fmt: skip
     start, prior_label = make_prior(prior, seed)
+    cleans, task, names = _prepared_images(images, task_spec, start, crop, resize, common, log)
+    config = FitConfig(iters=iters, lr=lr, ema=ema, ema_mode=ema_mode, seed=seed, device=device, backend=backend)
+    eta = "" if quiet or as_json or iters < 50 else _expected_time(start, cleans[0], device, seed, iters * (rounds + 1))
+    log(f"IMP on {', '.join(names)} ({task_spec.name}), {prior_label}: rounds 0-{rounds}, into {out_dir}{eta}")
+    paths = find_ticket(
+        start, cleans if len(cleans) > 1 else cleans[0], task, out_dir, imp, config,
+        image_name=names if len(names) > 1 else names[0], ext=f".{fmt}",
+        progress=not (quiet or as_json) and sys.stderr.isatty(), log=log,
+    )  # fmt: skip
+    _print_summary(out_dir, paths, as_json)
+
+
+def _refuse_dip_inputs(images: tuple[str, ...], task_spec: TaskSpec, prior: PriorSpec) -> None:
+    """GAN IMP trains on --data: IMAGES, --task, --ticket and --arch are for the DIP's IMP."""
+    if images or task_spec.name is not None or prior.ticket is not None or prior.has_arch:
+        raise InputError(None, "GAN IMP (--generator) takes no IMAGES, --task, --ticket or --arch: it trains on "
+                         "--data")  # fmt: skip
+
+
+def _refuse_gan_inputs(images: tuple[str, ...], task_spec: TaskSpec, data: str | None, fresh: bool) -> None:
+    """The DIP's IMP needs IMAGES and --task; --data and --fresh-discriminator are for GAN IMP."""
+    if not images or task_spec.name is None:
+        raise InputError(None, "find needs IMAGES and --task (or --generator G.pth for GAN IMP)")
+    if data is not None or fresh:
+        raise InputError(None, "--data and --fresh-discriminator are for GAN IMP (--generator)")
+
+
+def _prepared_images(
+    images: tuple[str, ...],
+    task_spec: TaskSpec,
+    start: Ticket,
+    crop: str | None,
+    resize: str | None,
+    common: str,
+    log: Reporter,
+) -> tuple[list[torch.Tensor], Task, list[str]]:
+    """The IMAGES loaded and prepared (:func:`_clean_image`), several brought to one size (--common-size); with the
+    task and the images' names."""
     if len(images) > 1 and task_spec.mask_path is not None:
         raise InputError(task_spec.mask_path, "a mask file is for one image; several images draw their masks (--drop)")
     prepared = [_clean_image(image, task_spec, start, crop, resize, log) for image in images]
@@ -227,30 +257,21 @@ def find_command(
     names = [image_name(image) for image in images]
     cleans = [clean for clean, _ in prepared]
     if len(cleans) > 1:
-        from ..multi_image import common_size  # imports torch: only when a command runs
-
         cleans, msg = common_size(cleans, task.clean_multiple(start.arch.stride), common, names)
         if msg:
             log(msg)
-    clean = cleans[0]
-    config = FitConfig(iters=iters, lr=lr, ema=ema, ema_mode=ema_mode, seed=seed, device=device, backend=backend)
-    eta = ""
-    if not (quiet or as_json) and iters >= 50:
-        step_s = estimate_fit(start, clean.shape[2], clean.shape[3], device, MASKED, seed)
-        eta = f"; expected up to {format_duration(step_s * iters * (rounds + 1))} ({1e3 * step_s:.0f} ms/step measured)"
-    log(f"IMP on {', '.join(names)} ({task_spec.name}), {prior_label}: rounds 0-{rounds}, into {out_dir}{eta}")
-    paths = find_ticket(
-        start,
-        cleans if len(cleans) > 1 else clean,
-        task,
-        out_dir,
-        imp,
-        config,
-        image_name=names if len(names) > 1 else names[0],
-        ext=f".{fmt}",
-        progress=not (quiet or as_json) and sys.stderr.isatty(),
-        log=log,
-    )
+    return cleans, task, names
+
+
+def _expected_time(start: Ticket, clean: torch.Tensor, device: str, seed: int, steps: int) -> str:
+    """The run's expected duration for the log line: ``steps`` fitting steps of the masked network (what every IMP
+    round fits), one step measured on ``clean``'s size."""
+    step_s = estimate_fit(start, clean.shape[2], clean.shape[3], device, MASKED, seed)
+    return f"; expected up to {format_duration(step_s * steps)} ({1e3 * step_s:.0f} ms/step measured)"
+
+
+def _print_summary(out_dir: Path, paths: list[Path], as_json: bool) -> None:
+    """The result on stdout: imp.json with --json, else one line."""
     if as_json:
         summary = out_dir / "imp.json"
         click.echo(summary.read_text() if summary.is_file() else json.dumps({"rounds": [str(p) for p in paths]}))
@@ -259,8 +280,8 @@ def find_command(
 
 
 def _clean_image(
-    image: str, task_spec: TaskSpec, start: Any, crop: str | None, resize: str | None, log: Reporter
-) -> tuple[Any, Any]:
+    image: str, task_spec: TaskSpec, start: Ticket, crop: str | None, resize: str | None, log: Reporter
+) -> tuple[torch.Tensor, Task]:
     """One IMAGE loaded, shrunk by --crop / --resize, cropped to the network's stride and checked; with the task
     (holding the --mask, sized alike, for inpainting)."""
     img = load_image(image)
@@ -293,8 +314,6 @@ def _with_block(granularity: str, block: str | None) -> str:
         return granularity
     if not granularity.startswith("block"):
         raise InputError(None, f"--block goes with --granularity block, not {granularity!r}")
-    from ..patterns import block_name, block_pattern, parse_block  # imports torch: only when a command runs
-
     try:
         bo, bi = parse_block(block)
     except ValueError as exc:

@@ -21,7 +21,7 @@ import click
 
 from ..errors import InputError
 from ..fit_config import FitConfig, check_field, field_help
-from ..limits import check_size
+from ..limits import check_finite, check_seed, check_size
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +78,6 @@ class SeedType(click.ParamType):
     name = "integer"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from ..limits import check_seed  # light: no torch
-
         if isinstance(value, int):
             return check_seed(value, _flag(param))
         try:
@@ -95,8 +93,6 @@ class FiniteFloat(click.ParamType):
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        from ..limits import check_finite  # light: no torch
-
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -645,8 +641,8 @@ def estimate_fit(
     # the fitting engine (torch and the whole library): loaded to run, not for --help
     import torch
 
-    from ..fit import fit
-    from ..tasks import Observation
+    from ..fit import fit  # the fitting engine: loaded to run, not for --help
+    from ..tasks import Observation  # imports torch: only when a command runs
 
     blank = torch.zeros(1, 3, height, width)
     obs = Observation(task="denoise", image=blank, out_size=(height, width), params={})
