@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from lipdeploy.bench.harness import Bench, RowStore, engine, parse_shard, plan
 from lipdeploy.bench.harness.presets import PRESETS, Preset, rounds_for
-from lipdeploy.bench.report import build_report, quality_latency_plot
+from lipdeploy.bench.plots import quality_latency_plot
+from lipdeploy.bench.report import build_report
 from lipdeploy.cli import cli
 from lipdeploy.errors import InputError
 from lipdeploy.networks import SkipSpec
@@ -330,7 +331,7 @@ def test_a_later_record_of_a_job_replaces_an_earlier_one_in_any_shard_file(tmp_p
 
 
 def test_latency_ratios_pair_each_model_with_dense_timed_in_the_same_run():
-    from lipdeploy.bench.report import latency_vs_dense
+    from lipdeploy.bench.frontier import latency_vs_dense
 
     def lat(method, ms, env):
         return {"method": method, "metric": "forward_ms", "runner": "torch-cpu", "value": ms, "env": env}
@@ -373,7 +374,7 @@ def test_quality_latency_plot_lists_collapsed_tickets_instead_of_drawing_them(tm
     frontier on both axes: it goes into the panel's note, and the drawn lines hold only the others."""
     import matplotlib.axes
 
-    from lipdeploy.bench.report import PLOT_FLOOR_DB
+    from lipdeploy.bench.plots import PLOT_FLOOR_DB
 
     def q(method, family, value):
         return {"method": method, "family": family, "metric": "psnr_best", "image": "astronaut", "value": value}
@@ -397,7 +398,7 @@ def test_quality_latency_plot_lists_collapsed_tickets_instead_of_drawing_them(tm
 
 
 def test_deltas_vs_dense_are_paired_by_image():
-    from lipdeploy.bench.report import delta_vs_dense
+    from lipdeploy.bench.verdicts import delta_vs_dense
 
     def row(method, image, value):
         return {"method": method, "image": image, "metric": "psnr_best", "value": value}
@@ -409,7 +410,7 @@ def test_deltas_vs_dense_are_paired_by_image():
 
 
 def test_claim_verdicts_read_the_interval_of_the_paired_differences():
-    from lipdeploy.bench.report import claims
+    from lipdeploy.bench.verdicts import claims
 
     def row(method, image, value, sparsity=None):
         return {"method": method, "image": image, "metric": "psnr_best", "value": value, "sparsity": sparsity}
@@ -643,7 +644,7 @@ def _ort(method, ms):
 
 
 def test_issue_12_target_lines_name_what_meets_them_and_what_comes_closest():
-    from lipdeploy.bench.report import target_lines
+    from lipdeploy.bench.frontier import target_lines
 
     rows = _quality("dense", "dense", None, {"a": 30.0, "b": 31.0})
     rows += _quality("lip-block-83", "lip-block", 0.83, {"a": 29.9, "b": 30.8})  # -0.15 dB

@@ -12,7 +12,7 @@ import torch
 from lipdeploy.bench.harness import Bench, RowStore, plan
 from lipdeploy.bench.harness.presets import PRESETS
 from lipdeploy.bench.harness.workspace import Workspace
-from lipdeploy.bench.report import comparison_table, noise_floor, threads_note
+from lipdeploy.bench.verdicts import comparison_table, noise_floor, threads_note
 from lipdeploy.networks import SkipSpec
 from lipdeploy.tasks import make_task
 

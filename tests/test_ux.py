@@ -172,7 +172,8 @@ def test_a_process_first_latency_timing_is_made_twice_and_the_first_thrown_away(
 
 def test_latency_spread_and_ci_has_no_verdict():
     from lipdeploy.bench.harness.latency import timed_ms
-    from lipdeploy.bench.report import claims, resource_table
+    from lipdeploy.bench.tables import resource_table
+    from lipdeploy.bench.verdicts import claims
 
     stats = timed_ms(lambda: sum(range(1000)), warmup=1, repeats=5)
     assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
@@ -265,7 +266,7 @@ def test_inspect_readable_names_and_short_provenance(tmp_path):
 
 
 def test_series_styles_are_distinct_and_every_image_is_plotted(tmp_path):
-    from lipdeploy.bench.report import plots, series_styles
+    from lipdeploy.bench.plots import plots, series_styles
 
     names = [f"method-{i}" for i in range(15)]
     styles = series_styles(names)

@@ -31,6 +31,7 @@ from lipdeploy.networks import paper_skip
 from lipdeploy.tasks import make_task
 from lipdeploy.ticket import ticket_from_model
 
+from ..plots import style_of
 from ..script import Results, parser, script_environment
 
 
@@ -88,13 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def plot(rows: list[dict], path: Path, settings: dict) -> Path:
     """PSNR vs sparsity, one line per chain (the report's family colours), dense and dense - 0.5 dB as references."""
-    # matplotlib.pyplot takes ~3.5 s to import: loaded only when a plot is drawn (the report module with it)
+    # matplotlib.pyplot takes ~3.5 s to import: loaded only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report import style_of
+    import matplotlib.pyplot as plt  # after use("Agg"), with matplotlib (see above)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     dense = next(r["psnr_best"] for r in rows if r["round"] == 0)
