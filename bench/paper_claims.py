@@ -17,8 +17,8 @@ from typing import Any
 
 from . import stats
 
-NEAR_DB = 0.5  # issue 16: "within 0.5 dB" of dense (up to 89%) and of the image's own ticket (transfer)
-ABOVE_RANDOM_DB = 1.0  # issue 16: "at >= 95% sparsity, LIP above random pruning by >= 1 dB"
+NEAR_DB = 0.5  # target: "within 0.5 dB" of dense (up to 89%) and of the image's own ticket (transfer)
+ABOVE_RANDOM_DB = 1.0  # target: "at >= 95% sparsity, LIP above random pruning by >= 1 dB"
 MODERATE = 0.9  # "up to 89%": the LIPs whose sparsity is at most this must match dense
 EXTREME = 0.95  # "at >= 95%": the LIPs compared with random pruning
 

@@ -123,8 +123,7 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev, emit: Callable[.
     """All rows of one layer shape at one input size (dense baselines timed once, reused for every sparsity), handed
     to ``emit`` as they are measured (the dense row, then one batch per mask kind and sparsity)."""
     # deferred: the kernels need Triton, which main() checks for first (to refuse with one line, not a traceback)
-    from lipdeploy.kernels import pack_conv_weight, sparse_conv2d, sparse_conv2d_reference
-    from lipdeploy.kernels.sparse_conv import config_grid, default_config
+    from lipdeploy.kernels.sparse_conv import config_grid
 
     # --tune: every kernel config of the grid (plus the default); otherwise the default config only
     configs = [None, *config_grid(dev)] if args.tune else [None]
@@ -180,31 +179,39 @@ def bench_shape(args, name, cin, cout, k, stride, hw, gen, dev, emit: Callable[.
             }
             add(sp, kind, "masked_dense", t_masked, int(mask.sum()), 0.0)
             for fmt in args.formats:
-                packed = pack_conv_weight(w, mask, format=fmt)
-                with torch.no_grad():
-                    tf32 = torch.backends.cudnn.allow_tf32
-                    torch.backends.cudnn.allow_tf32 = False  # exact fp32 reference for the error column
-                    yr = sparse_conv2d_reference(x, packed, b, stride, pad, PAD_MODE, SLOPE)
-                    torch.backends.cudnn.allow_tf32 = tf32
-                vg = packed.values.clone().requires_grad_(True)
-                pg = packed.with_values(vg)
-                for cfg in configs:
-                    with torch.no_grad():
-                        y = sparse_conv2d(x, packed, b, stride, pad, PAD_MODE, SLOPE, cfg)
-                        err = (y - yr).abs().max().item()
-                    t = {
-                        "fwd": _bench(
-                            lambda p=packed, c=cfg: sparse_conv2d(x, p, b, stride, pad, PAD_MODE, SLOPE, c), dev
-                        ),
-                        "fwd+bwd": _bench(
-                            lambda p=pg, c=cfg: sparse_conv2d(xg, p, bg, stride, pad, PAD_MODE, SLOPE, c).backward(gy),
-                            dev,
-                            grad_to_none=[xg, vg, bg],
-                        ),
-                    }
-                    tag = (cfg or default_config(ho * ho, dev)).tag
-                    add(sp, kind, f"triton_{fmt}", t, packed.nnz, err, config=tag, tuned=cfg is not None)
+                for t, nnz, err, extra in _sparse_timings(x, xg, w, mask, b, bg, gy, fmt, configs, stride, pad, dev):
+                    add(sp, kind, f"triton_{fmt}", t, nnz, err, **extra)
             emit(*rows[n0:])
+
+
+def _sparse_timings(x, xg, w, mask, b, bg, gy, fmt: str, configs: list, stride: int, pad: int, dev: torch.device):
+    """Per kernel config (``None``: the default one): the sparse kernels' forward and forward+backward ms on the
+    ``fmt`` packing of ``w * mask``, its stored entries, the forward's max abs error vs the exact fp32 reference, and
+    the row's config columns."""
+    # deferred: the kernels need Triton, which main() checks for first (to refuse with one line, not a traceback)
+    from lipdeploy.kernels import pack_conv_weight, sparse_conv2d, sparse_conv2d_reference
+    from lipdeploy.kernels.sparse_conv import default_config
+
+    packed = pack_conv_weight(w, mask, format=fmt)
+    with torch.no_grad(), _exact_fp32():  # exact fp32 reference for the error column
+        yr = sparse_conv2d_reference(x, packed, b, stride, pad, PAD_MODE, SLOPE)
+    vg = packed.values.clone().requires_grad_(True)
+    pg = packed.with_values(vg)
+    ho = (x.shape[-1] + 2 * pad - w.shape[-1]) // stride + 1
+    for cfg in configs:
+        with torch.no_grad():
+            y = sparse_conv2d(x, packed, b, stride, pad, PAD_MODE, SLOPE, cfg)
+            err = (y - yr).abs().max().item()
+        t = {
+            "fwd": _bench(lambda p=packed, c=cfg: sparse_conv2d(x, p, b, stride, pad, PAD_MODE, SLOPE, c), dev),
+            "fwd+bwd": _bench(
+                lambda p=pg, c=cfg: sparse_conv2d(xg, p, bg, stride, pad, PAD_MODE, SLOPE, c).backward(gy),
+                dev,
+                grad_to_none=[xg, vg, bg],
+            ),
+        }
+        tag = (cfg or default_config(ho * ho, dev)).tag
+        yield t, packed.nnz, err, {"config": tag, "tuned": cfg is not None}
 
 
 def block_mask(shape, sparsity: float, gen: torch.Generator) -> torch.Tensor:

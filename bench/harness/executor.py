@@ -326,7 +326,7 @@ def run_job_on_worker(
     # in a Ray worker: the job's imports are paid by the worker that runs it, not by the driver importing this module
     import torch
 
-    from . import engine
+    from . import engine  # the fitting engine, with torch (above)
 
     torch.set_num_threads(max(1, threads))
     with tempfile.TemporaryDirectory(prefix="lipdeploy-job-") as tmp:

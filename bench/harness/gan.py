@@ -67,7 +67,7 @@ PAPER_TASKS = (
     GanTask("inpaint-50", drop=0.5),
 )
 # The objective comparisons (mom, outliers) run on these methods only: median of means costs two latents per face,
-# and the shared 2-core machine measured ~0.1 s per step of a 20-face batch (2026-12-01).
+# and the shared 2-core machine measured ~0.1 s per step of a 20-face batch.
 OBJECTIVE_METHODS = ("dense", "imp-1", "imp-3", "imp-5", "imp-7", "random-3", "random-7")
 # IMP's masks on the pre-trained weights without retraining: whether a loss comes from pruning or from the WGAN-GP
 # retraining of a generator that was not trained adversarially; measured on these tasks.
@@ -233,7 +233,7 @@ class GanBench(Bench):
 
     def run_chain(self, kind: str) -> list[Path]:
         """The round tickets of chain ``kind`` (found, or continued, if missing); records ``gan-find/<kind>``."""
-        from . import gan_measure
+        from . import gan_measure  # torch-heavy job code, loaded once a job runs (as in run_job)
 
         if kind in self.cache:
             return self.cache[kind]

@@ -22,6 +22,7 @@ from lipdeploy.latent_fit import LatentFitConfig, fit_latent, per_image_metrics
 from lipdeploy.sensing import GaussianOperator, MaskOperator, back_projection, least_squares, simulate_measurements
 from lipdeploy.ticket import Ticket, load_ticket
 
+from ..timing import median_ms
 from .gan import GanTask, chain_of
 
 
@@ -110,7 +111,7 @@ def baseline_rows(bench: Any, task: GanTask) -> list[dict[str, Any]]:
 def latency_row(bench: Any, method: str, runner: str) -> dict[str, Any]:
     """Forward latency at batch 1 of the compacted PyTorch module (``torch-cpu``) or of its ONNX export in ONNX
     Runtime (``ort-cpu``), one thread, with the compacted size."""
-    from lipdeploy.bench.timing import median_ms
+    # onnx and ONNX Runtime: only the latency jobs pay for their import
     from lipdeploy.export import export_onnx, ort_session
     from lipdeploy.export.onnx_export import export_module
 

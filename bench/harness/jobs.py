@@ -115,7 +115,7 @@ def methods_for(preset: Preset, tickets: tuple[str, ...] = ()) -> list[Method]:
 
 
 def frontier_methods(preset: Preset) -> list[Method]:
-    """The structured frontier (issue 12): per find kind of ``preset.frontier`` and ``frontier_random``, a method per
+    """The structured frontier: per find kind of ``preset.frontier`` and ``frontier_random``, a method per
     round of ``frontier_rounds`` (``lip-block-89``, ``lip-channel-norm-95``, ``random-block-83``), and per channel
     kind a dense narrow DIP with the ticket's parameter count (``dip-narrow-89``)."""
     ms: list[Method] = []

@@ -123,7 +123,7 @@ def latency_rows(ws: Workspace, job: Job) -> list[dict[str, Any]]:
     if not _burned_in:
         # The first model a process times runs slow through its whole measurement, whatever the warm-up: the dense
         # paper network (PyTorch CPU, 1 thread, 128 px) timed 83-97 ms first and 75 ms when timed again in the same
-        # process (2026-11-27; 2.5 s of warm-up calls did not help, a second measurement did). So a process's first
+        # process (2.5 s of warm-up calls did not help, a second measurement did). So a process's first
         # timing is made twice and the first one thrown away.
         measure(t, runner, h, w, p.latency_warmup, p.latency_repeats, ws.out / "onnx", m.name)
         _burned_in = True

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     # after parsing: a bad argument fails before torch loads (seconds), in the probe's own subprocess
     import torch
 
+    # with torch (above): loaded after parsing
     from lipdeploy.fit_result import PrunedGradients
     from lipdeploy.networks import make_input
     from lipdeploy.ticket import load_ticket

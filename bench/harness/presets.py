@@ -217,7 +217,7 @@ class Preset:
 
 CI_NET = SkipSpec(channels_down=(16,) * 5, channels_up=(16,) * 5, channels_skip=(4,) * 5)
 
-# the evidence preset's denoising fits on each image, cheapest answer first (issue 25's comparisons)
+# the evidence preset's denoising fits on each image, cheapest answer first (the comparisons it is there to answer)
 EVIDENCE_DENOISE = (
     "lip-unstructured-59", "lip-unstructured-89", "dd-matched-89", "lip-unstructured-95.6", "random-95.6",
     "lip-unstructured-98.8", "random-98.8", "lip-channel-norm-59", "dip-narrow-59", "lip-block-89",
@@ -282,7 +282,7 @@ PRESETS: dict[str, Preset] = {
         latency_warmup=5,
         latency_repeats=20,
         log_every=10,
-        # a fit's best PSNR moves ~0.2 dB from seed to seed (issue 25), the size of the gaps the paper reports:
+        # a fit's best PSNR moves ~0.2 dB from seed to seed, the size of the gaps the paper reports:
         # three seeds per fit give every comparison an interval
         seeds=3,
     ),
@@ -299,7 +299,7 @@ PRESETS: dict[str, Preset] = {
     # - so 3 tasks x 2 images x ~55 min = ~5.5 h, transfers across tasks (4 directions x 2 points x 2 images) and
     #   across images (3 tasks x 2 points x 2 images) ~1 h; the multi-image chain (denoising, 25 rounds of one
     #   network fitted to three images) and its 4 held-out fits ~0.7 h: ~7.2 core-hours in all.
-    # Measured (2-core AMD EPYC, two single-thread processes, 2026-11-27): a fitting step costs ~0.14 s, not the 0.25 s
+    # Measured (2-core AMD EPYC, two single-thread processes): a fitting step costs ~0.14 s, not the 0.25 s
     # assumed above: a 24-round chain took 1003-1009 s, a 500-iteration DIP fit 66-77 s, a matched deep decoder up to
     # 105 s; the whole preset 4.4 core-hours (job times summed, rows files), 2.4 hours of wall time.
     # Numbers at 500 iterations and 96 px are not the paper's (3000 iterations, full images): the report compares
@@ -332,9 +332,9 @@ PRESETS: dict[str, Preset] = {
         latency_repeats=3,
         log_every=10,
     ),
-    # Issue 25: the decisive comparisons of the cpu and fidelity presets, re-measured with 3 seeds in the cheapest
-    # configuration that still answers them, sized for ~2 hours of one core. Measured first (2-core AMD EPYC, one
-    # thread, 2026-12-01): a fitting step of the paper's network costs 171 ms at 64 px and 328 ms at 96 px, so
+    # The decisive comparisons of the cpu and fidelity presets with 3 seeds, in the cheapest configuration that
+    # still answers them, sized for ~2 hours of one core. Measured (2-core AMD EPYC, one thread): a fitting step of
+    # the paper's network costs 171 ms at 64 px and 328 ms at 96 px, so
     # - 64x64 crops (the smallest side DOMAIN.md calls safe), two images (a transferred ticket needs a second one);
     # - 300 iterations per fit (where the paper's loop has fitted a 64x64 crop: 31.2 dB, DOMAIN.md), 120 per IMP
     #   round (the chains to 98.8% are 21 fits long: 120 keeps the four chains of 104 fits under 40 min);
@@ -366,9 +366,9 @@ PRESETS: dict[str, Preset] = {
         memory_probe=False,
         onnx_sizes=False,
         seeds=3,
-        # first every comparison on astronaut (3 seeds: n = 3 each), then coffee's fits (n = 6): on the shared
-        # machine this run got a third of a core (load average 6-10 on 2 cores, 2026-12-01), so a run cut short
-        # still answers every comparison once
+        # first every comparison on astronaut (3 seeds: n = 3 each), then coffee's fits (n = 6): on a shared
+        # machine a run may get a third of a core (load average 6-10 on 2 cores), so a run cut short still answers
+        # every comparison once
         keep_jobs=(
             "quality/dense@denoise/*",
             "find/astronaut/unstructured@denoise",

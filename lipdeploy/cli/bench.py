@@ -168,22 +168,9 @@ def bench_command(
     bar runs; with the log redirected each job prints one line with an ETA. Latency rows record the load average
     and are flagged when it exceeded the core count.
     """
-    # the harness imports torch and the whole library: loaded to run, not for `lipdeploy bench --help`
-    from ..bench.harness import Bench, parse_shard, shard_jobs
-    from ..bench.report import build_report
-
     outp = Path(out)
     if report_only:
-        if not outp.is_dir():
-            raise InputError(outp, "no such results folder")
-        if preset_name == "gan":
-            from ..bench.cpu.gan_report import main as gan_report  # matplotlib: loaded to run, not for --help
-
-            gan_report([str(outp)])
-            click.echo(f"report rebuilt -> {outp / 'report.md'}")
-            return
-        info = build_report(outp)
-        click.echo(f"report rebuilt: {info['rows']} rows from {info['jobs']} jobs -> {outp / 'report.md'}")
+        _rebuild_report(preset_name, outp)
         return
     from ..runlock import check_output_folder  # imports torch: loaded to run, not for --help
 
@@ -199,36 +186,11 @@ def bench_command(
         tickets = (*tickets, str(bundled_ticket()))
     for t in tickets:
         check_regular_file(t, "ticket file")  # a FIFO would hang the job that reads it
-    if threads is not None:
-        check_threads(threads, "--threads")  # the same bound as run's: 10^6 threads segfaulted OpenMP
-        if threads < 1:
-            raise InputError(None, f"--threads must be >= 1, got {threads}")
-    threads = threads or 1
-    import torch  # module level would load it for `lipdeploy bench --help`; the harness has loaded it by now
-
-    torch.set_num_threads(threads)
-    shard_t = parse_shard(shard)
-    if address and executor != "ray":
-        raise InputError(None, "--address needs --executor ray")
-    from ..bench.harness.executor import make_executor  # with the harness: loaded to run, not for --help
-
-    runner = make_executor(executor, address, threads)
-    patterns = _split(job_patterns)
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
-    if preset_name == "gan":
-        from ..bench.harness.gan import GanBench  # with the harness: loaded to run, not for --help
-
-        bench = GanBench(preset, outp, shard_t, log=log, executor=runner)
-    else:
-        bench = Bench(preset, outp, shard_t, tuple(tickets), log=log, executor=runner)
-    only = _key_filter(bench, patterns, "--jobs")
+    bench = _make_bench(preset_name, preset, outp, shard, tuple(tickets), executor, address, _set_threads(threads))
+    only = _key_filter(bench, _split(job_patterns), "--jobs")
     redo = _key_filter(bench, _split(redo_patterns), "--redo")
-
     if list_jobs:
-        done = bench.store.done() if outp.is_dir() else set()
-        for job in shard_jobs(bench.jobs(), shard_t):
-            if only is None or only(job):
-                click.echo(f"{'done' if job.key in done else 'todo'}  {job.key}")
+        _list_jobs(bench, outp, only)
         return
     created = not outp.exists()
     try:
@@ -247,6 +209,63 @@ def bench_command(
     for f in stats.failed:
         click.echo(f"  failed: {f}", err=True)
     click.echo(f"report: {outp / 'report.md'}")
+
+
+def _rebuild_report(preset_name: str, outp: Path) -> None:
+    """``--report-only``: the report of the results folder ``outp``, rebuilt from its rows files."""
+    if not outp.is_dir():
+        raise InputError(outp, "no such results folder")
+    if preset_name == "gan":
+        from ..bench.cpu.gan_report import main as gan_report  # matplotlib: loaded to run, not for --help
+
+        gan_report([str(outp)])
+        click.echo(f"report rebuilt -> {outp / 'report.md'}")
+        return
+    from ..bench.report import build_report  # ~0.2 s of imports: loaded to rebuild, not for --help
+
+    info = build_report(outp)
+    click.echo(f"report rebuilt: {info['rows']} rows from {info['jobs']} jobs -> {outp / 'report.md'}")
+
+
+def _set_threads(threads: int | None) -> int:
+    """``--threads`` checked and applied to torch (1 when not given)."""
+    if threads is not None:
+        check_threads(threads, "--threads")  # the same bound as run's: 10^6 threads segfaulted OpenMP
+        if threads < 1:
+            raise InputError(None, f"--threads must be >= 1, got {threads}")
+    threads = threads or 1
+    import torch  # module level would load it for `lipdeploy bench --help`; runlock has loaded it by now
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _make_bench(preset_name, preset, outp: Path, shard: str, tickets: tuple[str, ...], executor: str, address,
+                threads: int):  # fmt: skip
+    """The Bench (GanBench for the gan preset) of this shard of the run, its jobs run by ``executor``."""
+    # the harness imports torch and the whole library: loaded to run, not for `lipdeploy bench --help`
+    from ..bench.harness import Bench, parse_shard
+    from ..bench.harness.executor import make_executor
+    from ..bench.harness.gan import GanBench
+
+    shard_t = parse_shard(shard)
+    if address and executor != "ray":
+        raise InputError(None, "--address needs --executor ray")
+    job_executor = make_executor(executor, address, threads)
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if preset_name == "gan":
+        return GanBench(preset, outp, shard_t, log=log, executor=job_executor)
+    return Bench(preset, outp, shard_t, tickets, log=log, executor=job_executor)
+
+
+def _list_jobs(bench, outp: Path, only) -> None:
+    """``--list-jobs``: this shard's job keys (those ``only`` keeps), each marked done or todo."""
+    from ..bench.harness import shard_jobs  # with the harness (see _make_bench)
+
+    done = bench.store.done() if outp.is_dir() else set()
+    for job in shard_jobs(bench.jobs(), bench.shard):
+        if only is None or only(job):
+            click.echo(f"{'done' if job.key in done else 'todo'}  {job.key}")
 
 
 def _dip_preset(preset_name, task, images, sparsities, iters, imp_iters, seeds):
