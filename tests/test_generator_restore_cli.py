@@ -99,6 +99,7 @@ def test_orthogonal_operator_and_inpainting(files, tmp_path):
         (("--simulate", "--objective", "mom", "--measurements", 10), "need at least 20 measurements, got 10"),
         ((), "--simulate (measure IMAGE) or --measurements-file"),
         (("--simulate", "--arch", "dd"), "a generator prior takes none of"),
+        (("--simulate", "--backend", "dense"), "--backend"),
     ],
 )
 def test_hostile_sensing_options_give_one_error_line(files, tmp_path, extra, message):

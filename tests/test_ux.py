@@ -72,6 +72,12 @@ def test_restore_crop_prints_expected_time_and_records_it(files, tmp_path):
     assert "OUT.observation.png" in run("restore", "--help").output
 
 
+def test_only_commands_that_use_a_fit_backend_offer_one():
+    """IMP always fits the masked network (pruning ranks weights in the reference layout): find has no --backend."""
+    assert "--backend" in run("restore", "--help").output
+    assert "--backend" not in run("find", "--help").output and "--device" in run("find", "--help").output
+
+
 def test_find_resize(files, tmp_path):
     r = run("find", files["clean"], "--task", "denoise", *TINY_DD, "--resize", "0.5", "--rounds", 1, "--iters", 2,
             "-o", tmp_path / "t", "--quiet")  # fmt: skip
@@ -135,7 +141,7 @@ def test_restore_records_ema_mode_and_warns_for_paper(files, tmp_path):
 
 
 def test_bench_job_lines_have_an_eta():
-    from lipdeploy.bench.harness.runner import job_line
+    from lipdeploy.bench.harness.bench import job_line
 
     line = job_line(2, 10, "quality/dense/coffee", [30.0, 60.0])
     assert line.startswith("[2/10] done quality/dense/coffee (60.0 s)") and "ETA 6 min" in line
@@ -188,7 +194,7 @@ def test_latency_spread_and_ci_has_no_verdict():
 
 
 def test_results_lock_uses_filelock(tmp_path):
-    from lipdeploy.bench.harness.runner import _exclusive
+    from lipdeploy.bench.harness.bench import _exclusive
 
     with _exclusive(tmp_path / "f"):
         assert (tmp_path / "f" / ".lock").exists()

@@ -30,7 +30,7 @@ from .options import (
     Reporter,
     TaskSpec,
     check_image_size,
-    device_options,
+    device_option,
     estimate_fit,
     examples,
     format_duration,
@@ -146,7 +146,7 @@ EXAMPLES = examples(
     show_default=True,
     help="Ticket file format.",
 )
-@device_options
+@device_option
 @quiet_option
 @json_option("the run's summary (imp.json)")
 def find_command(
@@ -174,7 +174,6 @@ def find_command(
     seed: int,
     fmt: str,
     device: str,
-    backend: str,
     quiet: bool,
     as_json: bool,
     crop: str | None,
@@ -213,7 +212,7 @@ def find_command(
                     target=target, random=random_)  # fmt: skip
     start, prior_label = make_prior(prior, seed)
     cleans, task, names = _prepared_images(images, task_spec, start, crop, resize, common, log)
-    config = FitConfig(iters=iters, lr=lr, ema=ema, ema_mode=ema_mode, seed=seed, device=device, backend=backend)
+    config = FitConfig(iters=iters, lr=lr, ema=ema, ema_mode=ema_mode, seed=seed, device=device)
     eta = "" if quiet or as_json or iters < 50 else _expected_time(start, cleans[0], device, seed, iters * (rounds + 1))
     log(f"IMP on {', '.join(names)} ({task_spec.name}), {prior_label}: rounds 0-{rounds}, into {out_dir}{eta}")
     paths = find_ticket(

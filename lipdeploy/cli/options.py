@@ -414,6 +414,25 @@ def optional_task_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 # --------------------------------------------------------------------------------------------------- device, sizes
 
 
+def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device``, checked (CUDA present) before the command runs."""
+
+    command = fn
+
+    @functools.wraps(command)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_device(kwargs["device"])
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--device",
+        type=click.Choice(["cpu", "cuda"]),
+        default="cpu",
+        show_default=True,
+        help=field_help(FitConfig, "device"),
+    )(checked)
+
+
 def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--device`` and ``--backend`` (how fitting runs the network), checked together before the command runs."""
 
@@ -431,22 +450,22 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help=field_help(FitConfig, "backend"),
     )(checked)
-    return click.option(
-        "--device",
-        type=click.Choice(["cpu", "cuda"]),
-        default="cpu",
-        show_default=True,
-        help=field_help(FitConfig, "device"),
-    )(fn)
+    return device_option(fn)
 
 
-def check_backend(device: str, backend: str) -> None:
-    """Refuse ``--device cuda`` without CUDA, and a ``--backend`` that cannot run on ``--device`` (the Triton kernels
-    on CPU without Triton's interpreter), asking the backend itself about a small probe layer."""
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` without CUDA."""
     import torch  # imports torch: only when a command runs
 
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError(None, "--device cuda: no CUDA device is available here (use --device cpu)")
+
+
+def check_backend(device: str, backend: str) -> None:
+    """A ``--backend`` that cannot run on ``--device`` (the Triton kernels on CPU without Triton's interpreter) is
+    refused, asking the backend itself about a small probe layer (``--device`` itself is checked first)."""
+    import torch  # imports torch: only when a command runs
+
     from ..backends import BACKENDS  # the kernels and backends: loaded to run, not for --help
 
     if backend not in BACKENDS:

@@ -137,9 +137,10 @@ def restore_command(
     and PSNR/SSIM at the final iteration, and for cs the back-projection and least-squares baselines.
     """
     if source.given or task_spec.name == "cs":
-        if prior.has_arch or prior.weights is not None or gt is not None or crop or resize:
+        if prior.has_arch or prior.weights is not None or gt is not None or crop or resize or backend != "auto":
             raise InputError(None, "a generator prior takes none of --arch/--channels/--k/--depth, --weights, --gt, "
-                             "--crop, --resize (IMAGE is fitted to the generator's resolution)")  # fmt: skip
+                             "--crop, --resize, --backend (IMAGE is fitted to the generator's resolution, by the "
+                             "masked generator)")  # fmt: skip
         return restore_with_generator(
             image=image, task_spec=task_spec, source=source, ticket=prior.ticket, net=prior.net, sensing=sensing,
             output=output, simulate=simulate, iters=LatentFitConfig.iters if iters is None else iters, lr=lr,
