@@ -11,14 +11,14 @@ must cost one job, not the run. The parts:
 - :mod:`.engine`: the fitting engine as the benchmark uses it (fits, IMP, deep decoders);
 - :mod:`.measure`: the rows of each job kind; :mod:`.latency` and :mod:`.memprobe` take the measurements;
 - :mod:`.gan` and :mod:`.gan_measure`: the ``gan`` preset's jobs (generator priors), run by the same Bench;
-- :mod:`.runner`: :class:`Bench`, which runs and records the jobs, then rebuilds the report
+- :mod:`.bench`: :class:`Bench`, which runs and records the jobs, then rebuilds the report
   (:mod:`lipdeploy.bench.report`, which reads the folder through :mod:`lipdeploy.bench.rows` only).
 """
 
 from ..rows import RowStore
+from .bench import Bench, RunStats, run_environment
 from .jobs import Job, Method, methods_for, parse_shard, plan, shard_jobs
 from .presets import PRESETS, Preset, get_preset, rounds_for
-from .runner import Bench, RunStats, run_environment
 from .runners import LATENCY_RUNNERS, LatencyRunner, available_runners
 
 __all__ = [

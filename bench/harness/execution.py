@@ -1,6 +1,6 @@
 """The executor interface the harness runs jobs through (:mod:`.executor` holds the implementations: serial, Ray).
 
-Its own module so that :class:`~.runner.Bench` can name the interface while the executors import ``Bench``: no cycle.
+Its own module so that :class:`~.bench.Bench` can name the interface while the executors import ``Bench``: no cycle.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Executors: who runs a benchmark's jobs. ``serial`` (the default) is :class:`~.runner.Bench`'s own in-process
+"""Executors: who runs a benchmark's jobs. ``serial`` (the default) is :class:`~.bench.Bench`'s own in-process
 loop; ``ray`` runs every job as a task on a Ray cluster (or on a local Ray instance started for the run).
 
 Why Ray and not more ``--shard`` processes: the paper's protocol is one to two orders of magnitude more work than the
@@ -34,10 +34,10 @@ from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_write_bytes, atomic_write_text
 
 from ..rows import RowStore
+from .bench import Bench, RunStats, job_line, run_environment
 from .execution import Executor
 from .gan import GanBench, GanPreset
 from .jobs import Job
-from .runner import Bench, RunStats, job_line, run_environment
 from .runners import LATENCY_RUNNERS
 
 EXECUTORS = ("serial", "ray")

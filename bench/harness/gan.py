@@ -1,7 +1,7 @@
 """The ``gan`` preset of ``lipdeploy bench``: the demo generator, its GAN IMP tickets and random tickets as
 compressive-sensing and inpainting priors on faces held out from its training, and the generator's forward latency.
 
-The same harness as the DIP presets (:class:`~.runner.Bench`: resumable rows files, ``--shard i/n``, ``--jobs``,
+The same harness as the DIP presets (:class:`~.bench.Bench`: resumable rows files, ``--shard i/n``, ``--jobs``,
 ``--executor ray``), with its own jobs. Keys:
 
 - ``gan-find/imp``, ``gan-find/random``: the GAN IMP chain and the random chain at the same per-round counts
@@ -35,9 +35,9 @@ from lipdeploy.errors import InputError
 from lipdeploy.fileio import atomic_write_text
 
 from ..rows import RowStore
+from .bench import Bench, run_environment
 from .execution import Executor
 from .jobs import Job
-from .runner import Bench, run_environment
 
 
 @dataclass(frozen=True)

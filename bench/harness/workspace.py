@@ -1,8 +1,8 @@
 """What the jobs of one results folder measure: the images and every method's network, made or loaded once.
 
 Tickets a job needs are files under ``DIR/tickets``; when one is missing, :meth:`Workspace.found_ticket` runs its
-find through the runner's callback, in the same shard (deterministic, seeded: any shard that computes it computes the
-same ticket), so shards never wait on each other.
+find through the callback of :class:`~.bench.Bench`, in the same shard (deterministic, seeded: any shard that
+computes it computes the same ticket), so shards never wait on each other.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The runner: run this shard's unfinished jobs into a results folder, record each one, rebuild the report.
+"""The bench: run this shard's unfinished jobs into a results folder, record each one, rebuild the report.
 
 A job's rows are appended to ``DIR/rows-<i>-<n>.jsonl`` in one write followed by a ``job`` record and an fsync
 (:class:`lipdeploy.bench.rows.RowStore`): a job is finished exactly when its record is in some rows file, so an
