@@ -4,7 +4,6 @@
 sparse weight storage (:mod:`.sparse_pack`), optional fp16 storage or int8 quantisation, metadata and a manifest.
 """
 
-from .bundled import bundled_ticket_path
 from .onnx_export import ExportError, ExportSummary, export_onnx, manifest_path_for, ort_session
 
-__all__ = ["ExportError", "ExportSummary", "bundled_ticket_path", "export_onnx", "manifest_path_for", "ort_session"]
+__all__ = ["ExportError", "ExportSummary", "export_onnx", "manifest_path_for", "ort_session"]

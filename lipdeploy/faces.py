@@ -26,7 +26,7 @@ MAX_TRAINING_IMAGES = 100_000  # a folder beyond this is not a training set for 
 
 def lfw_faces(resolution: int, split: str = "all") -> torch.Tensor:
     """The LFW faces as ``[N, 3, R, R]`` on [-1, 1]: ``split`` all (100), train (the first 80) or test (20)."""
-    import skimage.data
+    import skimage.data  # scikit-image's data registry: loaded only when faces are read, not by every importer
 
     parts = {"all": slice(0, LFW_FACES), "train": slice(0, TRAIN_FACES), "test": slice(TRAIN_FACES, LFW_FACES)}
     if split not in parts:

@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .discriminator import DiscriminatorSpec, prunable_discriminator_names
+from .discriminator import DiscriminatorSpec, discriminator_state, prunable_discriminator_names
 from .errors import InputError
 from .fileio import atomic_output, atomic_write_text
 from .gan_train import GanTrainConfig, train_wgan_gp
+from .generator import PGANSpec
+from .generator_files import GeneratorCheckpoint, is_checkpoint_content
 from .imp import check_same_settings, existing_rounds, prune, round_path
 from .runlock import folder_locked, image_digest
 from .ticket import Ticket, load_ticket, read_tensor_file
@@ -55,6 +57,36 @@ def fresh_discriminator(spec: DiscriminatorSpec, seed: int) -> DiscriminatorStar
     return DiscriminatorStart(
         spec, {k: v.detach().clone() for k, v in model.state_dict().items()}, f"fresh, seed {seed}"
     )
+
+
+def checkpoint_discriminator(path: Path, spec: PGANSpec, fresh: bool, seed: int) -> DiscriminatorStart:
+    """The discriminator of the generator file ``path`` (its ``netD``), or a fresh one when ``fresh``."""
+    content, _ = read_tensor_file(path)
+    if fresh:
+        return fresh_discriminator(_matching_spec(spec), seed)
+    if not is_checkpoint_content(content) or "netD" not in content:
+        raise InputError(path, "holds no discriminator (netD), which GAN IMP retrains with the generator; pass "
+                         "--fresh-discriminator to start one from scratch")  # fmt: skip
+    checkpoint = GeneratorCheckpoint.from_content(path, content)
+    state = discriminator_state(checkpoint.nets["netD"])
+    try:
+        d_spec = DiscriminatorSpec.from_config(checkpoint.config, state)
+        model = d_spec.build()
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        problem = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(path, f"its netD does not match the discriminator its config describes ({problem})") from None
+    return DiscriminatorStart(d_spec, {k: v.detach().clone() for k, v in model.state_dict().items()}, "checkpoint")
+
+
+def _matching_spec(spec: PGANSpec) -> DiscriminatorSpec:
+    """The zoo's discriminator for a generator: the same widths and growth, minibatch stddev on (the celebA-HQ
+    configs' choice)."""
+    return DiscriminatorSpec(
+        depth_scale0=spec.depth_scale0, depth_other_scales=spec.depth_other_scales, alpha=spec.alpha,
+        leaky_relu_leak=spec.leaky_relu_leak, dim_input=spec.dim_output, minibatch_stddev=True,
+        equalized_lr=spec.equalized_lr,
+    )  # fmt: skip
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -242,6 +274,7 @@ def _summary_row(r: int, path: Path, prov: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "DiscriminatorStart",
+    "checkpoint_discriminator",
     "discriminator_path",
     "find_gan_ticket",
     "fresh_discriminator",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from lipdeploy.bundled import bundled_generator_path
 from lipdeploy.cli import cli
-from lipdeploy.cli.generator_options import bundled_generator_path
 from lipdeploy.demo_generator import D_SPEC, SPEC, build, checkpoint_bytes
 from lipdeploy.discriminator import Discriminator
 from lipdeploy.faces import LFW_FACES, TRAIN_FACES, lfw_faces, training_images

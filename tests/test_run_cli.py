@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from lipdeploy.bundled import bundled_ticket_path
 from lipdeploy.cli import cli
-from lipdeploy.export.bundled import bundled_ticket_path
 from lipdeploy.testing import write_ticket_files
 
 

@@ -300,7 +300,7 @@ def test_finished_chain_says_complete(files, tmp_path):
 
 def test_python_api_helper_finds_the_bundled_ticket():
     import lipdeploy
-    from lipdeploy.export.bundled import bundled_ticket_path
+    from lipdeploy.bundled import bundled_ticket_path
 
     assert lipdeploy.load_ticket(bundled_ticket_path()).density < 0.2
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from lipdeploy.cli.find_generator import checkpoint_discriminator
-from lipdeploy.cli.generator_options import bundled_generator
+from lipdeploy.bundled import require_bundled_generator
 from lipdeploy.faces import training_images
-from lipdeploy.gan_imp import find_gan_ticket
+from lipdeploy.gan_imp import checkpoint_discriminator, find_gan_ticket
 from lipdeploy.gan_train import GanTrainConfig
 from lipdeploy.generator_prior import load_generator
 from lipdeploy.latent_fit import LatentFitConfig, fit_latent, per_image_metrics
@@ -27,7 +26,7 @@ from .gan import GanTask, chain_of
 
 
 def generator_path(bench: Any) -> Path:
-    return Path(bench.preset.generator) if bench.preset.generator else bundled_generator()
+    return Path(bench.preset.generator) if bench.preset.generator else require_bundled_generator()
 
 
 def dense_generator(bench: Any) -> Ticket:

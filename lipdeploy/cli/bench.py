@@ -11,11 +11,12 @@ from pathlib import Path
 
 import click
 
+from ..bundled import require_bundled_ticket
 from ..errors import InputError
 from ..fileio import check_regular_file
 from ..fit_config import FitConfig
 from ..limits import check_threads
-from .options import bundled_ticket, examples, json_option, quiet_option, setting_options
+from .options import examples, json_option, quiet_option, setting_options
 
 EXAMPLES = examples(
     "lipdeploy bench --preset ci -o bench_ci            # a smoke test: minutes, numbers meaningless",
@@ -183,7 +184,7 @@ def bench_command(
     else:
         preset = _dip_preset(preset_name, task, images, sparsities, iters, imp_iters, seeds)
     if example:
-        tickets = (*tickets, str(bundled_ticket()))
+        tickets = (*tickets, str(require_bundled_ticket()))
     for t in tickets:
         check_regular_file(t, "ticket file")  # a FIFO would hang the job that reads it
     bench = _make_bench(preset_name, preset, outp, shard, tuple(tickets), executor, address, _set_threads(threads))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..bundled import require_bundled_ticket
 from ..errors import InputError
 from .options import (
     SEED,
@@ -209,7 +210,6 @@ def export_command(
     """
     log = Reporter(silent=quiet)
     # onnx and torch load when exporting, not for `lipdeploy export --help`
-    from ..export.bundled import require_bundled_ticket
     from ..export.onnx_export import ExportError, check_output_set, export_onnx
 
     check_output_set(output, force)

@@ -15,9 +15,8 @@ from typing import Any
 
 import click
 
+from ..bundled import require_bundled_generator
 from ..errors import InputError
-
-EXAMPLE_GENERATOR_NAME = "example_generator.pth"
 
 
 @dataclass(frozen=True)
@@ -36,23 +35,10 @@ class GeneratorSource:
         if self.generator is not None and self.example:
             raise InputError(None, "give --generator or --example-generator, not both")
         if self.example:
-            return bundled_generator()
+            return require_bundled_generator()
         if self.generator is None:
             raise InputError(None, "no generator given: --generator G.pth or --example-generator")
         return self.generator
-
-
-def bundled_generator_path() -> Path:
-    """Where the demo generator lives in the installed package (``lipdeploy/data``, beside this ``cli`` package)."""
-    return Path(__file__).resolve().parents[1] / "data" / EXAMPLE_GENERATOR_NAME
-
-
-def bundled_generator() -> Path:
-    """The demo generator's path, checked to be installed."""
-    path = bundled_generator_path()
-    if not path.is_file():
-        raise InputError(path, "the bundled example generator is missing from this installation; pass --generator")
-    return path
 
 
 def generator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -169,4 +155,4 @@ def sensing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return out
 
 
-__all__ = ["GeneratorSource", "SensingSpec", "bundled_generator", "generator_options", "sensing_options"]
+__all__ = ["GeneratorSource", "SensingSpec", "generator_options", "sensing_options"]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..bundled import require_bundled_ticket
 from ..errors import InputError
 from ..fit_config import FitConfig, check_field, field_help
 from ..limits import check_finite, check_seed, check_size
@@ -169,7 +170,7 @@ def _prior_spec(**values: Any) -> PriorSpec:
     if values.pop("example", False):
         if values.get("ticket") is not None:
             raise InputError(None, "give a ticket or --example, not both")
-        values["ticket"] = bundled_ticket()
+        values["ticket"] = require_bundled_ticket()
     channels = values.pop("channels", None)
     if channels is not None:
         try:
@@ -209,7 +210,7 @@ def prior_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--example",
             is_flag=True,
-            help="Use the bundled example ticket (lipdeploy.export.bundled_ticket_path()) as --ticket.",
+            help="Use the bundled example ticket (lipdeploy.bundled.bundled_ticket_path()) as --ticket.",
         ),
         click.option(
             "--weights",
@@ -270,13 +271,6 @@ def ticket_options(required: bool = True) -> Decorator:
         return _apply(_bundle(fn, "prior", fields, check), decorators)
 
     return decorate
-
-
-def bundled_ticket() -> Path:
-    """The bundled example ticket's path (:func:`lipdeploy.export.bundled.bundled_ticket_path`), checked."""
-    from ..export.bundled import require_bundled_ticket  # lipdeploy.export imports onnx: only for --example
-
-    return require_bundled_ticket()
 
 
 def make_prior(prior: PriorSpec, seed: int) -> tuple[Ticket, str]:
