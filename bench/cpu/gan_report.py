@@ -263,7 +263,7 @@ def write_report(out: Path, rows: list[dict[str, Any]]) -> Path:
         "",
         *headlines(quality),
         "",
-        "## Targets (issue 24)",
+        "## Targets",
         "",
         *targets(quality),
         "",
