@@ -18,22 +18,22 @@ def bundled_ticket_path() -> Path:
     return DATA / TICKET_NAME
 
 
-def require_bundled_ticket() -> Path:
-    """The example ticket's path, checked to be installed."""
-    path = bundled_ticket_path()
-    if not path.is_file():
-        raise InputError(path, "the bundled example ticket is missing from this installation; pass a TICKET")
-    return path
-
-
 def bundled_generator_path() -> Path:
     """Where the demo generator lives in the installed package."""
     return DATA / GENERATOR_NAME
 
 
+def require_bundled_ticket() -> Path:
+    """The example ticket's path, checked to be installed."""
+    return _installed(bundled_ticket_path(), "example ticket", "pass a TICKET")
+
+
 def require_bundled_generator() -> Path:
     """The demo generator's path, checked to be installed."""
-    path = bundled_generator_path()
+    return _installed(bundled_generator_path(), "example generator", "pass --generator")
+
+
+def _installed(path: Path, what: str, instead: str) -> Path:
     if not path.is_file():
-        raise InputError(path, "the bundled example generator is missing from this installation; pass --generator")
+        raise InputError(path, f"the bundled {what} is missing from this installation; {instead}")
     return path

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_helpers import one_line_error, run
 from onnx import TensorProto, helper
 
-from lipdeploy.cli import cli
 from lipdeploy.cli.run import EXPORTER_OPS, check_graph, read_model
 from lipdeploy.export import export_onnx
 from lipdeploy.networks import DeepDecoderSpec
@@ -17,17 +16,6 @@ from lipdeploy.testing import random_mask_ticket, tiny_skip
 from lipdeploy.ticket import ticket_from_model
 
 F = TensorProto.FLOAT
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 def save(path, nodes, inputs, outputs, inits=()):

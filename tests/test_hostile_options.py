@@ -6,22 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import one_line_error, run
 
-from lipdeploy.cli import cli
 from lipdeploy.limits import MAX_SEED, max_threads
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
-
 
 RESTORE = ["restore", "skimage:coffee", "--simulate", "--task", "denoise", "--crop", "64x64", "--iters", "1"]
 FIND = ["find", "skimage:coffee", "--task", "denoise", "--crop", "64x64", "--iters", "1", "--rounds", "1"]

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import one_line_error, run
 
 import lipdeploy.environment as environment
-from lipdeploy.cli import cli
 from lipdeploy.errors import InputError
 from lipdeploy.export import export_onnx
 from lipdeploy.fileio import atomic_output, atomic_output_set, atomic_write_text
 from lipdeploy.testing import random_mask_ticket, tiny_skip
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")

@@ -6,26 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import one_line_error, run
 
 from lipdeploy.bench.rows import RowStore
-from lipdeploy.cli import cli
 from lipdeploy.errors import InputError
 
 GOOD_ROW = {"type": "row", "job": "q/a", "env": "e", "image": "coffee", "metric": "psnr_best", "method": "dense",
             "value": 30.0, "unit": "dB"}  # fmt: skip
 GOOD_JOB = {"type": "job", "job": "q/a", "kind": "quality", "seconds": 1.0, "rows": 1, "finished_at": "2026-12-01"}
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 def good_lines() -> bytes:

@@ -4,20 +4,15 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import run
 
 from lipdeploy import __version__, load_ticket
-from lipdeploy.cli import cli
 from lipdeploy.testing import write_ticket_files
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     return write_ticket_files(tmp_path_factory.mktemp("inspect"), amount=0.7)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_version_and_help():

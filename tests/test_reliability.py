@@ -15,11 +15,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import one_line_error, run
 from onnx import TensorProto, helper
 from PIL import Image
 
-from lipdeploy.cli import cli
 from lipdeploy.errors import InputError
 from lipdeploy.export import export_onnx, manifest_path_for
 from lipdeploy.fileio import atomic_output, atomic_write_text, check_output_path, clean_stale_temporaries
@@ -28,19 +27,6 @@ from lipdeploy.limits import MAX_IMAGE_PIXELS, max_threads
 from lipdeploy.networks import DeepDecoderSpec, SkipSpec, arch_from_dict
 from lipdeploy.testing import random_mask_ticket, tiny_skip
 from lipdeploy.ticket import Ticket, load_ticket
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, text: str) -> None:
-    """Exit 2, exactly one ``error:`` line containing ``text``, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 def _strict_json(text: str):
